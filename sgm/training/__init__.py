@@ -1,0 +1,1 @@
+"""Training: a plain resumable loop and the VAE, diffusion and LoRA tasks it runs."""
