@@ -1,0 +1,450 @@
+"""The node API: a node's typed Python signature is its schema.
+
+A node is a plain function decorated with :func:`node`. Its parameters are its inputs
+and its return annotation names its outputs::
+
+    @node("EmptyLatent", category="latent")
+    def empty_latent(
+        width: Int(min=64, max=8192, step=8) = 512,
+        height: Int(min=64, max=8192, step=8) = 512,
+    ) -> Out(latent="LATENT"):
+        '''An all-zero latent batch (the docstring is the tooltip).'''
+        ...
+
+Parameter annotations are either a *socket* (``Socket("MODEL")`` or just the type name
+``"MODEL"``), a *widget* (``Int``, ``Float``, ``Text``, ``Bool``, ``Choice``) or
+:class:`Context` (injected, not an input). A parameter with a Python default is
+optional for sockets and supplies the default for widgets.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+# Socket type names used by the built-in packs. Types are plain strings so plugins can
+# add their own; ANY ("*") accepts every type.
+MODEL = "MODEL"
+CLIP = "CLIP"
+VAE = "VAE"
+CONDITIONING = "CONDITIONING"
+LATENT = "LATENT"
+IMAGE = "IMAGE"
+MASK = "MASK"
+SIGMAS = "SIGMAS"
+SAMPLER = "SAMPLER"
+GUIDER = "GUIDER"
+NOISE = "NOISE"
+INT = "INT"
+FLOAT = "FLOAT"
+STRING = "STRING"
+BOOLEAN = "BOOLEAN"
+COMBO = "COMBO"
+ANY = "*"
+
+
+class NodeDefinitionError(TypeError):
+    """A node's signature cannot be turned into a schema."""
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Socket:
+    """A linked input of a given socket type (never a literal)."""
+
+    type: str
+    tooltip: str = ""
+
+    def spec_options(self) -> dict[str, Any]:
+        return {"tooltip": self.tooltip} if self.tooltip else {}
+
+
+@dataclass(frozen=True)
+class Widget:
+    """Base of literal-valued inputs. ``type`` is the socket type a link into it must have."""
+
+    type: str = ""
+    default: Any = None
+    tooltip: str = ""
+
+    def check(self, value: Any) -> str | None:
+        """Why ``value`` is not acceptable, or None when it is."""
+        raise NotImplementedError
+
+    def spec_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if self.default is not None:
+            options["default"] = self.default
+        if self.tooltip:
+            options["tooltip"] = self.tooltip
+        return options
+
+
+@dataclass(frozen=True)
+class Int(Widget):
+    type: str = INT
+    default: int | None = None
+    min: int | None = None
+    max: int | None = None
+    step: int = 1
+    control_after_generate: bool = False  # editor offers "randomize after queue" (seeds)
+
+    def check(self, value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return f"expected an integer, got the float {value!r}; write {int(value)}"
+            return f"expected an integer, got {type(value).__name__} {value!r}"
+        return _check_range(value, self.min, self.max)
+
+    def spec_options(self) -> dict[str, Any]:
+        options = super().spec_options()
+        options.update({k: v for k, v in (("min", self.min), ("max", self.max)) if v is not None})
+        options["step"] = self.step
+        if self.control_after_generate:
+            options["control_after_generate"] = True
+        return options
+
+
+@dataclass(frozen=True)
+class Float(Widget):
+    type: str = FLOAT
+    default: float | None = None
+    min: float | None = None
+    max: float | None = None
+    step: float = 0.01
+    round: float | None = None
+
+    def check(self, value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"expected a number, got {type(value).__name__} {value!r}"
+        if value != value:  # NaN
+            return "expected a number, got NaN"
+        return _check_range(value, self.min, self.max)
+
+    def spec_options(self) -> dict[str, Any]:
+        options = super().spec_options()
+        options.update({k: v for k, v in (("min", self.min), ("max", self.max)) if v is not None})
+        options["step"] = self.step
+        if self.round is not None:
+            options["round"] = self.round
+        return options
+
+
+@dataclass(frozen=True)
+class Text(Widget):
+    type: str = STRING
+    default: str | None = None
+    multiline: bool = False
+    max_length: int | None = None
+
+    def check(self, value: Any) -> str | None:
+        if not isinstance(value, str):
+            return f"expected text, got {type(value).__name__} {value!r}"
+        if self.max_length is not None and len(value) > self.max_length:
+            return f"text is {len(value)} characters long; the limit is {self.max_length}"
+        return None
+
+    def spec_options(self) -> dict[str, Any]:
+        options = super().spec_options()
+        if self.multiline:
+            options["multiline"] = True
+        return options
+
+
+@dataclass(frozen=True)
+class Bool(Widget):
+    type: str = BOOLEAN
+    default: bool | None = None
+
+    def check(self, value: Any) -> str | None:
+        if not isinstance(value, bool):
+            return f"expected true or false, got {type(value).__name__} {value!r}"
+        return None
+
+
+@dataclass(frozen=True)
+class Choice(Widget):
+    """One of a list of strings; ``choices`` may be a callable computed on demand
+    (for example the files in ``models/checkpoints``)."""
+
+    type: str = COMBO
+    choices: Sequence[str] | Callable[[], Sequence[str]] = ()
+    default: str | None = None
+
+    def options(self) -> list[str]:
+        choices = self.choices() if callable(self.choices) else self.choices
+        return [str(c) for c in choices]
+
+    def check(self, value: Any) -> str | None:
+        if not isinstance(value, str):
+            return f"expected one of the choices (text), got {type(value).__name__} {value!r}"
+        options = self.options()
+        if value not in options:
+            shown = ", ".join(repr(o) for o in options[:12]) or "(none available)"
+            more = f" and {len(options) - 12} more" if len(options) > 12 else ""
+            return f"{value!r} is not among the choices: {shown}{more}"
+        return None
+
+
+def _check_range(value: float, low: float | None, high: float | None) -> str | None:
+    if low is not None and value < low:
+        return f"{value!r} is below the minimum {low!r}"
+    if high is not None and value > high:
+        return f"{value!r} is above the maximum {high!r}"
+    return None
+
+
+class Context:
+    """Annotation for the injected run context (see :class:`NodeContext`)."""
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True)
+class Out:
+    """Named outputs: ``Out(latent="LATENT")`` or ``Out(("positive", "CONDITIONING"), ...)``."""
+
+    items: tuple[tuple[str, str], ...]
+
+    def __init__(self, *pairs: tuple[str, str], **named: str) -> None:
+        object.__setattr__(self, "items", tuple(pairs) + tuple(named.items()))
+
+
+@dataclass(frozen=True)
+class Result:
+    """What an output node may return: output values plus data for the UI (e.g. images)."""
+
+    values: tuple[Any, ...] = ()
+    ui: Mapping[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- run context
+
+
+class Cancelled(Exception):
+    """Raised inside a node when the run was cancelled."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    value: float
+    max: float
+    preview: Any = None  # a PIL image or anything the listener knows how to render
+
+
+class NodeContext:
+    """Handed to nodes that ask for it: report progress, see cancellation.
+
+    ``progress(value, max, preview=None)`` emits a progress event; ``check_cancelled()``
+    raises :class:`Cancelled` when the run was cancelled; ``cancelled`` just tells.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        cancel_event: threading.Event,
+        on_progress: Callable[[str, Progress], None],
+        services: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self._cancel_event = cancel_event
+        self._on_progress = on_progress
+        self.services: Mapping[str, Any] = services or {}
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel_event.is_set()
+
+    def check_cancelled(self) -> None:
+        if self._cancel_event.is_set():
+            raise Cancelled(f"run cancelled while node {self.node_id} was running")
+
+    def progress(self, value: float, max: float, preview: Any = None) -> None:
+        self.check_cancelled()
+        self._on_progress(self.node_id, Progress(value, max, preview))
+
+
+# --------------------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    type: str  # socket type name; widgets use their value type (INT, FLOAT, ..., COMBO)
+    widget: Widget | None  # None for sockets
+    required: bool
+    default: Any = None
+    tooltip: str = ""
+
+    @property
+    def is_widget(self) -> bool:
+        return self.widget is not None
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    name: str
+    type: str
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """Everything the engine knows about a node type; built from the function signature."""
+
+    id: str
+    function: Callable[..., Any]
+    display_name: str
+    category: str
+    description: str
+    version: int
+    inputs: tuple[InputSpec, ...]
+    outputs: tuple[OutputSpec, ...]
+    output_node: bool = False
+    pure: bool = True
+    fingerprint: Callable[..., Any] | None = None
+    context_param: str | None = None
+
+    def input(self, name: str) -> InputSpec | None:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        return None
+
+    def output_index(self, ref: str | int) -> int | None:
+        """Index of an output given by name or index, or None if there is none."""
+        if isinstance(ref, bool):
+            return None
+        if isinstance(ref, int):
+            return ref if 0 <= ref < len(self.outputs) else None
+        for index, output in enumerate(self.outputs):
+            if output.name == ref:
+                return index
+        if ref.isdigit() and int(ref) < len(self.outputs):
+            return int(ref)
+        return None
+
+    def with_id(self, node_id: str) -> "NodeSpec":
+        from dataclasses import replace
+
+        return replace(self, id=node_id)
+
+
+def node(
+    id: str,
+    *,
+    display_name: str | None = None,
+    category: str = "misc",
+    version: int = 1,
+    output: bool = False,
+    pure: bool = True,
+    fingerprint: Callable[..., Any] | None = None,
+    description: str | None = None,
+) -> Callable[[Callable[..., Any]], NodeSpec]:
+    """Turn a typed function into a :class:`NodeSpec`.
+
+    ``output=True`` marks a node with side effects (SaveImage); ``pure=False`` makes it
+    re-run every time; ``fingerprint(**literal_inputs)`` instead re-runs it only when the
+    returned value changes (e.g. a file's modification time).
+    """
+
+    def decorate(function: Callable[..., Any]) -> NodeSpec:
+        return _build_spec(
+            function,
+            node_id=id,
+            display_name=display_name or _humanize(id.rsplit(".", 1)[-1]),
+            category=category,
+            version=version,
+            output_node=output,
+            pure=pure,
+            fingerprint=fingerprint,
+            description=description if description is not None else inspect.getdoc(function) or "",
+        )
+
+    return decorate
+
+
+_SOCKET_NAME = re.compile(r"[A-Z][A-Z0-9_]*(,[A-Z][A-Z0-9_]*)*|\*")
+
+
+def _humanize(name: str) -> str:
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isupper() and i and (not name[i - 1].isupper() or (i + 1 < len(name) and name[i + 1].islower())):
+            out.append(" ")
+        out.append(ch)
+    return "".join(out).replace("_", " ").strip()
+
+
+def _build_spec(function: Callable[..., Any], *, node_id: str, **kwargs: Any) -> NodeSpec:
+    where = f"node {node_id!r} ({function.__module__}.{function.__qualname__})"
+    signature = inspect.signature(function)
+    namespace = dict(function.__globals__)
+    if function.__closure__:
+        namespace.update(zip(function.__code__.co_freevars,
+                             (cell.cell_contents for cell in function.__closure__)))
+
+    def resolve(annotation: Any) -> Any:
+        if annotation == "ANY":  # the constant's name under `from __future__ import annotations`
+            return ANY
+        # A bare socket name ("MODEL") is a socket; other strings come from
+        # `from __future__ import annotations` and are evaluated in the module's namespace.
+        if isinstance(annotation, str) and not _SOCKET_NAME.fullmatch(annotation):
+            try:
+                return eval(annotation, namespace)  # noqa: S307 - the node author's own annotation
+            except Exception as error:
+                raise NodeDefinitionError(f"{where}: cannot evaluate annotation {annotation!r}: {error}") from error
+        return annotation
+    inputs: list[InputSpec] = []
+    context_param: str | None = None
+    for name, param in signature.parameters.items():
+        annotation = resolve(param.annotation)
+        has_default = param.default is not inspect.Parameter.empty
+        if annotation is Context or annotation == "Context":
+            context_param = name
+            continue
+        if isinstance(annotation, str) and _SOCKET_NAME.fullmatch(annotation):
+            annotation = Socket(annotation)
+        if isinstance(annotation, Socket):
+            inputs.append(
+                InputSpec(name, annotation.type, None, required=not has_default,
+                          default=param.default if has_default else None, tooltip=annotation.tooltip)
+            )
+        elif isinstance(annotation, Widget):
+            default = param.default if has_default else annotation.default
+            if default is not None:
+                problem = annotation.check(default)
+                if problem:
+                    raise NodeDefinitionError(f"{where}: default of input {name!r}: {problem}")
+            inputs.append(
+                InputSpec(name, annotation.type, annotation, required=default is None,
+                          default=default, tooltip=annotation.tooltip)
+            )
+        else:
+            raise NodeDefinitionError(
+                f"{where}: input {name!r} has annotation {annotation!r}; annotate it with a socket "
+                f"type such as \"MODEL\" / Socket(\"MODEL\"), a widget (Int, Float, Text, Bool, Choice) "
+                f"or Context"
+            )
+    outputs = _parse_outputs(resolve(signature.return_annotation), where)
+    return NodeSpec(id=node_id, function=function, inputs=tuple(inputs), outputs=outputs,
+                    context_param=context_param, **kwargs)
+
+
+def _parse_outputs(annotation: Any, where: str) -> tuple[OutputSpec, ...]:
+    if annotation is inspect.Signature.empty or annotation is None or annotation == "None":
+        return ()
+    if isinstance(annotation, str):
+        return (OutputSpec(annotation.lower(), annotation),)
+    if isinstance(annotation, Out):
+        return tuple(OutputSpec(name, type_) for name, type_ in annotation.items)
+    if isinstance(annotation, Iterable):
+        return tuple(OutputSpec(str(t).lower(), str(t)) for t in annotation)
+    raise NodeDefinitionError(
+        f"{where}: return annotation {annotation!r} must be a socket type name, Out(name=TYPE, ...) or None"
+    )

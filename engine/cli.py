@@ -1,0 +1,236 @@
+"""``main.py run | validate | nodes``: headless use of the engine.
+
+``main.py`` wires in the registry factory (``args.build_registry``), so the engine never
+imports the node packs itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+from engine.registry import NodeRegistry
+from engine.runner import (
+    JsonlEventWriter, OverrideError, apply_overrides, combinations, parse_set, parse_sweep,
+)
+from engine.scheduler import Event, Executor, RunResult
+from engine.validation import ValidationReport, validate_document
+from engine.workflow import read_workflow_file
+
+
+def configure_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("workflow", help="workflow .json (ours or a ComfyUI API prompt), or a PNG saved by SaveImage")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                        help="override an input (repeatable); VALUE is JSON or plain text")
+    parser.add_argument("--sweep", dest="sweeps", action="append", default=[], metavar="NODE.INPUT=V1,V2,...",
+                        help="run every combination of these values in one process, sharing the cache")
+    parser.add_argument("--events", metavar="FILE.jsonl", help="write one JSON object per event")
+    parser.add_argument("--output-dir", default="output", help="where output nodes write files (default: output/)")
+    parser.add_argument("--custom-nodes", default="custom_nodes", help="plugin folder (default: custom_nodes/)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or table")
+
+
+def configure_validate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("workflow", help="workflow .json or a PNG saved by SaveImage")
+    parser.add_argument("--custom-nodes", default="custom_nodes")
+    parser.add_argument("--json", action="store_true", help="print the problems as JSON")
+
+
+def configure_nodes(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--custom-nodes", default="custom_nodes")
+    parser.add_argument("--json", action="store_true", help="print the catalogue in /object_info shape")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:  # pragma: no cover - main.py uses the specific ones
+    configure_run(parser)
+
+
+def _registry(args: argparse.Namespace) -> NodeRegistry:
+    factory: Callable[..., NodeRegistry] | None = getattr(args, "build_registry", None)
+    if factory is None:
+        raise SystemExit("internal error: main.py did not provide build_registry")
+    registry = factory(custom_nodes=Path(args.custom_nodes))
+    for failure in registry.failures:
+        print(f"warning: plugin {failure.source} failed to load: {failure.message}", file=sys.stderr)
+    return registry
+
+
+def _load(path: str) -> Any:
+    try:
+        return read_workflow_file(path)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    report = validate_document(_load(args.workflow), registry)
+    if args.json:
+        print(json.dumps([p.to_dict() for p in report.problems], indent=2))
+    else:
+        if report.problems:
+            print(report.format())
+        errors, warnings = len(report.errors), len(report.warnings)
+        print(f"{args.workflow}: {'OK' if report.ok else 'INVALID'} "
+              f"({errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)})")
+    return 0 if report.ok else 1
+
+
+def run_nodes(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    if args.json:
+        print(json.dumps(registry.object_info(), indent=2, default=str))
+        return 0
+    by_category: dict[str, list[Any]] = {}
+    for spec in registry.specs():
+        by_category.setdefault(spec.category, []).append(spec)
+    for category in sorted(by_category):
+        print(f"{category}/")
+        for spec in by_category[category]:
+            ins = ", ".join(f"{i.name}:{i.type}" + ("" if i.required or i.widget else "?") for i in spec.inputs)
+            outs = ", ".join(f"{o.name}:{o.type}" for o in spec.outputs) or "-"
+            summary = spec.description.splitlines()[0] if spec.description else ""
+            print(f"  {spec.id:<28} ({ins}) -> {outs}")
+            if summary:
+                print(f"      {summary}")
+    print(f"{len(registry)} nodes from {len({registry.source(i) for i in registry.ids()})} sources")
+    return 0
+
+
+def run_run(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    document = _load(args.workflow)
+    try:
+        sets = [parse_set(s) for s in args.sets]
+        sweeps = [parse_sweep(s) for s in args.sweeps]
+    except OverrideError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    output_dir = Path(args.output_dir)
+    executor = Executor(registry, services={"output_dir": output_dir})
+    events_file = open(args.events, "w", encoding="utf-8") if args.events else None
+    writer = JsonlEventWriter(events_file) if events_file else None
+    status = 0
+    try:
+        for index, combo in enumerate(combinations(sweeps)):
+            try:
+                concrete = apply_overrides(document, [*sets, *combo])
+            except OverrideError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 2
+            report = validate_document(concrete, registry)
+            for warning in report.warnings:
+                if not args.quiet:
+                    print(warning.format(), file=sys.stderr)
+            if not report.ok:
+                print(report.format(), file=sys.stderr)
+                print(f"{args.workflow}: not run, {len(report.errors)} error(s)", file=sys.stderr)
+                return 1
+            if writer:
+                writer.run_index = index
+            label = ", ".join(o.label() for o in combo)
+            renderer = ProgressRenderer(sys.stderr, enabled=not args.quiet, label=label)
+
+            def listener(event: Event) -> None:
+                if writer:
+                    writer(event)
+                renderer(event)
+
+            result = executor.run(report.workflow, on_event=listener,
+                                  services={"workflow_document": concrete, "workflow_path": args.workflow})
+            renderer.close()
+            if not args.quiet:
+                print(format_summary(result, report.workflow), file=sys.stderr)
+            if result.status == "failed" and result.failure:
+                failure = result.failure
+                print(f"error: node {failure.node_id} ({failure.node_type}) failed: {failure.message}",
+                      file=sys.stderr)
+                for name, described in failure.inputs.items():
+                    print(f"    {name} = {described}", file=sys.stderr)
+                status = 3
+            elif result.status == "cancelled":
+                return 130
+            for node_id, ui in result.outputs.items():
+                for text in ui.get("text", []):
+                    print(f"node {node_id}: {text}")
+                for image in ui.get("images", []):
+                    path = image.get("path") or image.get("filename")
+                    if path:
+                        print(path)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        if events_file:
+            events_file.close()
+    return status
+
+
+class ProgressRenderer:
+    """A one-line progress bar for the current node and its steps (stderr)."""
+
+    def __init__(self, stream: TextIO, enabled: bool = True, label: str = "") -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self.tty = getattr(stream, "isatty", lambda: False)()
+        self.label = label
+        self.total = 0
+        self.done = 0
+        self._last_draw = 0.0
+        self._current = ""
+
+    def __call__(self, event: Event) -> None:
+        if not self.enabled:
+            return
+        if event.type == "run_started":
+            self.total = int(event.data.get("nodes", 0))
+        elif event.type in ("node_cached", "node_finished"):
+            self.done += 1
+        if event.type == "node_started":
+            self._current = f"{event.node_id} {event.node_type}"
+            self._draw(0, 0)
+        elif event.type == "node_progress":
+            now = time.monotonic()
+            value, maximum = float(event.data["value"]), float(event.data["max"])
+            if now - self._last_draw > 0.1 or value >= maximum:
+                self._last_draw = now
+                self._draw(value, maximum)
+        elif event.type == "node_finished" and not self.tty:
+            print(f"  done {event.node_id} {event.node_type} in {event.seconds:.2f}s", file=self.stream)
+
+    def _draw(self, value: float, maximum: float) -> None:
+        if not self.tty:
+            return
+        width = max(20, min(40, shutil.get_terminal_size((80, 20)).columns - 60))
+        fraction = value / maximum if maximum else 0.0
+        bar = "#" * int(fraction * width) + "-" * (width - int(fraction * width))
+        steps = f" {int(value)}/{int(maximum)}" if maximum else ""
+        prefix = f"[{self.label}] " if self.label else ""
+        line = f"\r{prefix}[{self.done}/{self.total}] {self._current[:30]:<30} |{bar}|{steps}"
+        self.stream.write(line[: shutil.get_terminal_size((120, 20)).columns] + "\033[K")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def format_summary(result: RunResult, workflow: Any) -> str:
+    rows = [(n, workflow.nodes[n].type, "executed", f"{result.timings.get(n, 0.0):.3f}s") for n in result.executed]
+    rows += [(n, workflow.nodes[n].type, "cached", "-") for n in result.cached]
+    if not rows:
+        return f"run {result.status}: nothing to do"
+    width = [max(len(r[i]) for r in rows + [("node", "type", "status", "time")]) for i in range(4)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(("node", "type", "status", "time"), width))]
+    if len(rows) > 40:  # big graphs: summarise instead of listing every node
+        rows = rows[:20] + [("...", f"{len(rows) - 40} more", "", "")] + rows[-20:]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, width)) for row in rows]
+    lines.append(f"run {result.status} in {result.seconds:.3f}s: {len(result.executed)} executed, "
+                 f"{len(result.cached)} cached")
+    return "\n".join(lines)

@@ -1,0 +1,319 @@
+"""Check a whole workflow before anything runs and report every problem at once.
+
+Each :class:`ValidationError` names the node, the input, what was expected, what came
+and how to fix it. The CLI prints them; the server returns them in its 400 response.
+"""
+
+from __future__ import annotations
+
+import difflib
+from functools import lru_cache
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Mapping
+
+import jsonschema
+import networkx as nx
+
+from engine.api import ANY, COMBO, STRING, NodeSpec
+from engine.registry import NodeRegistry
+from engine.workflow import (
+    Link,
+    Workflow,
+    comfyui_prompt_to_document,
+    document_to_workflow,
+    is_comfyui_prompt,
+    workflow_schema,
+)
+
+
+@dataclass(frozen=True)
+class ValidationError:
+    code: str  # machine-readable: schema, unknown_type, missing_input, ...
+    message: str
+    node_id: str | None = None
+    node_type: str | None = None
+    input: str | None = None
+    expected: str | None = None
+    actual: str | None = None
+    hint: str | None = None
+    severity: Literal["error", "warning"] = "error"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def format(self) -> str:
+        where = []
+        if self.node_id is not None:
+            where.append(f"node {self.node_id}" + (f" ({self.node_type})" if self.node_type else ""))
+        if self.input is not None:
+            where.append(f"input {self.input!r}")
+        lines = [f"{self.severity}: {' / '.join(where) + ': ' if where else ''}{self.message}"]
+        if self.expected is not None:
+            lines.append(f"    expected: {self.expected}")
+        if self.actual is not None:
+            lines.append(f"    got:      {self.actual}")
+        if self.hint:
+            lines.append(f"    fix:      {self.hint}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    workflow: Workflow | None
+    problems: tuple[ValidationError, ...]
+
+    @property
+    def errors(self) -> list[ValidationError]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[ValidationError]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return self.workflow is not None and not self.errors
+
+    def format(self) -> str:
+        return "\n".join(p.format() for p in self.problems)
+
+    def node_errors(self) -> dict[str, list[dict[str, Any]]]:
+        """Errors grouped per node id (the server's 400 response body)."""
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for problem in self.errors:
+            grouped.setdefault(problem.node_id or "", []).append(problem.to_dict())
+        return grouped
+
+
+def validate_document(document: Any, registry: NodeRegistry) -> ValidationReport:
+    """Validate a raw JSON document (our format or ComfyUI's API prompt)."""
+    problems: list[ValidationError] = []
+    source_format = "latentflow"
+    if is_comfyui_prompt(document):
+        document = comfyui_prompt_to_document(document)
+        source_format = "comfyui-api"
+    if not isinstance(document, dict):
+        problems.append(ValidationError(
+            "schema", f"a workflow must be a JSON object, got {type(document).__name__}",
+            hint='write {"version": 1, "nodes": {...}} or a ComfyUI API prompt'))
+        return ValidationReport(None, tuple(problems))
+    problems.extend(_schema_problems(document))
+    workflow = document_to_workflow(document, source_format)
+    problems.extend(validate_workflow(workflow, registry).problems)
+    return ValidationReport(workflow, tuple(problems))
+
+
+@lru_cache(maxsize=1)
+def _schema_validator() -> jsonschema.Draft202012Validator:
+    # The shipped schema's local $refs are inlined once: same rules, ~3x faster on big graphs.
+    schema = workflow_schema()
+    return jsonschema.Draft202012Validator(_inline_refs(schema, schema.get("$defs", {})))
+
+
+def _inline_refs(node: Any, definitions: Mapping[str, Any]) -> Any:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/") and len(node) == 1:
+            return _inline_refs(definitions[ref.removeprefix("#/$defs/")], definitions)
+        return {k: _inline_refs(v, definitions) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_inline_refs(v, definitions) for v in node]
+    return node
+
+
+def _schema_problems(document: Mapping[str, Any]) -> list[ValidationError]:
+    validator = _schema_validator()
+    problems = []
+    for error in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path))):
+        path = list(error.absolute_path)
+        node_id = str(path[1]) if len(path) >= 2 and path[0] == "nodes" else None
+        input_name = str(path[3]) if len(path) >= 4 and path[2] == "inputs" else None
+        location = "/".join(map(str, path)) or "(top level)"
+        hint = "see engine/workflow.schema.json"
+        if input_name is not None and isinstance(error.instance, (list, dict)):
+            hint = ('a link is [source_node_id, output_name_or_index]; '
+                    'write a literal list as {"value": [...]}')
+        elif path == ["version"]:
+            hint = 'set "version": 1'
+        problems.append(ValidationError(
+            "schema", f"{location}: {error.message}", node_id=node_id, input=input_name, hint=hint))
+    return problems
+
+
+def validate_workflow(workflow: Workflow, registry: NodeRegistry) -> ValidationReport:
+    problems: list[ValidationError] = []
+    known_types = registry.ids()
+    for node_id, instance in workflow.nodes.items():
+        spec = registry.get(instance.type)
+        if spec is None:
+            close = difflib.get_close_matches(instance.type, known_types, n=3, cutoff=0.5)
+            lowered = {t.lower(): t for t in known_types}
+            if instance.type.lower() in lowered and lowered[instance.type.lower()] not in close:
+                close.insert(0, lowered[instance.type.lower()])
+            problems.append(ValidationError(
+                "unknown_type", f"unknown node type {instance.type!r}", node_id, instance.type,
+                actual=instance.type,
+                hint=(f"did you mean {', '.join(repr(c) for c in close)}?" if close else
+                      "run `python main.py nodes` for the catalogue, or install the plugin that provides it"),
+            ))
+            continue
+        problems.extend(_input_problems(workflow, node_id, spec, registry))
+    problems.extend(_cycle_problems(workflow))
+    problems.extend(_output_problems(workflow, registry))
+    return ValidationReport(workflow, tuple(problems))
+
+
+def _input_problems(workflow: Workflow, node_id: str, spec: NodeSpec,
+                    registry: NodeRegistry) -> list[ValidationError]:
+    problems: list[ValidationError] = []
+    instance = workflow.nodes[node_id]
+    declared = {i.name for i in spec.inputs}
+    for name in instance.inputs:
+        if name not in declared:
+            close = difflib.get_close_matches(name, sorted(declared), n=1)
+            problems.append(ValidationError(
+                "unknown_input", f"{spec.id} has no input {name!r}", node_id, spec.id, name,
+                expected=", ".join(sorted(declared)) or "(no inputs)", actual=name,
+                hint=f"did you mean {close[0]!r}?" if close else "remove it",
+            ))
+    for item in spec.inputs:
+        if item.name not in instance.inputs:
+            if item.required:
+                problems.append(ValidationError(
+                    "missing_input", f"required input {item.name!r} is missing", node_id, spec.id,
+                    item.name, expected=item.type,
+                    hint=(f"link an output of type {item.type} to it" if item.widget is None
+                          else f"give it a value of type {item.type}"),
+                ))
+            continue
+        value = instance.inputs[item.name]
+        if isinstance(value, Link):
+            problems.extend(_link_problems(workflow, node_id, spec, item.name, item.type,
+                                           item.widget is not None, value, registry))
+        elif item.widget is None:
+            problems.append(ValidationError(
+                "not_linked", f"input {item.name!r} takes a link from a node's {item.type} output, "
+                f"not a literal value", node_id, spec.id, item.name, expected=f"link to a {item.type} output",
+                actual=repr(value), hint="write [source_node_id, output_name_or_index]"))
+        elif value is None and not item.required:
+            continue
+        else:
+            problem = item.widget.check(value)
+            if problem:
+                problems.append(ValidationError(
+                    "bad_value", problem, node_id, spec.id, item.name,
+                    expected=_describe_widget(item.widget), actual=repr(value),
+                    hint=_widget_hint(item.widget, value)))
+    return problems
+
+
+def _link_problems(workflow: Workflow, node_id: str, spec: NodeSpec, name: str, expected_type: str,
+                   is_widget: bool, link: Link, registry: NodeRegistry) -> list[ValidationError]:
+    source = workflow.nodes.get(link.node_id)
+    if source is None:
+        return [ValidationError(
+            "missing_node", f"input {name!r} links to node {link.node_id!r}, which does not exist",
+            node_id, spec.id, name, actual=repr(link.to_json()),
+            hint=f"existing nodes: {', '.join(sorted(workflow.nodes)[:20])}")]
+    source_spec = registry.get(source.type)
+    if source_spec is None:
+        return []  # reported as unknown_type on the source node
+    index = source_spec.output_index(link.output)
+    if index is None:
+        names = [f"{i}:{o.name} ({o.type})" for i, o in enumerate(source_spec.outputs)]
+        return [ValidationError(
+            "missing_output", f"node {link.node_id} ({source.type}) has no output {link.output!r}",
+            node_id, spec.id, name, expected=", ".join(names) or "(it has no outputs)",
+            actual=repr(link.output), hint="link to one of its outputs by name or index")]
+    actual_type = source_spec.outputs[index].type
+    if not _types_compatible(actual_type, expected_type, is_widget):
+        return [ValidationError(
+            "type_mismatch", f"input {name!r} expects {expected_type} but node {link.node_id} "
+            f"({source.type}) output {source_spec.outputs[index].name!r} is {actual_type}",
+            node_id, spec.id, name, expected=expected_type, actual=actual_type,
+            hint=f"link an output of type {expected_type} instead")]
+    return []
+
+
+def _types_compatible(actual: str, expected: str, is_widget: bool) -> bool:
+    if actual == expected or ANY in (actual, expected):
+        return True
+    if is_widget and expected == COMBO and actual in (STRING, COMBO):
+        return True
+    actual_set, expected_set = set(actual.split(",")), set(expected.split(","))
+    return bool(actual_set & expected_set)
+
+
+def _describe_widget(widget: Any) -> str:
+    parts = [widget.type]
+    if getattr(widget, "min", None) is not None:
+        parts.append(f"min {widget.min}")
+    if getattr(widget, "max", None) is not None:
+        parts.append(f"max {widget.max}")
+    if widget.type == COMBO:
+        options = widget.options()
+        parts.append("one of " + ", ".join(repr(o) for o in options[:8]) + (" ..." if len(options) > 8 else ""))
+    return ", ".join(parts)
+
+
+def _widget_hint(widget: Any, value: Any) -> str:
+    if widget.type == COMBO:
+        options = widget.options()
+        close = difflib.get_close_matches(str(value), options, n=1, cutoff=0.4)
+        if close:
+            return f"did you mean {close[0]!r}?"
+        return "pick one of the listed choices" if options else "no choices are available: add files to the folder"
+    low, high = getattr(widget, "min", None), getattr(widget, "max", None)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and (low is not None or high is not None):
+        if low is not None and value < low:
+            return f"use a value >= {low}"
+        if high is not None and value > high:
+            return f"use a value <= {high}"
+    return f"give a value of type {widget.type}"
+
+
+def _cycle_problems(workflow: Workflow) -> list[ValidationError]:
+    graph = nx.DiGraph()
+    for node_id, instance in workflow.nodes.items():
+        graph.add_node(node_id)
+        for value in instance.inputs.values():
+            if isinstance(value, Link) and value.node_id in workflow.nodes:
+                graph.add_edge(value.node_id, node_id)
+    problems = []
+    for component in nx.strongly_connected_components(graph):
+        if len(component) == 1:
+            (only,) = component
+            if not graph.has_edge(only, only):
+                continue
+        cycle = [edge[0] for edge in nx.find_cycle(graph.subgraph(component))]
+        path = " -> ".join(cycle + [cycle[0]])
+        problems.append(ValidationError(
+            "cycle", f"nodes form a cycle: {path}", cycle[0], workflow.nodes[cycle[0]].type,
+            actual=path, hint="a workflow must be acyclic: remove one of these links"))
+    return problems
+
+
+def _output_problems(workflow: Workflow, registry: NodeRegistry) -> list[ValidationError]:
+    outputs = [n for n, i in workflow.nodes.items() if (s := registry.get(i.type)) and s.output_node]
+    if not outputs:
+        if not workflow.nodes:
+            return [ValidationError("no_output", "the workflow has no nodes",
+                                    hint="add nodes, including an output node such as SaveImage")]
+        return [ValidationError("no_output", "the workflow has no output node, so running it would do nothing",
+                                hint="add an output node (e.g. SaveImage or PreviewImage) and link it")]
+    # Nodes that feed no output never run: worth a warning, not an error.
+    feeding: set[str] = set()
+    stack = list(outputs)
+    while stack:
+        current = stack.pop()
+        if current in feeding:
+            continue
+        feeding.add(current)
+        instance = workflow.nodes.get(current)
+        if instance is None:
+            continue
+        stack.extend(v.node_id for v in instance.inputs.values() if isinstance(v, Link))
+    return [ValidationError("unused_node", "this node feeds no output node and will not run", node_id,
+                            workflow.nodes[node_id].type, hint="link it to an output or delete it",
+                            severity="warning")
+            for node_id in workflow.nodes if node_id not in feeding]

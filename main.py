@@ -1,0 +1,88 @@
+"""latentflow command line: serve | run | validate | nodes | train | sample | convert | eval.
+
+Each subcommand lives in its own module, imported only when that subcommand runs, so
+``python main.py validate`` never imports torch and ``serve`` never imports training code.
+A command module defines ``configure(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("engine.cli", "run a workflow JSON (or a PNG we saved) headlessly"),
+    "validate": ("engine.cli", "check a workflow and report every problem at once"),
+    "nodes": ("engine.cli", "list the node catalogue"),
+    "serve": ("web.cli", "start the web editor and API server"),
+    "convert": ("sgm.tools.convert", "convert checkpoints between formats and dtypes"),
+    "train": ("sgm.tools.train", "train a VAE, a diffusion model or a LoRA"),
+    "sample": ("nodes.sample_cli", "generate images from a prompt through the engine"),
+    "eval": ("sgm.tools.eval_shapes", "evaluate a model on held-out shapes captions"),
+}
+
+
+def build_registry(custom_nodes: Path | None = ROOT / "custom_nodes", entry_points: bool = True):
+    """The node registry: built-in packs, then custom_nodes/ plugins, then installed plugins.
+
+    A plugin that fails to import is recorded in ``registry.failures``; the rest still loads.
+    """
+    from engine.registry import NodeRegistry, import_pack
+    from nodes import BUILTIN_PACKS
+
+    registry = NodeRegistry()
+    for module_name in BUILTIN_PACKS:
+        try:
+            registry.register_pack(import_pack(module_name), module_name)
+        except Exception as error:  # reported like a plugin failure; other packs keep working
+            registry._fail(module_name, error)
+    if custom_nodes is not None:
+        registry.load_custom_nodes(custom_nodes)
+    if entry_points:
+        registry.load_entry_points()
+    return registry
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The CLI parser; only the ``selected`` command's module is imported (all for --help)."""
+    parser = argparse.ArgumentParser(prog="main.py", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if selected is not None and name != selected:
+            continue
+        module = _command_module(module_name)
+        if module is None:
+            continue
+        configure = getattr(module, f"configure_{name}", None) or module.configure
+        configure(sub_parser)
+        sub_parser.set_defaults(_module=module_name, build_registry=build_registry)
+    return parser
+
+
+def _command_module(module_name: str):
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name and module_name.startswith(error.name):
+            return None  # command not available in this install
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(selected if selected in COMMANDS else None)
+    args = parser.parse_args(argv)
+    module = importlib.import_module(args._module)
+    runner = getattr(module, f"run_{args.command}", None) or module.run
+    return int(runner(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

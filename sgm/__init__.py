@@ -1,0 +1,1 @@
+"""sgm: the model library (torch). Never imports engine/, nodes/ or web/."""
