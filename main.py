@@ -27,18 +27,29 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_registry(custom_nodes: Path | None = ROOT / "custom_nodes", entry_points: bool = True):
+def build_settings(**overrides):
+    """Installation folders: the repository's by default, overridable by CLI flags."""
+    from engine.settings import Settings
+
+    return Settings.for_root(ROOT, **overrides)
+
+
+def build_registry(custom_nodes: Path | None = ROOT / "custom_nodes", entry_points: bool = True,
+                   settings=None):
     """The node registry: built-in packs, then custom_nodes/ plugins, then installed plugins.
 
-    A plugin that fails to import is recorded in ``registry.failures``; the rest still loads.
+    A built-in pack's ``NODES`` may be a list or a factory ``NODES(settings)`` (for
+    choices computed from the installation's folders). A plugin that fails to import is
+    recorded in ``registry.failures``; the rest still loads.
     """
     from engine.registry import NodeRegistry, import_pack
     from nodes import BUILTIN_PACKS
 
+    settings = settings if settings is not None else build_settings()
     registry = NodeRegistry()
     for module_name in BUILTIN_PACKS:
         try:
-            registry.register_pack(import_pack(module_name), module_name)
+            registry.register_pack(import_pack(module_name, settings), module_name)
         except Exception as error:  # reported like a plugin failure; other packs keep working
             registry._fail(module_name, error)
     if custom_nodes is not None:
@@ -61,7 +72,8 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
             continue
         configure = getattr(module, f"configure_{name}", None) or module.configure
         configure(sub_parser)
-        sub_parser.set_defaults(_module=module_name, build_registry=build_registry)
+        sub_parser.set_defaults(_module=module_name, build_registry=build_registry,
+                                build_settings=build_settings)
     return parser
 
 

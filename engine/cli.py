@@ -54,7 +54,10 @@ def _registry(args: argparse.Namespace) -> NodeRegistry:
     factory: Callable[..., NodeRegistry] | None = getattr(args, "build_registry", None)
     if factory is None:
         raise SystemExit("internal error: main.py did not provide build_registry")
-    registry = factory(custom_nodes=Path(args.custom_nodes))
+    settings = args.build_settings(output_dir=Path(args.output_dir)) if getattr(args, "output_dir", None) \
+        else args.build_settings()
+    registry = factory(custom_nodes=Path(args.custom_nodes), settings=settings)
+    registry.settings = settings  # type: ignore[attr-defined]
     for failure in registry.failures:
         print(f"warning: plugin {failure.source} failed to load: {failure.message}", file=sys.stderr)
     return registry
@@ -112,7 +115,11 @@ def run_run(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     output_dir = Path(args.output_dir)
-    executor = Executor(registry, services={"output_dir": output_dir})
+    settings = registry.settings  # type: ignore[attr-defined]
+    from engine.cache import ResultCache
+
+    executor = Executor(registry, ResultCache(settings.cache_max_entries, settings.cache_max_bytes),
+                        services={"settings": settings, "output_dir": output_dir})
     events_file = open(args.events, "w", encoding="utf-8") if args.events else None
     writer = JsonlEventWriter(events_file) if events_file else None
     status = 0

@@ -178,12 +178,14 @@ def node_info(spec: NodeSpec, source: str = "") -> dict[str, Any]:
     }
 
 
-def _exported_nodes(module: Any, source: str) -> list[NodeSpec]:
+def _exported_nodes(module: Any, source: str, settings: Any = None) -> list[NodeSpec]:
     nodes = getattr(module, "NODES", None)
     if nodes is None:
         raise AttributeError(f"{source} exports no NODES list; add NODES = [my_node, ...] at module level")
     if callable(nodes):
-        nodes = nodes()
+        import inspect
+
+        nodes = nodes(settings) if inspect.signature(nodes).parameters else nodes()
     return list(nodes)
 
 
@@ -210,6 +212,7 @@ def _import_path(module_name: str, location: Path) -> Any:
     return module
 
 
-def import_pack(module_name: str) -> list[NodeSpec]:
-    """The NODES list of a built-in pack module (e.g. ``nodes.latents``)."""
-    return _exported_nodes(importlib.import_module(module_name), module_name)
+def import_pack(module_name: str, settings: Any = None) -> list[NodeSpec]:
+    """The nodes of a built-in pack module (e.g. ``nodes.latents``); ``NODES`` may be a list
+    or a factory taking the installation's settings."""
+    return _exported_nodes(importlib.import_module(module_name), module_name, settings)

@@ -15,7 +15,7 @@ from tests.engine.graph_nodes import chain_document, make_registry
 def registry_factory(monkeypatch):
     registry, calls = make_registry()
 
-    def build_registry(custom_nodes=None, entry_points=True):
+    def build_registry(custom_nodes=None, entry_points=True, settings=None):
         return registry
 
     monkeypatch.setattr(main, "build_registry", build_registry)
