@@ -1,7 +1,7 @@
 """Load and save single-file checkpoints (SD 1.x / 2.x / SDXL / refiner / inpaint / our own).
 
-Architecture is read from tensor shapes (``sgm.architecture``-style inference lives here),
-so reduced-width test checkpoints load through the same code as the released ones.
+Architecture is read from tensor shapes (``infer_unet_config``/``infer_vae_config``), so
+reduced-width test checkpoints load through the same code as the released ones.
 Models are built on the meta device and their parameters are *assigned* the tensors read
 from a memory-mapped safetensors file: a load holds one copy of the weights, and only the
 pages actually used become resident. ``.ckpt``/``.pt`` files load only through
@@ -216,6 +216,8 @@ def detect_family(state_dict: dict[str, torch.Tensor], metadata: dict[str, str])
         base = "sd2"
     elif has(UNET_PREFIX):
         base = "sd1"
+    elif has(VAE_PREFIX):
+        return "vae"  # a VAE-only file (e.g. a fine-tuned SD VAE in a full-checkpoint layout)
     else:
         raise CheckpointError(
             f"unknown checkpoint layout: no {UNET_PREFIX!r}, text-encoder or known keys "
@@ -365,10 +367,13 @@ def load_checkpoint(
     text_sd = {k: v for k, v in state_dict.items() if k.startswith(TEXT_PREFIXES)}
     conditioner = _build_conditioner(text_sd, family, metadata, path, device, dtype) if (load_text and text_sd) else None
     default_scale = SCALE_FACTORS["sdxl"] if family.startswith("sdxl") else SCALE_FACTORS["sd"]
+    prediction = detect_prediction(state_dict, metadata, family)
+    if family == "sd2" and prediction == "v":
+        family = "sd2-v"  # the 768-v model: same shapes as sd2, told apart by metadata
     return Checkpoint(
         path=path,
         family=family,
-        prediction=detect_prediction(state_dict, metadata, family),
+        prediction=prediction,
         scale_factor=float(hints.get("scale_factor", default_scale)),
         unet=unet,
         vae=vae,

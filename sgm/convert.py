@@ -256,6 +256,14 @@ def unet_diffusers_config(config: dict[str, Any], sample_size: int = 64) -> dict
     depths = config["transformer_depth"]
     depths = [depths] * levels if isinstance(depths, int) else list(depths)
     attention = [2**i in config["attention_resolutions"] and depths[i] > 0 for i in range(levels)]
+    middle = config.get("transformer_depth_middle")
+    middle = depths[-1] if middle is None else middle
+    # diffusers reads the middle block's depth from the last level's entry.
+    layers = [d if d > 0 else 1 for d in depths[:-1]] + [depths[-1] if attention[-1] else middle]
+    if layers[-1] != middle:
+        raise KeyMappingError(
+            f"diffusers cannot express a middle transformer depth ({middle}) different from the last level's ({depths[-1]})"
+        )
     out: dict[str, Any] = {
         "_class_name": "UNet2DConditionModel",
         "sample_size": sample_size,
@@ -268,16 +276,11 @@ def unet_diffusers_config(config: dict[str, Any], sample_size: int = 64) -> dict
         "cross_attention_dim": config["context_dim"],
         "attention_head_dim": _heads_to_diffusers(config, widths),
         "use_linear_projection": bool(config.get("use_linear_in_transformer", False)),
-        "transformer_layers_per_block": [max(d, 1) for d in depths],
+        "transformer_layers_per_block": layers,
         "norm_num_groups": 32,
         "flip_sin_to_cos": True,
         "freq_shift": 0,
     }
-    middle = config.get("transformer_depth_middle")
-    if middle is not None and middle != depths[-1]:
-        raise KeyMappingError(
-            f"diffusers cannot express a middle transformer depth ({middle}) different from the last level's ({depths[-1]})"
-        )
     if config.get("num_classes") == "sequential":
         adm = config["adm_in_channels"]
         # SDXL: y = [pooled text (P) | 6 size/crop values x 256-d Fourier features]
