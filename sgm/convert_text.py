@@ -68,8 +68,20 @@ def text_prefixes(family: str) -> tuple[str | None, str | None]:
     return table[base]
 
 
+def with_text_model_prefix(te: Tensors) -> dict[str, torch.Tensor]:
+    """transformers CLIP text keys in their on-disk form (``text_model.*``).
+
+    transformers >= 5 keeps a bare ``CLIPTextModel``'s parameters without the
+    ``text_model.`` prefix in memory (its loader adds/removes it); files and
+    ``CLIPTextModelWithProjection`` carry it. We accept both and always write the prefix.
+    """
+    bare = ("embeddings.", "encoder.", "final_layer_norm.")
+    return {(_HF + k if k.startswith(bare) else k): v for k, v in te.items()}
+
+
 def hf_to_open_clip(te: Tensors, *, add_identity_layer: bool = False) -> dict[str, torch.Tensor]:
     """transformers CLIP text keys -> OpenCLIP ``model.*`` keys (no outer prefix)."""
+    te = with_text_model_prefix(te)
     out: dict[str, torch.Tensor] = {}
     layers = sorted({int(k[len(_HF_LAYER) :].split(".", 1)[0]) for k in te if k.startswith(_HF_LAYER)})
     for key, value in te.items():
@@ -173,7 +185,7 @@ def text_diffusers_to_original(family: str, te1: Tensors | None, te2: Tensors | 
         if base == "sd2":
             out.update(_add_prefix(prefix1, hf_to_open_clip(te1, add_identity_layer=True)))
         else:  # OpenAI CLIP-L keeps transformers' names under `transformer.`
-            out.update(_add_prefix(prefix1 + "transformer.", te1))
+            out.update(_add_prefix(prefix1 + "transformer.", with_text_model_prefix(te1)))
     if te2 is not None:
         if prefix2 is None:
             raise ValueError(f"family {family!r} has no second text encoder; pass te2=None")

@@ -226,10 +226,17 @@ class TextConditioner:
 def _load_tower(role: EncoderRole, state_dict: dict[str, torch.Tensor], device: torch.device | str,
                 dtype: torch.dtype | None) -> _TextTower:
     state_dict = {k: v for k, v in state_dict.items() if not k.endswith(_IGNORED_SUFFIXES)}
-    if role.layout == "clip":
-        config, cls = infer_clip_config(state_dict, "quick_gelu"), ClipTextModel
-    else:
-        config, cls = infer_open_clip_config(state_dict, "gelu"), OpenClipTextModel
+    try:
+        if role.layout == "clip":
+            config, cls = infer_clip_config(state_dict, "quick_gelu"), ClipTextModel
+        else:
+            config, cls = infer_open_clip_config(state_dict, "gelu"), OpenClipTextModel
+    except KeyError as error:
+        raise KeyError(
+            f"text encoder under {role.prefix!r} lacks {role.prefix}{error.args[0]}: expected the "
+            f"released {'CLIP-L transformer.text_model.*' if role.layout == 'clip' else 'OpenCLIP model.*'} "
+            f"layout, found keys {sorted(state_dict)[:4]}"
+        ) from error
     with torch.device("meta"):
         tower = cls(config)
     expected = set(tower.state_dict())
