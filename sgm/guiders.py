@@ -1,0 +1,274 @@
+"""Guiders: a UNet plus conditioning -> a denoiser ``model(x, sigma) -> denoised``.
+
+``GuidedDenoiser`` is what samplers call. It applies the model's scalings (sgm's
+``Denoiser``), evaluates every positive (and, for CFG, negative) condition, combines
+conditions that cover areas / masks / strengths, and mixes cond and uncond by
+classifier-free guidance (Ho & Salimans 2022, eq. 6):
+
+    D = D_uncond + cfg * (D_cond - D_uncond)
+
+in denoised space, which equals CFG on eps or v because D is affine in the network output
+with the same coefficients for both branches. cfg == 1 (or no negative) skips the uncond
+pass entirely. Conditions whose inputs have the same shapes go through the UNet as one
+batch (cond and uncond in a single call in the common case); others are run in chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sgm.conditioning import Area, Condition
+from sgm.denoisers import ModelSampling
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One condition's UNet evaluation: which branch, where, with what inputs."""
+
+    branch: int  # 0 = positive, 1 = negative
+    rows: slice
+    cols: slice
+    context: torch.Tensor | None  # (B, T, C)
+    y: torch.Tensor | None  # (B, adm) or (B,)
+    weight: torch.Tensor  # (B or 1, 1, h, w) combination weight (strength x mask)
+
+    def batch_key(self) -> tuple[object, ...]:
+        """Jobs with equal keys can share one UNet call (concatenated along the batch)."""
+        return (
+            self.rows.start, self.rows.stop, self.cols.start, self.cols.stop,
+            None if self.context is None else tuple(self.context.shape[1:]),
+            None if self.y is None else tuple(self.y.shape[1:]),
+        )
+
+
+def _expand_batch(t: torch.Tensor | None, batch: int, what: str) -> torch.Tensor | None:
+    if t is None or t.shape[0] == batch:
+        return t
+    if t.shape[0] == 1:
+        return t.expand(batch, *t.shape[1:])
+    raise ValueError(
+        f"condition {what} has batch {t.shape[0]} but the latent batch is {batch}; "
+        "encode one prompt (batch 1, broadcast) or one per latent"
+    )
+
+
+def _region(area: Area | None, height: int, width: int) -> tuple[slice, slice]:
+    """Latent-pixel slices of an area, clipped to the latent; whole latent for None."""
+    if area is None:
+        return slice(0, height), slice(0, width)
+    y0, x0 = max(area.y, 0), max(area.x, 0)
+    y1, x1 = min(area.y + area.height, height), min(area.x + area.width, width)
+    if y1 <= y0 or x1 <= x0:
+        raise ValueError(
+            f"condition area {area} lies outside the {width}x{height} latent (areas are in "
+            "latent pixels, 1/8 of the image size)"
+        )
+    return slice(y0, y1), slice(x0, x1)
+
+
+def _mask_weight(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B or 1, H', W') or (H', W') mask -> (B or 1, 1, height, width), resized bilinearly."""
+    if mask.ndim == 2:
+        mask = mask[None]
+    if mask.ndim != 3:
+        raise ValueError(f"condition mask must be (H, W) or (B, H, W), got shape {tuple(mask.shape)}")
+    mask = mask[:, None].float()
+    if mask.shape[-2:] != (height, width):
+        mask = F.interpolate(mask, size=(height, width), mode="bilinear", align_corners=False)
+    return mask
+
+
+def make_inpaint_concat(mask: torch.Tensor, masked_latent: torch.Tensor) -> torch.Tensor:
+    """The 5 extra input channels of a 9-channel inpainting UNet: [mask, masked-image latent].
+
+    mask: (B or 1, 1, H, W) or (B, H, W), 1 = repaint, at latent or image resolution.
+    masked_latent: (B, 4, h, w) latent of the image with the repaint region blanked.
+    Returns (B, 5, h, w), the order of SD-inpainting (ldm's c_concat and diffusers).
+    """
+    if mask.ndim == 3:
+        mask = mask[:, None]
+    mask = mask.to(masked_latent)
+    if mask.shape[-2:] != masked_latent.shape[-2:]:
+        mask = F.interpolate(mask, size=masked_latent.shape[-2:], mode="bilinear", align_corners=False)
+    mask = _expand_batch(mask, masked_latent.shape[0], "inpaint mask")
+    assert mask is not None
+    return torch.cat([mask, masked_latent], dim=1)
+
+
+class GuidedDenoiser:
+    """UNet + model sampling + conditions -> ``model(x (B,C,H,W), sigma (B,)) -> denoised``.
+
+    positive / negative: lists of ``Condition``; an empty positive list runs the UNet
+    without conditioning (unconditional models). ``guidance_rescale`` (phi) applies Lin et
+    al. 2024, eq. 15-16 in the network's output space (eps or v). ``inpaint_concat``
+    (B or 1, 5, H, W) is appended to the UNet input for 9-channel inpainting models.
+    ``batch_conds=False`` forces one UNet call per condition (useful to bound memory).
+    ``unet_calls`` counts UNet forward calls (for tests and benchmarks).
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        model_sampling: ModelSampling,
+        positive: Sequence[Condition],
+        negative: Sequence[Condition] | None = None,
+        cfg: float = 1.0,
+        guidance_rescale: float = 0.0,
+        inpaint_concat: torch.Tensor | None = None,
+        *,
+        batch_conds: bool = True,
+    ) -> None:
+        if not 0.0 <= guidance_rescale <= 1.0:
+            raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")
+        self.use_cfg = cfg != 1.0 and negative is not None
+        if cfg != 1.0 and not negative:
+            raise ValueError(
+                f"cfg={cfg} needs negative conditioning (e.g. the encoded empty prompt); "
+                "pass negative=[...] or use cfg=1.0 to sample without guidance"
+            )
+        in_channels = getattr(unet, "in_channels", None)
+        extra = 0 if inpaint_concat is None else inpaint_concat.shape[1]
+        if in_channels is not None and in_channels == 9 and inpaint_concat is None:
+            raise ValueError(
+                "this is a 9-channel inpainting UNet: pass inpaint_concat="
+                "make_inpaint_concat(mask, masked_image_latent) (use a regular checkpoint for txt2img)"
+            )
+        self.unet = unet
+        self.model_sampling = model_sampling
+        self.positive = list(positive)
+        self.negative = list(negative) if negative is not None else None
+        self.cfg = float(cfg)
+        self.guidance_rescale = float(guidance_rescale)
+        self.inpaint_concat = inpaint_concat
+        self.batch_conds = batch_conds
+        self.unet_calls = 0
+        self._expected_in = None if in_channels is None else in_channels - extra
+
+    # ------------------------------------------------------------------ jobs
+
+    def _jobs(self, x: torch.Tensor) -> list[_Job]:
+        batch, _, height, width = x.shape
+        branches = [self.positive] + ([self.negative] if self.use_cfg and self.negative else [])
+        jobs = []
+        for branch, conditions in enumerate(branches):
+            if not conditions:  # unconditional model
+                full = slice(0, height), slice(0, width)
+                jobs.append(_Job(branch, *full, None, None, x.new_ones(1, 1, 1, 1)))
+                continue
+            for cond in conditions:
+                rows, cols = _region(cond.area, height, width)
+                weight = x.new_full((1, 1, 1, 1), float(cond.strength))
+                if cond.mask is not None:
+                    mask = _mask_weight(cond.mask, height, width).to(x)
+                    weight = weight * mask[:, :, rows, cols]
+                jobs.append(_Job(
+                    branch, rows, cols,
+                    _expand_batch(cond.context, batch, "context"),
+                    _expand_batch(cond.y, batch, "y (pooled/vector conditioning)"),
+                    weight,
+                ))
+        return jobs
+
+    def _run_unet(
+        self, jobs: list[_Job], x_in: torch.Tensor, timestep: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """One UNet call for all ``jobs`` (same batch key): their outputs, in order."""
+        def crop(t: torch.Tensor, job: _Job) -> torch.Tensor:
+            return t[:, :, job.rows, job.cols]
+
+        inputs = [crop(x_in, job) for job in jobs]
+        if self.inpaint_concat is not None:
+            concat = _expand_batch(self.inpaint_concat.to(x_in), x_in.shape[0], "inpaint_concat")
+            assert concat is not None
+            inputs = [torch.cat([inp, crop(concat, job)], dim=1) for inp, job in zip(inputs, jobs)]
+        contexts = [job.context for job in jobs]
+        ys = [job.y for job in jobs]
+        context = None if contexts[0] is None else torch.cat(contexts)  # type: ignore[arg-type]
+        y = None if ys[0] is None else torch.cat(ys)  # type: ignore[arg-type]
+        out = self.unet(torch.cat(inputs), timestep.repeat(len(jobs)), context=context, y=y)
+        self.unet_calls += 1
+        return list(out.chunk(len(jobs)))
+
+    # ------------------------------------------------------------------ call
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if self._expected_in is not None and x.shape[1] != self._expected_in:
+            raise ValueError(
+                f"latent has {x.shape[1]} channels but the UNet expects {self._expected_in} "
+                f"(+ {0 if self.inpaint_concat is None else self.inpaint_concat.shape[1]} inpaint channels)"
+            )
+        ms = self.model_sampling
+        scal = ms.scalings(sigma, x.ndim)  # (B, 1, 1, 1) each
+        x_in = x * scal.c_in
+        timestep = ms.timestep(sigma)
+        jobs = self._jobs(x)
+
+        groups: dict[tuple[object, ...], list[int]] = {}
+        for i, job in enumerate(jobs):
+            key = job.batch_key() if self.batch_conds else (i,)
+            groups.setdefault(key, []).append(i)
+        outputs: list[torch.Tensor | None] = [None] * len(jobs)
+        for indices in groups.values():
+            for i, out in zip(indices, self._run_unet([jobs[i] for i in indices], x_in, timestep)):
+                outputs[i] = out
+
+        n_branches = 2 if self.use_cfg else 1
+        full = (slice(0, x.shape[2]), slice(0, x.shape[3]))
+        per_branch = [[j for j in jobs if j.branch == b] for b in range(n_branches)]
+        if all(
+            len(js) == 1 and (js[0].rows, js[0].cols) == full and js[0].weight.numel() == 1
+            and float(js[0].weight) > 0 for js in per_branch
+        ):
+            # Fast path (one full-frame condition per branch): the weighted average is the
+            # denoised estimate itself; skip the accumulation buffers.
+            results = [scal.c_skip * x + scal.c_out * out for out in outputs]  # type: ignore[operator]
+            return self._guide(x, sigma, results)
+        # Weighted average of overlapping conditions. numer/denom are fresh local buffers,
+        # so accumulating into them in place never touches a caller's tensor.
+        numer = [torch.zeros_like(x) for _ in range(n_branches)]  # (B, C, H, W)
+        denom = [x.new_zeros(x.shape[0], 1, *x.shape[2:]) for _ in range(n_branches)]  # (B, 1, H, W)
+        for job, out in zip(jobs, outputs):
+            assert out is not None
+            region = (slice(None), slice(None), job.rows, job.cols)
+            denoised = scal.c_skip * x[region] + scal.c_out * out  # (B, C, h, w)
+            numer[job.branch][region] += denoised * job.weight
+            denom[job.branch][region] += job.weight
+        results = []
+        for branch in range(n_branches):
+            if torch.any(denom[branch] <= 0):
+                raise ValueError(
+                    f"some latent pixels are covered by no {'positive' if branch == 0 else 'negative'} "
+                    "condition (areas/masks/strength 0 leave gaps); add a full-frame condition"
+                )
+            results.append(numer[branch] / denom[branch])
+        return self._guide(x, sigma, results)
+
+    def _guide(
+        self, x: torch.Tensor, sigma: torch.Tensor, results: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """CFG (Ho & Salimans 2022, eq. 6) on [cond] or [cond, uncond] denoised estimates."""
+        if not self.use_cfg:
+            return results[0]
+        cond, uncond = results
+        guided = uncond + self.cfg * (cond - uncond)
+        if self.guidance_rescale > 0:
+            guided = self._rescale(x, sigma, cond, guided)
+        return guided
+
+    def _rescale(
+        self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, guided: torch.Tensor
+    ) -> torch.Tensor:
+        """Lin et al. 2024, eq. 15-16: match the guided output's std to the cond output's."""
+        ms = self.model_sampling
+        out_cond = ms.output_from_denoised(x, sigma, cond)
+        out_cfg = ms.output_from_denoised(x, sigma, guided)
+        dims = list(range(1, x.ndim))
+        rescaled = out_cfg * (out_cond.std(dim=dims, keepdim=True) / out_cfg.std(dim=dims, keepdim=True))
+        phi = self.guidance_rescale
+        return ms.denoised_from_output(x, sigma, phi * rescaled + (1 - phi) * out_cfg)
+
