@@ -1,0 +1,63 @@
+"""``main.py serve``: start the editor and API server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from web.security import Limits, SecurityPolicy, is_loopback
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=8188, help="port (default: 8188)")
+    parser.add_argument("--listen", nargs="?", const="0.0.0.0", metavar="ADDRESS",
+                        help="bind a non-local address (default 0.0.0.0); requires --auth-token")
+    parser.add_argument("--auth-token", default=os.environ.get("LATENTFLOW_AUTH_TOKEN"),
+                        help="secret every API client must send (env LATENTFLOW_AUTH_TOKEN)")
+    parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                        help="another origin (scheme://host:port) allowed to queue work (repeatable)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="HOST",
+                        help="another Host name accepted without a token (repeatable)")
+    parser.add_argument("--custom-nodes", default=None, help="plugin folder (default: custom_nodes/)")
+    parser.add_argument("--output-dir", default=None, help="where output nodes write files (default: output/)")
+    parser.add_argument("--input-dir", default=None, help="where uploads go (default: input/)")
+    parser.add_argument("--max-upload-mb", type=int, default=32, help="largest accepted upload (MiB)")
+    parser.add_argument("--max-body-mb", type=int, default=64, help="largest accepted request body (MiB)")
+    parser.add_argument("--frontend", choices=("latentflow",), default="latentflow",
+                        help="which browser editor to serve at /")
+
+
+def run(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from web.app import create_app
+
+    host = args.listen or args.host
+    try:
+        policy = SecurityPolicy.for_bind(host, args.auth_token, tuple(args.allow_origin), tuple(args.allow_host))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    overrides = {"output_dir": Path(args.output_dir) if args.output_dir else None,
+                 "input_dir": Path(args.input_dir) if args.input_dir else None}
+    settings = args.build_settings(**overrides)
+    custom_nodes = Path(args.custom_nodes) if args.custom_nodes else settings.custom_nodes_dir
+    registry = args.build_registry(custom_nodes=custom_nodes, settings=settings)
+    for failure in registry.failures:
+        print(f"warning: plugin {failure.source} failed to load: {failure.message}", file=sys.stderr)
+    limits = Limits(max_body_bytes=args.max_body_mb << 20, max_upload_bytes=args.max_upload_mb << 20)
+    app = create_app(registry, settings, policy=policy, limits=limits)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    shown = f"[{shown}]" if ":" in shown else shown
+    suffix = "/?token=<your token>" if policy.token else "/"
+    print(f"latentflow: {len(registry)} nodes; open http://{shown}:{args.port}{suffix}", file=sys.stderr)
+    if not is_loopback(host):
+        print(f"warning: listening on {host}: anyone who can reach this port and knows the token can "
+              f"run workflows", file=sys.stderr)
+    web.run_app(app, host=host, port=args.port, print=None, access_log=None)
+    return 0

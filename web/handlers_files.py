@@ -1,0 +1,197 @@
+"""File handlers: view outputs, upload inputs, list/load/save workflows.
+
+Every name a client sends goes through :func:`web.security.confined_path` or
+:func:`web.security.safe_file_name`; uploads are checked by magic bytes and size.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+from pathlib import Path
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+
+from engine.settings import Settings
+from web.handlers import checked_document, error_response, read_json
+from web.keys import LIMITS, REGISTRY, SETTINGS
+from web.security import IMAGE_SUFFIXES, UnsafePathError, confined_path, safe_file_name, sniff_image
+
+routes = web.RouteTableDef()
+
+FOLDER_TYPES = ("output", "input", "temp")
+
+
+def folder_for(settings: Settings, kind: str) -> Path:
+    if kind == "output":
+        return settings.output_dir
+    if kind == "input":
+        return settings.input_dir
+    if kind == "temp":
+        return settings.root / "temp"
+    raise UnsafePathError(f"type must be one of {', '.join(FOLDER_TYPES)}, got {kind!r}")
+
+
+def user_workflows_dir(settings: Settings) -> Path:
+    return settings.root / "user" / "workflows"
+
+
+# --------------------------------------------------------------------------- view
+
+
+@routes.get("/api/view")
+async def view(request: web.Request) -> web.StreamResponse:
+    filename = request.query.get("filename", "")
+    if not filename:
+        return error_response(400, "bad_request", "give ?filename=NAME (and optionally subfolder, type)")
+    try:
+        folder = folder_for(request.app[SETTINGS], request.query.get("type", "output"))
+        safe_file_name(filename)
+        path = confined_path(folder, request.query.get("subfolder", ""), filename)
+    except UnsafePathError as error:
+        return error_response(400, "unsafe_path", str(error))
+    if not path.is_file():
+        return error_response(404, "not_found", f"no file {filename!r} in that folder")
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return web.FileResponse(path, headers={
+        "Content-Type": content_type, "Content-Disposition": f'inline; filename="{path.name}"',
+        "Cache-Control": "no-cache"})
+
+
+# --------------------------------------------------------------------------- upload
+
+
+@routes.post("/api/upload/image")
+async def upload_image(request: web.Request) -> web.Response:
+    """Multipart ``image`` (PNG/JPEG/WebP), optional ``subfolder``, ``type`` and ``overwrite``."""
+    limits = request.app[LIMITS]
+    if not request.content_type.startswith("multipart/"):
+        return error_response(400, "bad_request", "send multipart/form-data with an 'image' field")
+    reader = await request.multipart()
+    fields: dict[str, str] = {}
+    data: bytes | None = None
+    filename = ""
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            continue
+        if part.name == "image":
+            filename = part.filename or ""
+            data = await _read_limited(part, limits.max_upload_bytes)
+            if data is None:
+                return error_response(413, "too_large",
+                                      f"the image is larger than {limits.max_upload_bytes >> 20} MiB")
+        elif part.name:
+            fields[part.name] = (await part.read(decode=True)).decode("utf-8", "replace")[:1000]
+    if data is None:
+        return error_response(400, "bad_request", "no 'image' field in the form")
+    kind = sniff_image(data[:16])
+    if kind is None:
+        return error_response(415, "unsupported_type", "only PNG, JPEG and WebP images can be uploaded")
+    try:
+        name = safe_file_name(Path(filename).name if filename else f"upload.{kind}")
+        if Path(name).suffix.lower() not in IMAGE_SUFFIXES[kind]:
+            name = f"{Path(name).stem}{IMAGE_SUFFIXES[kind][0]}"  # the bytes decide the type
+        kind_folder = fields.get("type", "input")
+        folder = confined_path(folder_for(request.app[SETTINGS], kind_folder), fields.get("subfolder", ""))
+        target = confined_path(folder, name)
+    except UnsafePathError as error:
+        return error_response(400, "unsafe_path", str(error))
+    overwrite = fields.get("overwrite", "").lower() in ("1", "true", "yes")
+    if target.exists() and not overwrite:
+        target = _free_name(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return web.json_response({"name": target.name, "subfolder": fields.get("subfolder", ""), "type": kind_folder})
+
+
+async def _read_limited(part: BodyPartReader, limit: int) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await part.read_chunk(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _free_name(path: Path) -> Path:
+    for index in range(1, 10000):
+        candidate = path.with_name(f"{path.stem} ({index}){path.suffix}")
+        if not candidate.exists():
+            return candidate
+    raise UnsafePathError(f"too many files named like {path.name!r}")
+
+
+# --------------------------------------------------------------------------- workflows
+
+
+def _workflow_name(raw: str) -> str:
+    name = raw[:-5] if raw.endswith(".json") else raw
+    return safe_file_name(name)
+
+
+def _workflow_entries(folder: Path, source: str) -> dict[str, dict[str, Any]]:
+    entries: dict[str, dict[str, Any]] = {}
+    if not folder.is_dir():
+        return entries
+    for path in sorted(folder.glob("*.json")):
+        if path.is_symlink() or not path.is_file():
+            continue
+        title = path.stem
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8")).get("meta") or {}
+            title = str(meta.get("title") or title)
+        except (ValueError, AttributeError, OSError):
+            title = f"{path.stem} (unreadable)"
+        entries[path.stem] = {"name": path.stem, "source": source, "title": title}
+    return entries
+
+
+@routes.get("/api/workflows")
+async def list_workflows(request: web.Request) -> web.Response:
+    """Shipped workflows, then the user's (a user workflow shadows a shipped one of that name)."""
+    settings = request.app[SETTINGS]
+    entries = _workflow_entries(settings.workflows_dir, "shipped")
+    entries.update(_workflow_entries(user_workflows_dir(settings), "user"))
+    return web.json_response({"workflows": sorted(entries.values(), key=lambda e: e["name"])})
+
+
+@routes.get("/api/workflows/{name}")
+async def get_workflow(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    try:
+        name = _workflow_name(request.match_info["name"])
+        candidates = [confined_path(user_workflows_dir(settings), f"{name}.json"),
+                      confined_path(settings.workflows_dir, f"{name}.json")]
+    except UnsafePathError as error:
+        return error_response(400, "unsafe_path", str(error))
+    for path in candidates:
+        if path.is_file():
+            try:
+                return web.json_response(json.loads(path.read_text(encoding="utf-8")))
+            except ValueError as error:
+                return error_response(500, "unreadable", f"workflow {name!r} is not valid JSON: {error}")
+    return error_response(404, "not_found", f"no workflow named {name!r}")
+
+
+@routes.post("/api/workflows/{name}")
+async def save_workflow(request: web.Request) -> web.Response:
+    """Save to the user folder; the body is the workflow document (checked against the schema)."""
+    try:
+        name = _workflow_name(request.match_info["name"])
+        path = confined_path(user_workflows_dir(request.app[SETTINGS]), f"{name}.json")
+    except UnsafePathError as error:
+        return error_response(400, "unsafe_path", str(error))
+    document = await read_json(request)
+    report = checked_document(document, request.app[REGISTRY])
+    schema_problems = [p.to_dict() for p in report.errors if p.code == "schema"]
+    if report.workflow is None or schema_problems:
+        return web.json_response({"error": {"type": "invalid_workflow", "message":
+                                            "not a workflow document; nothing was saved",
+                                            "problems": schema_problems}}, status=400)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2), encoding="utf-8")
+    return web.json_response({"name": name, "source": "user",
+                              "problems": [p.to_dict() for p in report.errors]})
