@@ -1,0 +1,111 @@
+// Widgets built from input specs: numbers with limits, text, multiline, combo, toggle, seed.
+
+function clamp(value, widget) {
+  if (widget.min !== undefined && value < widget.min) return widget.min;
+  if (widget.max !== undefined && value > widget.max) return widget.max;
+  return value;
+}
+
+/** Parse and clamp what was typed; returns null when it is not a number at all. */
+export function parseNumber(text, widget) {
+  const value = Number(text);
+  if (text.trim() === "" || !Number.isFinite(value)) return null;
+  const isInt = widget.kind === "int" || widget.kind === "seed";
+  return clamp(isInt ? Math.round(value) : value, widget);
+}
+
+/** A random seed within the widget's limits (capped to 2^32 so it stays exact in JS). */
+export function randomSeed(widget) {
+  const low = widget.min ?? 0;
+  const high = Math.min(widget.max ?? 2 ** 32 - 1, Number.MAX_SAFE_INTEGER, 2 ** 32 - 1);
+  return low + Math.floor(Math.random() * (high - low + 1));
+}
+
+/**
+ * Build the DOM for one widget. `onChange(value)` fires with a valid value;
+ * `onControl(mode)` fires when a seed's "after queue" mode changes.
+ */
+export function createWidget(input, value, { onChange, onControl, control }) {
+  const widget = input.widget;
+  const row = document.createElement("label");
+  row.className = `widget widget-${widget.kind}`;
+  row.dataset.widget = input.name;
+  row.title = widget.tooltip || "";
+  const caption = document.createElement("span");
+  caption.className = "widget-name";
+  caption.textContent = input.name;
+  row.append(caption);
+
+  if (widget.kind === "int" || widget.kind === "float" || widget.kind === "seed") {
+    const field = document.createElement("input");
+    field.type = "number";
+    field.value = value ?? "";
+    if (widget.min !== undefined) field.min = widget.min;
+    if (widget.max !== undefined) field.max = widget.max;
+    field.step = widget.step ?? (widget.kind === "float" ? 0.01 : 1);
+    field.addEventListener("change", () => {
+      const parsed = parseNumber(field.value, widget);
+      if (parsed === null) {
+        field.value = value ?? "";
+        row.classList.add("widget-invalid");
+        return;
+      }
+      row.classList.remove("widget-invalid");
+      field.value = parsed;
+      value = parsed;
+      onChange(parsed);
+    });
+    row.append(field);
+    if (widget.kind === "seed") {
+      const mode = document.createElement("select");
+      mode.className = "seed-control";
+      mode.title = "what happens to the seed after each queue";
+      for (const [key, label] of [["randomize", "randomize after queue"], ["fixed", "fixed"], ["increment", "increment after queue"]]) {
+        mode.append(new Option(label, key, false, key === (control || "randomize")));
+      }
+      mode.addEventListener("change", () => onControl?.(mode.value));
+      row.append(mode);
+    }
+  } else if (widget.kind === "text") {
+    const field = widget.multiline ? document.createElement("textarea") : document.createElement("input");
+    if (!widget.multiline) field.type = "text";
+    field.value = value ?? "";
+    field.spellcheck = false;
+    field.addEventListener("input", () => onChange(field.value));
+    row.append(field);
+  } else if (widget.kind === "combo") {
+    const field = document.createElement("select");
+    const choices = widget.choices ?? [];
+    for (const choice of choices) field.append(new Option(choice, choice, false, choice === value));
+    if (value !== undefined && !choices.includes(value)) {
+      field.append(new Option(`${value} (missing)`, value, false, true));  // keep what the file said
+      row.classList.add("widget-invalid");
+    }
+    field.addEventListener("change", () => { row.classList.remove("widget-invalid"); onChange(field.value); });
+    row.append(field);
+  } else if (widget.kind === "toggle") {
+    const field = document.createElement("input");
+    field.type = "checkbox";
+    field.checked = !!value;
+    field.addEventListener("change", () => onChange(field.checked));
+    row.append(field);
+  }
+  // Widgets must not start node drags or canvas pans.
+  row.addEventListener("pointerdown", (event) => { if (!event.target.closest(".socket")) event.stopPropagation(); });
+  row.addEventListener("dblclick", (event) => event.stopPropagation());
+  return row;
+}
+
+/** Apply each seed's "after queue" mode to a graph (call after a successful queue). */
+export function advanceSeeds(graph) {
+  for (const node of graph.nodes.values()) {
+    const controls = node.ui.controls ?? {};
+    const spec = graph.spec(node.type);
+    for (const [name, mode] of Object.entries(controls)) {
+      const input = spec?.inputs.find((i) => i.name === name);
+      if (!input?.widget || typeof node.inputs[name] !== "number") continue;
+      if (mode === "randomize") graph.setValue(node.id, name, randomSeed(input.widget));
+      else if (mode === "increment") graph.setValue(node.id, name, clamp(node.inputs[name] + 1, input.widget));
+    }
+  }
+}
