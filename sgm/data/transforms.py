@@ -67,7 +67,7 @@ def resize_and_crop(image: Image.Image, preprocess: Preprocess, rng: np.random.G
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float32 in [-1, 1] (the VAE's input range)."""
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+    return torch.from_numpy(np.array(pixels, dtype=np.uint8)).permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 
 def to_pixels(image: torch.Tensor) -> np.ndarray:
