@@ -5,4 +5,5 @@
 
 BUILTIN_PACKS: list[str] = [
     "nodes.utility",
+    "nodes.builtin",  # loaders, text, latents, sampling, images (one shared model cache)
 ]

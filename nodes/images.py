@@ -1,0 +1,205 @@
+"""Image nodes: VAE decode, loading, scaling, saving (PNG with the workflow) and previews.
+
+IMAGE values are (B, H, W, 3) float in [0, 1] and MASK values (B, H, W) in [0, 1] with
+1 = repaint (the ComfyUI conventions), on the CPU.
+"""
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from engine.api import Bool, Choice, Context, Int, NodeContext, NodeSpec, Out, Result, Text, node
+from nodes.latents import check_vae
+from nodes.runtime import IMAGE_SUFFIXES, Runtime, confined, file_fingerprint, list_files
+
+SCALE_METHODS = ("nearest-exact", "bilinear", "bicubic", "area", "lanczos")
+CROP_MODES = ("disabled", "center")
+MAX_NUMBER = 10**9
+
+
+def decode_latent(runtime: Runtime, vae: Any, latent: Any, tiled: bool, node_id: str) -> Any:
+    """LATENT -> IMAGE (B, H, W, 3) in [0, 1]."""
+    import torch
+
+    def work() -> Any:
+        with runtime.models.use(vae.vae) as device, torch.no_grad():
+            z = latent.samples.to(device) / vae.scale_factor
+            pixels = vae.vae.decode_tiled(z) if tiled else vae.vae.decode(z)  # (B, 3, H, W) in ~[-1, 1]
+        return ((pixels.float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).contiguous()
+
+    return runtime.models.retry_on_oom(work, f"{node_id} (VAE decode)")
+
+
+def to_png_images(image: Any) -> list[Any]:
+    """IMAGE (B, H, W, 3) -> PIL images (8-bit RGB)."""
+    import torch
+    from PIL import Image
+
+    array = (image.clamp(0, 1) * 255).round().to(dtype=torch.uint8).numpy()
+    return [Image.fromarray(item, mode="RGB") for item in array]
+
+
+def comfy_prompt(document: Mapping[str, Any]) -> dict[str, Any]:
+    """Our workflow document in ComfyUI's API prompt shape (links kept as written)."""
+    prompt: dict[str, Any] = {}
+    for node_id, entry in (document.get("nodes") or {}).items():
+        inputs = {name: (value["value"] if isinstance(value, dict) and set(value) == {"value"} else value)
+                  for name, value in (entry.get("inputs") or {}).items()}
+        prompt[node_id] = {"class_type": entry.get("type"), "inputs": inputs}
+    return prompt
+
+
+def write_png_atomically(folder: Path, prefix: str, image: Any, text: Mapping[str, str]) -> Path:
+    """Save ``image`` as ``<prefix>_<NNNNN>_.png`` in ``folder``: the next free number,
+    written to a temporary file first and linked into place, so a reader never sees a
+    half-written file and an existing file is never overwritten."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in text.items():
+        info.add_itxt(key, value, zip=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = Path(prefix).name
+    temporary = folder / f".{stem}.{os.getpid()}.{id(image)}.tmp"
+    image.save(temporary, format="PNG", pnginfo=info, compress_level=4)
+    try:
+        number = next_number(folder, stem)
+        while number < MAX_NUMBER:
+            final = folder / f"{stem}_{number:05d}_.png"
+            try:
+                os.link(temporary, final)  # atomic; fails instead of overwriting
+                return final
+            except FileExistsError:
+                number += 1
+        raise FileExistsError(f"no free file number for {folder / stem}_*.png")
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def next_number(folder: Path, stem: str) -> int:
+    """1 + the highest number of ``<stem>_<N>_.png`` files in ``folder`` (1 when none)."""
+    highest = 0
+    for path in folder.glob(f"{stem}_*_.png"):
+        digits = path.name[len(stem) + 1:-len("_.png")]
+        if digits.isdigit():
+            highest = max(highest, int(digits))
+    return highest + 1
+
+
+def _settings(runtime: Runtime, ctx: NodeContext) -> Any:
+    return ctx.services.get("settings", runtime.settings) if ctx is not None else runtime.settings
+
+
+def save_images(runtime: Runtime, image: Any, folder: Path, prefix: str, kind: str, ctx: NodeContext,
+                node_id: str) -> Result:
+    target = confined(folder, prefix)
+    if target is None or not Path(prefix).name:
+        raise ValueError(f"{node_id}: filename_prefix {prefix!r} must name a file inside {folder} "
+                         "(no '..' or absolute paths)")
+    subfolder = Path(prefix).parent.as_posix()
+    subfolder = "" if subfolder == "." else subfolder
+    text: dict[str, str] = {}
+    document = ctx.services.get("workflow_document") if ctx is not None else None
+    if document is not None:
+        text["workflow"] = json.dumps(document)
+        text["prompt"] = json.dumps(comfy_prompt(document))
+    images = []
+    for picture in to_png_images(image):
+        path = write_png_atomically(target.parent, target.name, picture, text)
+        images.append({"filename": path.name, "subfolder": subfolder, "type": kind, "path": str(path)})
+    return Result(values=(), ui={"images": images})
+
+
+def nodes(runtime: Runtime) -> list[NodeSpec]:
+    def input_images() -> list[str]:
+        return list_files(Path(runtime.settings.input_dir), IMAGE_SUFFIXES)
+
+    def image_path(name: str) -> Path | None:
+        path = confined(Path(runtime.settings.input_dir), name)
+        return path if path is not None and path.is_file() else None
+
+    @node("Decode", display_name="VAE Decode", category="latent")
+    def decode(vae: "VAE", latent: "LATENT",
+               tiled: Bool(tooltip="decode in overlapping tiles to bound memory on large images") = False,
+               ) -> Out(image="IMAGE"):
+        """Turn a latent into images with the VAE."""
+        return decode_latent(runtime, check_vae(vae, "Decode"), latent, tiled, "Decode")
+
+    @node("LoadImage", display_name="Load Image", category="image",
+          fingerprint=lambda image, **_: file_fingerprint(image_path(image)))
+    def load_image(
+        image: Choice(choices=input_images, tooltip="a file in the input/ folder"),
+    ) -> Out(image="IMAGE", mask="MASK"):
+        """Load an image from input/; its alpha channel becomes the mask (transparent = 1 = repaint)."""
+        import numpy as np
+        import torch
+        from PIL import Image, ImageOps
+
+        path = image_path(image)
+        if path is None:
+            raise FileNotFoundError(f"LoadImage: {image!r} is not in {runtime.settings.input_dir}; put it "
+                                    "there (or upload it) and pick it again")
+        with Image.open(path) as opened:
+            picture = ImageOps.exif_transpose(opened)
+            rgba = np.asarray(picture.convert("RGBA"), dtype=np.float32) / 255.0  # (H, W, 4)
+            has_alpha = "A" in picture.getbands() or "transparency" in picture.info
+        pixels = torch.from_numpy(rgba[None, :, :, :3].copy())  # (1, H, W, 3)
+        mask = 1.0 - torch.from_numpy(rgba[None, :, :, 3].copy()) if has_alpha \
+            else torch.zeros(1, rgba.shape[0], rgba.shape[1])
+        return pixels, mask
+
+    @node("ImageScale", display_name="Upscale Image", category="image")
+    def image_scale(
+        image: "IMAGE",
+        width: Int(min=1, max=16384) = 512,
+        height: Int(min=1, max=16384) = 512,
+        method: Choice(choices=SCALE_METHODS) = "bilinear",
+        crop: Choice(choices=CROP_MODES, tooltip="center: crop to the target aspect ratio first") = "disabled",
+    ) -> Out(image="IMAGE"):
+        """Resize images to width x height."""
+        import torch.nn.functional as F
+
+        x = image.permute(0, 3, 1, 2)  # (B, 3, H, W)
+        if crop == "center":
+            src_h, src_w = x.shape[-2:]
+            if src_w * height > src_h * width:  # too wide
+                keep = max(1, round(src_h * width / height))
+                x = x[..., :, (src_w - keep) // 2:(src_w - keep) // 2 + keep]
+            else:
+                keep = max(1, round(src_w * height / width))
+                x = x[..., (src_h - keep) // 2:(src_h - keep) // 2 + keep, :]
+        if method == "lanczos":
+            return _lanczos(image if crop == "disabled" else x.permute(0, 2, 3, 1), width, height)
+        kwargs = {"align_corners": False, "antialias": True} if method in ("bilinear", "bicubic") else {}
+        out = F.interpolate(x, size=(height, width), mode=method, **kwargs)
+        return out.clamp(0, 1).permute(0, 2, 3, 1).contiguous()
+
+    @node("SaveImage", display_name="Save Image", category="image", output=True)
+    def save_image(
+        images: "IMAGE",
+        filename_prefix: Text(tooltip="file name start; may include a subfolder (sub/name)") = "latentflow",
+        ctx: Context = None,
+    ) -> None:
+        """Save images as PNG in output/ with the workflow embedded (drop one on the editor, or
+        `python main.py run image.png`, to get the workflow back). Never overwrites a file."""
+        output_dir = Path(ctx.services.get("output_dir") or _settings(runtime, ctx).output_dir)
+        return save_images(runtime, images, output_dir, filename_prefix, "output", ctx, "SaveImage")
+
+    @node("PreviewImage", display_name="Preview Image", category="image", output=True)
+    def preview_image(images: "IMAGE", ctx: Context = None) -> None:
+        """Show images in the editor without keeping them (written to temp/)."""
+        settings = _settings(runtime, ctx)
+        return save_images(runtime, images, Path(settings.root) / "temp", "preview", "temp", ctx, "PreviewImage")
+
+    return [decode, load_image, image_scale, save_image, preview_image]
+
+
+def _lanczos(image: Any, width: int, height: int) -> Any:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    out = [np.asarray(picture.resize((width, height), Image.Resampling.LANCZOS), dtype=np.float32) / 255.0
+           for picture in to_png_images(image)]
+    return torch.from_numpy(np.stack(out))

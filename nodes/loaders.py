@@ -1,0 +1,185 @@
+"""Loader nodes: checkpoints, VAEs, UNets, text encoders and LoRAs from ``models/``.
+
+Choices list the files in the installation's model folders. Files are loaded through the
+runtime's :class:`sgm.model_cache.ModelCache` (once per file version, shared by every
+workflow); each loader's cache fingerprint is the file's modification time, so an edited
+file reloads.
+"""
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from engine.api import Choice, Float, Int, NodeSpec, Out, node
+from nodes.runtime import Runtime, file_fingerprint
+from nodes.values import ClipValue, LatentFormat, LoraPatch, ModelValue, VaeValue
+
+CHECKPOINTS = ("checkpoints",)
+VAES = ("vae",)
+UNETS = ("unet", "diffusion_models")
+TEXT_ENCODERS = ("text_encoders", "clip")
+LORAS = ("loras",)
+NONE = "none"
+TEXT_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner")
+
+
+def nodes(runtime: Runtime) -> list[NodeSpec]:
+    def fingerprint_for(kinds: tuple[str, ...], *inputs: str):
+        def fingerprint(**literals: Any) -> Any:
+            found = []
+            for name in inputs:
+                value = literals.get(name)
+                path = None
+                for kind in kinds:
+                    candidate = runtime.folder(kind) / str(value)
+                    if candidate.is_file():
+                        path = candidate
+                        break
+                found.append(file_fingerprint(path))
+            return found
+        return fingerprint
+
+    def model_value(checkpoint: Any, name: str, unet: Any = None, prediction: str | None = None) -> ModelValue:
+        from sgm.denoisers import model_sampling_for
+
+        unet = unet if unet is not None else checkpoint.unet
+        vae = getattr(checkpoint, "vae", None)
+        return ModelValue(
+            unet=unet,
+            model_sampling=model_sampling_for(prediction or checkpoint.prediction),
+            family=checkpoint.family if checkpoint is not None else "sd1",
+            name=name,
+            latent_format=LatentFormat(channels=int(unet.out_channels),
+                                       downscale=int(getattr(vae, "downscale", 8)) if vae is not None else 8),
+        )
+
+    @node("LoadCheckpoint", display_name="Load Checkpoint", category="loaders",
+          fingerprint=fingerprint_for(CHECKPOINTS, "ckpt_name"))
+    def load_checkpoint(
+        ckpt_name: Choice(choices=lambda: runtime.model_files(*CHECKPOINTS),
+                          tooltip="a file in models/checkpoints/"),
+    ) -> Out(model="MODEL", clip="CLIP", vae="VAE"):
+        """Load a single-file checkpoint (SD 1.x, 2.x, SDXL, inpainting, or our own models):
+        its diffusion model, text encoder and VAE. Architecture and family come from the file."""
+        from sgm.checkpoints import load_checkpoint as load
+
+        path = runtime.resolve_model(CHECKPOINTS, ckpt_name, "LoadCheckpoint", "ckpt_name")
+        checkpoint = runtime.models.load(path, "checkpoint", lambda: load(path, device="cpu"))
+        if checkpoint.unet is None:
+            raise ValueError(f"LoadCheckpoint: {ckpt_name!r} holds no diffusion model (family "
+                             f"{checkpoint.family!r}); load it with LoadVAE if it is a VAE")
+        clip = ClipValue(checkpoint.conditioner, checkpoint.family, ckpt_name,
+                         embeddings_dir=runtime.folder("embeddings"))
+        vae = VaeValue(checkpoint.vae, checkpoint.scale_factor, ckpt_name) if checkpoint.vae is not None else None
+        return model_value(checkpoint, ckpt_name), clip, vae
+
+    @node("LoadVAE", display_name="Load VAE", category="loaders", fingerprint=fingerprint_for(VAES, "vae_name"))
+    def load_vae(
+        vae_name: Choice(choices=lambda: runtime.model_files(*VAES), tooltip="a file in models/vae/"),
+        scale_factor: Float(min=0.0001, max=10.0, step=0.00001, tooltip=(
+            "latent scale: 0.18215 for SD 1.x/2.x VAEs, 0.13025 for SDXL's")) = 0.18215,
+    ) -> Out(vae="VAE"):
+        """Load a standalone VAE (original or diffusers keys) to decode/encode with instead of
+        the checkpoint's own."""
+        from sgm.checkpoints import load_vae as load
+
+        path = runtime.resolve_model(VAES, vae_name, "LoadVAE", "vae_name")
+        vae = runtime.models.load(path, "vae", lambda: load(path, device="cpu"))
+        return VaeValue(vae, float(scale_factor), vae_name)
+
+    @node("LoadUNet", display_name="Load Diffusion Model", category="loaders",
+          fingerprint=fingerprint_for(UNETS, "unet_name"))
+    def load_unet(
+        unet_name: Choice(choices=lambda: runtime.model_files(*UNETS),
+                          tooltip="a file in models/unet/ or models/diffusion_models/"),
+        prediction: Choice(choices=("eps", "v"), tooltip="what the model predicts (v for SD 2.x 768-v)") = "eps",
+    ) -> Out(model="MODEL"):
+        """Load a diffusion model (UNet) on its own, original or diffusers keys."""
+        from sgm.checkpoints import load_unet as load
+
+        path = runtime.resolve_model(UNETS, unet_name, "LoadUNet", "unet_name")
+        unet = runtime.models.load(path, "unet", lambda: load(path, device="cpu"))
+        family = "sdxl" if getattr(unet, "num_classes", None) == "sequential" else (
+            "sd2" if getattr(unet, "context_dim", None) == 1024 else "sd1")
+        from sgm.denoisers import model_sampling_for
+
+        return ModelValue(unet, model_sampling_for(prediction), family, unet_name,
+                          LatentFormat(channels=int(unet.out_channels)))
+
+    @node("LoadTextEncoder", display_name="Load Text Encoder", category="loaders",
+          fingerprint=fingerprint_for(TEXT_ENCODERS, "text_encoder_name", "text_encoder_name_2"))
+    def load_text_encoder(
+        text_encoder_name: Choice(choices=lambda: runtime.model_files(*TEXT_ENCODERS),
+                                  tooltip="a file in models/text_encoders/ (SDXL: the CLIP-L one)"),
+        family: Choice(choices=TEXT_FAMILIES, tooltip="which model family the encoder serves") = "sd1",
+        text_encoder_name_2: Choice(choices=lambda: [NONE, *runtime.model_files(*TEXT_ENCODERS)],
+                                    tooltip="SDXL's second (OpenCLIP bigG) encoder, or none") = NONE,
+    ) -> Out(clip="CLIP"):
+        """Load one or two text encoders (transformers or released single-file keys) as the
+        family's text conditioner."""
+        from sgm.text_encoders import build_conditioner
+
+        names = [text_encoder_name] + ([text_encoder_name_2] if text_encoder_name_2 != NONE else [])
+        paths = [runtime.resolve_model(TEXT_ENCODERS, n, "LoadTextEncoder", i)
+                 for n, i in zip(names, ("text_encoder_name", "text_encoder_name_2"))]
+
+        def load() -> Any:
+            return build_conditioner(text_state_dict_for(family, paths), family, {}, model_path=paths[0])
+
+        conditioner = runtime.models.load(paths[0], f"text:{family}:{'+'.join(map(str, paths))}", load)
+        return ClipValue(conditioner, family, "+".join(names), embeddings_dir=runtime.folder("embeddings"))
+
+    @node("LoadLoRA", display_name="Load LoRA", category="loaders", fingerprint=fingerprint_for(LORAS, "lora_name"))
+    def load_lora(
+        model: "MODEL",
+        clip: "CLIP",
+        lora_name: Choice(choices=lambda: runtime.model_files(*LORAS), tooltip="a file in models/loras/"),
+        strength_model: Float(min=-10.0, max=10.0, step=0.01, tooltip="scale of the UNet update") = 1.0,
+        strength_clip: Float(min=-10.0, max=10.0, step=0.01, tooltip="scale of the text-encoder update") = 1.0,
+    ) -> Out(model="MODEL", clip="CLIP"):
+        """Apply a LoRA (kohya or diffusers keys) to the model and text encoder with separate
+        strengths. The base weights are never changed for good: the LoRA is applied while
+        sampling / encoding and removed afterwards, so no reload is needed to drop it."""
+        from sgm.lora import match_lora, read_lora
+
+        path = runtime.resolve_model(LORAS, lora_name, "LoadLoRA", "lora_name")
+        state_dict = runtime.models.load(path, "lora", lambda: read_lora(path))
+        match = match_lora(state_dict, model.unet, clip.towers() if clip is not None else [])
+        if not match.targets:
+            raise ValueError(
+                f"LoadLoRA: no key of {lora_name!r} matches this model ({model.family}); first keys "
+                f"{match.unmatched[:4]}. Is the LoRA for another model family?")
+        new_model = replace(model, loras=model.loras + (
+            LoraPatch(lora_name, match.for_module("unet"), float(strength_model)),))
+        text_targets = tuple(t for t in match.targets if t.module != "unet")
+        new_clip = clip if clip is None else replace(
+            clip, loras=clip.loras + (LoraPatch(lora_name, text_targets, float(strength_clip)),))
+        return new_model, new_clip
+
+    @node("CLIPSetLastLayer", display_name="CLIP Set Last Layer", category="loaders")
+    def clip_set_last_layer(
+        clip: "CLIP",
+        stop_at_clip_layer: Int(min=-24, max=-1, tooltip="-1 = last layer, -2 = penultimate (clip skip 2)") = -1,
+    ) -> Out(clip="CLIP"):
+        """Encode prompts from an earlier text-encoder layer (A1111's "clip skip")."""
+        return replace(clip, clip_skip=-int(stop_at_clip_layer))
+
+    return [load_checkpoint, load_vae, load_unet, load_text_encoder, load_lora, clip_set_last_layer]
+
+
+def text_state_dict_for(family: str, paths: list[Path]) -> dict[str, Any]:
+    """Text tensors in single-file layout (with prefixes) from one or two encoder files."""
+    from sgm.checkpoints import TEXT_PREFIXES, read_state_dict
+    from sgm.convert_text import text_diffusers_to_original
+
+    parts = [read_state_dict(p)[0] for p in paths]
+    if any(k.startswith(TEXT_PREFIXES) for k in parts[0]):
+        merged: dict[str, Any] = {}
+        for part in parts:
+            merged.update(part)
+        return merged
+    first = parts[0]
+    second = parts[1] if len(parts) > 1 else None
+    if family == "sdxl-refiner":
+        first, second = None, first  # the refiner's only encoder is bigG (text_encoder_2)
+    return text_diffusers_to_original(family, first, second)

@@ -1,0 +1,85 @@
+"""What the built-in packs share in one installation: its settings and its model cache.
+
+``NODES(settings)`` in :mod:`nodes.builtin` builds one :class:`Runtime` and hands it to every
+domain module's node factory, so a model is loaded once per registry and shared by every
+workflow that names it. The model cache (and torch) is created on first use, so listing
+or validating nodes never imports torch.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sgm.model_cache import ModelCache
+
+MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+class Runtime:
+    """Settings plus the lazily created :class:`sgm.model_cache.ModelCache`."""
+
+    def __init__(self, settings: Any, device: str | None = None) -> None:
+        self.settings = settings
+        self._device = device
+        self._models: "ModelCache | None" = None
+        self._lock = threading.Lock()
+
+    @property
+    def models(self) -> "ModelCache":
+        with self._lock:
+            if self._models is None:
+                from sgm.model_cache import ModelCache
+
+                self._models = ModelCache(device=self._device)
+            return self._models
+
+    def folder(self, kind: str) -> Path:
+        return Path(self.settings.model_folder(kind))
+
+    def model_files(self, *kinds: str) -> list[str]:
+        """Model files under ``models/<kind>/`` (subfolders as ``sub/name``), sorted."""
+        return sorted({name for kind in kinds for name in list_files(self.folder(kind), MODEL_SUFFIXES)})
+
+    def resolve_model(self, kinds: tuple[str, ...], name: str, node_id: str, input_name: str) -> Path:
+        """The file ``name`` in one of ``models/<kind>/`` folders, confined to them."""
+        for kind in kinds:
+            path = confined(self.folder(kind), name)
+            if path is not None and path.is_file():
+                return path
+        folders = ", ".join(str(self.folder(k)) for k in kinds)
+        available = ", ".join(self.model_files(*kinds)[:8]) or "none"
+        raise FileNotFoundError(
+            f"{node_id}: {input_name} {name!r} was not found in {folders} (available: {available}); "
+            f"put the file there or pick another"
+        )
+
+
+def list_files(folder: Path, suffixes: tuple[str, ...]) -> list[str]:
+    """Relative POSIX names of files with ``suffixes`` under ``folder`` (missing folder: none)."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        path.relative_to(folder).as_posix()
+        for path in folder.rglob("*")
+        if path.is_file() and path.suffix.lower() in suffixes and not path.name.startswith(".")
+    )
+
+
+def confined(folder: Path, name: str) -> Path | None:
+    """``folder / name`` when it stays inside ``folder`` (no ``..`` or absolute escapes), else None."""
+    root = folder.resolve()
+    path = (folder / name).resolve()
+    if path != root and root not in path.parents:
+        return None
+    return path
+
+
+def file_fingerprint(path: Path | None) -> tuple[str, int] | None:
+    """(path, mtime) of a file for a node's cache fingerprint; None when it is missing."""
+    if path is None or not path.is_file():
+        return None
+    return str(path), path.stat().st_mtime_ns

@@ -1,0 +1,238 @@
+"""Sampling nodes: the one-node ``KSampler`` and its parts (guider, schedule, sampler).
+
+The work is ``sgm.guiders.GuidedDenoiser`` + ``sgm.schedules.compute_sigmas`` +
+``sgm.sampling.sample``; these nodes only connect them to the values between nodes,
+report each step as progress (with a cheap latent preview) and stop when the run is
+cancelled.
+"""
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from engine.api import Bool, Cancelled, Choice, Context, Float, Int, NodeContext, NodeSpec, Out, node
+from nodes.runtime import Runtime
+from nodes.values import LatentValue, ModelValue
+
+# The names of sgm.samplers.SAMPLERS and sgm.schedules.SCHEDULERS (a test keeps them equal),
+# spelled out so that listing and validating nodes does not import torch.
+SAMPLER_NAMES = (
+    "euler", "euler_ancestral", "heun", "heunpp2", "dpm_2", "dpm_2_ancestral", "lms",
+    "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddim", "ddpm",
+    "lcm", "dpm_fast", "dpm_adaptive", "ipndm", "deis", "uni_pc", "uni_pc_bh2",
+)
+SCHEDULER_NAMES = (
+    "normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "beta",
+    "linear_quadratic", "kl_optimal",
+)
+SEED_MAX = 2**64 - 1
+PREVIEW_SIZE = 256
+
+
+@dataclass(frozen=True, eq=False)
+class GuiderValue:
+    """GUIDER: what ``GuidedDenoiser`` needs, built when the latent's shape is known."""
+
+    model: ModelValue
+    positive: tuple[Any, ...]
+    negative: tuple[Any, ...]
+    cfg: float
+
+
+@dataclass(frozen=True)
+class SamplerValue:
+    """SAMPLER: a sampler name and its options."""
+
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+
+def _prepare_conditions(conditions: tuple[Any, ...], model: ModelValue, height: int, width: int,
+                        what: str) -> list[Any]:
+    """Give SDXL conditions their vector ``y`` (size = the image being made) and drop ``y``
+    for models that take none."""
+    if not model.needs_vector:
+        return [c if c.y is None else replace(c, y=None) for c in conditions]
+    from sgm.sdxl_conditioning import sdxl_refiner_vector, sdxl_vector
+
+    out = []
+    for cond in conditions:
+        if cond.y is None:
+            if cond.pooled is None:
+                raise ValueError(
+                    f"{what}: this {model.family} model needs pooled text conditioning, but the "
+                    "conditioning has none; encode the prompt with this model's text encoder")
+            if model.family.startswith("sdxl-refiner"):
+                y = sdxl_refiner_vector(cond.pooled, original_size=(height, width))
+            else:
+                y = sdxl_vector(cond.pooled, original_size=(height, width), target_size=(height, width))
+            cond = replace(cond, y=y)
+        out.append(cond)
+    return out
+
+
+def _model_latent(latent: LatentValue, model: ModelValue) -> Any:
+    """The latent to sample: an empty latent is remade in the model's latent format."""
+    import torch
+
+    fmt = model.latent_format
+    samples = latent.samples
+    if latent.empty and (samples.shape[1] != fmt.channels or (latent.width and latent.width // fmt.downscale
+                                                               != samples.shape[-1])):
+        width = latent.width or samples.shape[-1] * 8
+        height = latent.height or samples.shape[-2] * 8
+        samples = torch.zeros(samples.shape[0], fmt.channels, height // fmt.downscale, width // fmt.downscale)
+    if samples.shape[1] != fmt.channels:
+        raise ValueError(
+            f"the latent has {samples.shape[1]} channels but the model {model.name!r} ({model.family}) "
+            f"works on {fmt.channels}; encode the image with this model's VAE")
+    return samples
+
+
+def _inpaint_concat(latent: LatentValue, samples: Any) -> Any:
+    import torch
+
+    from sgm.guiders import make_inpaint_concat
+
+    if latent.noise_mask is None:  # txt2img with an inpainting model: repaint everything
+        mask = torch.ones(1, 1, *samples.shape[-2:])
+        return make_inpaint_concat(mask, torch.zeros_like(samples))
+    masked = latent.masked_latent if latent.masked_latent is not None else torch.zeros_like(samples)
+    return make_inpaint_concat(latent.noise_mask.float(), masked)
+
+
+def _preview(denoised: Any, family: str) -> Any:
+    from sgm.latent_preview import latent_preview_image
+
+    if denoised.shape[1] != 4:
+        return None
+    try:
+        return latent_preview_image(denoised[:1], family, max_size=PREVIEW_SIZE)
+    except ValueError:  # a family without fitted factors: SD's are a fair approximation
+        return latent_preview_image(denoised[:1], "sd1", max_size=PREVIEW_SIZE)
+
+
+def run_sampler(runtime: Runtime, guider: GuiderValue, sampler: SamplerValue, sigmas: Any, latent: LatentValue,
+                seed: int, add_noise: bool, ctx: NodeContext, node_id: str) -> LatentValue:
+    """Sample ``latent`` along ``sigmas``: the shared body of KSampler and Sampler."""
+    import torch
+
+    from sgm.guiders import GuidedDenoiser
+    from sgm.lora import patched
+    from sgm.sampling import SamplingCancelled, sample
+
+    model = guider.model
+    samples = _model_latent(latent, model)
+    height = latent.height or samples.shape[-2] * model.latent_format.downscale
+    width = latent.width or samples.shape[-1] * model.latent_format.downscale
+    positive = _prepare_conditions(guider.positive, model, height, width, node_id)
+    negative = _prepare_conditions(guider.negative, model, height, width, node_id)
+    concat = _inpaint_concat(latent, samples) if model.is_inpaint else None
+    offset = latent.batch_index[0] if latent.batch_index else 0  # a picked item keeps its seed
+
+    def on_step(info: Any) -> None:
+        ctx.progress(info.step + 1, info.total, _preview(info.denoised, model.family))
+
+    def work() -> Any:
+        with runtime.models.use(model.unet) as device, \
+                patched({"unet": model.unet}, [(p.targets, p.strength) for p in model.loras]):
+            denoiser = GuidedDenoiser(
+                model.unet, model.model_sampling,
+                [_to(c, device) for c in positive], [_to(c, device) for c in negative] or None,
+                cfg=guider.cfg, inpaint_concat=None if concat is None else concat.to(device))
+            with torch.no_grad():
+                return sample(
+                    denoiser, sampler.name, sigmas.to(device), samples.to(device), seed + offset,
+                    noise_mask=None if latent.noise_mask is None else latent.noise_mask.to(device),
+                    sampler_options=dict(sampler.options), callback=on_step,
+                    cancel=lambda: ctx.cancelled, add_noise=add_noise,
+                ).float().cpu()
+
+    try:
+        out = runtime.models.retry_on_oom(work, f"{node_id} (sampling)")
+    except SamplingCancelled as error:
+        raise Cancelled(f"run cancelled while node {ctx.node_id} was sampling") from error
+    return replace(latent, samples=out, empty=False, width=width, height=height)
+
+
+def _to(cond: Any, device: Any) -> Any:
+    moved = {name: getattr(cond, name).to(device) for name in ("context", "pooled", "y", "mask")
+             if getattr(cond, name) is not None}
+    return replace(cond, **moved)
+
+
+def nodes(runtime: Runtime) -> list[NodeSpec]:
+    @node("KSampler", display_name="KSampler", category="sampling")
+    def ksampler(
+        model: "MODEL",
+        positive: "CONDITIONING",
+        negative: "CONDITIONING",
+        latent: "LATENT",
+        seed: Int(min=0, max=SEED_MAX, control_after_generate=True,
+                  tooltip="noise seed; batch item i uses seed + i") = 0,
+        steps: Int(min=1, max=10000) = 20,
+        cfg: Float(min=0.0, max=100.0, step=0.1, round=0.01,
+                   tooltip="classifier-free guidance scale (1 = no guidance, faster)") = 7.0,
+        sampler_name: Choice(choices=SAMPLER_NAMES) = "euler",
+        scheduler: Choice(choices=SCHEDULER_NAMES) = "normal",
+        denoise: Float(min=0.0, max=1.0, step=0.01,
+                       tooltip="1 = from pure noise; less keeps more of the input latent (img2img)") = 1.0,
+        ctx: Context = None,
+    ) -> Out(latent="LATENT"):
+        """Denoise a latent with a model, prompts, sampler and schedule: the common case in one node."""
+        from sgm.schedules import compute_sigmas
+
+        sigmas = compute_sigmas(scheduler, model.model_sampling, steps, denoise)
+        guider = GuiderValue(model, tuple(positive), tuple(negative), float(cfg))
+        return run_sampler(runtime, guider, SamplerValue(sampler_name), sigmas, latent, seed, True, ctx, "KSampler")
+
+    @node("UNetDenoise", display_name="Guided Denoiser (CFG)", category="sampling/custom")
+    def unet_denoise(
+        model: "MODEL",
+        positive: "CONDITIONING",
+        negative: "CONDITIONING",
+        cfg: Float(min=0.0, max=100.0, step=0.1, round=0.01) = 7.0,
+    ) -> Out(guider="GUIDER"):
+        """Model + prompts + guidance scale -> the guided denoiser a Sampler runs."""
+        return GuiderValue(model, tuple(positive), tuple(negative), float(cfg))
+
+    @node("Scheduler", display_name="Scheduler (Sigmas)", category="sampling/custom")
+    def scheduler_node(
+        model: "MODEL",
+        scheduler: Choice(choices=SCHEDULER_NAMES) = "normal",
+        steps: Int(min=1, max=10000) = 20,
+        denoise: Float(min=0.0, max=1.0, step=0.01) = 1.0,
+    ) -> Out(sigmas="SIGMAS"):
+        """The noise levels to step through; denoise < 1 keeps the tail (img2img)."""
+        from sgm.schedules import compute_sigmas
+
+        return compute_sigmas(scheduler, model.model_sampling, steps, denoise)
+
+    @node("SamplerSelect", display_name="Sampler Select", category="sampling/custom")
+    def sampler_select(
+        sampler_name: Choice(choices=SAMPLER_NAMES) = "euler",
+        eta: Float(min=0.0, max=100.0, step=0.01, tooltip="ancestral/SDE noise amount (where the sampler has it)") = 1.0,
+        s_noise: Float(min=0.0, max=100.0, step=0.01, tooltip="noise multiplier (where the sampler has it)") = 1.0,
+    ) -> Out(sampler="SAMPLER"):
+        """Pick a sampling algorithm; eta and s_noise apply to the samplers that take them."""
+        import inspect
+
+        from sgm.samplers import SAMPLERS
+
+        accepted = inspect.signature(SAMPLERS[sampler_name]).parameters
+        options = tuple((k, float(v)) for k, v in (("eta", eta), ("s_noise", s_noise)) if k in accepted)
+        return SamplerValue(sampler_name, options)
+
+    @node("Sampler", display_name="Sampler (Custom)", category="sampling/custom")
+    def sampler_node(
+        guider: "GUIDER",
+        sampler: "SAMPLER",
+        sigmas: "SIGMAS",
+        latent: "LATENT",
+        seed: Int(min=0, max=SEED_MAX, control_after_generate=True) = 0,
+        add_noise: Bool(tooltip="off to continue from a latent that is already noisy") = True,
+        ctx: Context = None,
+    ) -> Out(latent="LATENT"):
+        """Run a sampler with a guided denoiser along the given sigmas."""
+        return run_sampler(runtime, guider, sampler, sigmas, latent, seed, add_noise, ctx, "Sampler")
+
+    return [ksampler, unet_denoise, scheduler_node, sampler_select, sampler_node]
