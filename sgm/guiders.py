@@ -36,6 +36,8 @@ class _Job:
     context: torch.Tensor | None  # (B, T, C)
     y: torch.Tensor | None  # (B, adm) or (B,)
     weight: torch.Tensor  # (B or 1, 1, h, w) combination weight (strength x mask)
+    masked: bool = False  # weight varies per pixel (else it is the scalar ``strength``)
+    strength: float = 1.0
 
     def batch_key(self) -> tuple[object, ...]:
         """Jobs with equal keys can share one UNet call (concatenated along the batch)."""
@@ -158,7 +160,7 @@ class GuidedDenoiser:
         for branch, conditions in enumerate(branches):
             if not conditions:  # unconditional model
                 full = slice(0, height), slice(0, width)
-                jobs.append(_Job(branch, *full, None, None, x.new_ones(1, 1, 1, 1)))
+                jobs.append(_Job(branch, *full, None, None, x.new_ones(1, 1, 1, 1)))  # strength 1
                 continue
             for cond in conditions:
                 rows, cols = _region(cond.area, height, width)
@@ -171,6 +173,8 @@ class GuidedDenoiser:
                     _expand_batch(cond.context, batch, "context"),
                     _expand_batch(cond.y, batch, "y (pooled/vector conditioning)"),
                     weight,
+                    masked=cond.mask is not None,
+                    strength=float(cond.strength),
                 ))
         return jobs
 
@@ -221,8 +225,8 @@ class GuidedDenoiser:
         full = (slice(0, x.shape[2]), slice(0, x.shape[3]))
         per_branch = [[j for j in jobs if j.branch == b] for b in range(n_branches)]
         if all(
-            len(js) == 1 and (js[0].rows, js[0].cols) == full and js[0].weight.numel() == 1
-            and float(js[0].weight) > 0 for js in per_branch
+            len(js) == 1 and (js[0].rows, js[0].cols) == full and not js[0].masked
+            and js[0].strength > 0 for js in per_branch
         ):
             # Fast path (one full-frame condition per branch): the weighted average is the
             # denoised estimate itself; skip the accumulation buffers.

@@ -147,3 +147,17 @@ def test_denoise_keeps_the_tail_of_a_longer_schedule() -> None:
         compute_sigmas("karas", SD, 10)
     with pytest.raises(ValueError, match="denoise"):
         compute_sigmas("karras", SD, 10, denoise=1.5)
+
+
+def test_continuous_model_sampling() -> None:
+    edm = ContinuousModelSampling(sigma_min_=0.002, sigma_max_=80.0, sigma_data=0.5)
+    sigma = torch.tensor([0.002, 0.5, 80.0])
+    # EDM Table 1: c_noise = log(sigma) / 4.
+    torch.testing.assert_close(edm.timestep(sigma), sigma.log() / 4)
+    torch.testing.assert_close(edm.sigma(edm.timestep(sigma)), sigma)
+    sigmas = karras(edm, 18)
+    assert float(sigmas[0]) == pytest.approx(80.0, rel=1e-5)
+    assert float(sigmas[-2]) == pytest.approx(0.002, rel=1e-4)
+    assert len(SCHEDULERS["simple"](edm, 10)) == 11
+    with pytest.raises(ValueError, match="sigma_min < sigma_max"):
+        ContinuousModelSampling(sigma_min_=1.0, sigma_max_=0.5)
