@@ -166,10 +166,12 @@ export class Graph extends EventTarget {
     this.changed({ value: [id] }, { rerender: false });
   }
 
+  /** Move nodes; positions are rounded when the move is recorded (the end of a drag). */
   move(ids, dx, dy, record = true) {
+    const round = record ? Math.round : (v) => v;
     for (const id of ids) {
       const node = this.nodes.get(id);
-      if (node) node.ui.pos = [Math.round(node.ui.pos[0] + dx), Math.round(node.ui.pos[1] + dy)];
+      if (node) node.ui.pos = [round(node.ui.pos[0] + dx), round(node.ui.pos[1] + dy)];
     }
     this.changed({ moved: ids }, { rerender: false, record });
   }

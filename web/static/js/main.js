@@ -96,7 +96,7 @@ class Editor {
   copy() {
     const ids = new Set(this.view.selection);
     if (!ids.size) return;
-    const nodes = [...ids].map((id) => JSON.parse(JSON.stringify(this.graph.nodes.get(id))));
+    const nodes = [...this.graph.nodes.values()].filter((n) => ids.has(n.id)).map((n) => JSON.parse(JSON.stringify(n)));
     localStorage.setItem(CLIPBOARD_KEY, JSON.stringify(nodes));
     this.notify(`copied ${nodes.length} node${nodes.length === 1 ? "" : "s"}`);
   }
@@ -168,12 +168,12 @@ class Editor {
       this.view.setOutput(data.node, data.output);
       for (const image of data.output?.images ?? []) this.panel.addImage(image);
     } else if (type === "execution_error") {
-      this.view.setRunning(null);
+      this.view.stopRunning();
       const message = `${data.exception_type ? `${data.exception_type}: ` : ""}${data.exception_message}`;
       if (data.node_id) this.view.setErrors({ [data.node_id]: [{ message }] });
       this.notify(`node ${data.node_id ?? "?"} failed: ${message}`, "error");
     } else if (type === "execution_interrupted") {
-      this.view.setRunning(null);
+      this.view.stopRunning();
       this.notify("interrupted");
     }
   }

@@ -25,7 +25,10 @@ export class SearchBox {
     this.active = 0;
     this.input.addEventListener("input", () => { this.active = 0; this.update(); });
     this.input.addEventListener("keydown", (event) => this.key(event));
-    this.input.addEventListener("blur", () => setTimeout(() => this.close(), 150));
+    // Close when focus leaves for good (a re-open in the meantime keeps it open).
+    this.input.addEventListener("blur", () => setTimeout(() => {
+      if (document.activeElement !== this.input) this.close();
+    }, 150));
   }
 
   open(clientX, clientY) {

@@ -204,9 +204,16 @@ export class GraphView {
     this.applyRunState();
   }
 
+  /** Mark `nodeId` as running; the previous node finished, so its bar shows full. */
   setRunning(nodeId) {
-    if (this.running && this.running !== nodeId) this.progress.delete(this.running);
+    if (this.running && this.running !== nodeId) this.progress.set(this.running, 1);
     this.running = nodeId;
+    this.applyRunState();
+  }
+
+  /** The run stopped (error or interrupt): nothing is running, nothing more finished. */
+  stopRunning() {
+    this.running = null;
     this.applyRunState();
   }
 

@@ -1,0 +1,157 @@
+"""The editor in headless Chromium against the real server (fake txt2img pack, no model)."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+from tests.browser.conftest import screenshot
+from tests.browser.editor import (
+    TXT2IMG_LAYOUT, TXT2IMG_LINKS, add_node, autosaved, center, drag, drag_link, link_count, new_canvas,
+    open_editor, socket,
+)
+
+
+def history(server) -> dict:
+    with urllib.request.urlopen(f"{server.url}/api/history") as response:
+        return json.load(response)
+
+
+def test_first_visit_loads_the_default_workflow(page, server):
+    open_editor(page, server.url)
+    assert page.locator(".node").count() == 7
+    assert page.locator('[data-node-id="5"]').get_attribute("data-node-type") == "KSampler"
+    assert link_count(page) == 9
+    screenshot(page, "default-workflow")
+
+
+def test_build_txt2img_from_empty_canvas_queue_and_see_the_image(page, server, settings):
+    open_editor(page, server.url)
+    new_canvas(page)
+    for expected_id, (node_type, x, y) in enumerate(TXT2IMG_LAYOUT, start=1):
+        assert add_node(page, node_type, x, y) == str(expected_id)
+    for link in TXT2IMG_LINKS:
+        drag_link(page, *link)
+    assert link_count(page) == len(TXT2IMG_LINKS)
+    page.fill('[data-node-id="2"] [data-widget="text"] textarea', "a red square")
+    for name in ("width", "height"):
+        page.fill(f'[data-node-id="4"] [data-widget="{name}"] input', "64")
+        page.keyboard.press("Tab")
+    page.fill('[data-node-id="5"] [data-widget="steps"] input', "3")
+    page.keyboard.press("Tab")
+    seed_before = page.input_value('[data-node-id="5"] [data-widget="seed"] input')
+
+    document = autosaved(page)
+    assert document["nodes"]["5"]["inputs"]["latent"] == ["4", "latent"]
+    assert document["nodes"]["2"]["inputs"]["text"] == "a red square"
+    assert document["nodes"]["4"]["inputs"]["width"] == 64
+
+    page.click("#queue-button")
+    image = page.wait_for_selector('[data-node-id="7"] .node-images img')
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image)
+    assert page.evaluate("img => img.naturalWidth", image) == 8  # 64 px latent space / 8
+    assert page.locator('.node.running').count() == 0
+    assert page.locator('[data-node-id="5"] .node-progress-bar').get_attribute("style") == "width: 100%;"
+    page.click('[data-tab="gallery"]')
+    page.wait_for_selector('.gallery-item[data-filename="latentflow_00001.png"] img')
+    assert page.input_value('[data-node-id="5"] [data-widget="seed"] input') != seed_before  # randomized
+    screenshot(page, "txt2img-built-and-run")
+
+    (entry,) = history(server).values()
+    assert entry["status"]["status_str"] == "success"
+    assert entry["prompt"][2]["nodes"]["2"]["inputs"]["text"] == "a red square"
+    assert (settings.output_dir / "latentflow_00001.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_wrong_type_link_is_refused(page, server):
+    open_editor(page, server.url)
+    new_canvas(page)
+    add_node(page, "LoadCheckpoint", 80, 150)
+    add_node(page, "Decode", 600, 150)
+    start = center(page, socket("1", "out", "clip"))
+    end = center(page, socket("2", "in", "vae"))
+    page.mouse.move(*start)
+    page.mouse.down()
+    page.mouse.move(*end, steps=8)
+    assert page.locator("#links path.temp.refused").count() == 1  # shown red while hovering
+    screenshot(page, "wrong-type-link-hover")
+    page.mouse.up()
+    page.wait_for_selector(".toast-error")
+    assert "vae expects VAE, not CLIP" in page.inner_text(".toast-error")
+    assert link_count(page) == 0
+    assert "vae" not in autosaved(page)["nodes"]["2"]["inputs"]
+    drag_link(page, "1", "vae", "2", "vae")
+    assert link_count(page) == 1
+    assert autosaved(page)["nodes"]["2"]["inputs"]["vae"] == ["1", "vae"]
+
+
+def test_validation_error_is_shown_on_its_node(page, server):
+    open_editor(page, server.url)
+    page.click('[data-node-id="4"] .node-title')  # select EmptyLatent and delete it
+    page.keyboard.press("Delete")
+    assert page.locator(".node").count() == 6
+    page.click("#queue-button")
+    page.wait_for_selector('[data-node-id="5"].has-error')
+    message = page.inner_text('[data-node-id="5"] .node-errors')
+    assert "required input 'latent' is missing" in message
+    assert page.locator('[data-node-id="5"] .socket-row.input-error[data-input="latent"]').count() == 1
+    assert page.locator(".node.has-error").count() == 1
+    assert history(server) == {}  # nothing ran
+    screenshot(page, "validation-error")
+
+
+def test_reload_restores_the_workflow_and_undo_redo(page, server):
+    open_editor(page, server.url)
+    title = '[data-node-id="7"] .node-title'
+    before = page.locator('[data-node-id="7"]').bounding_box()
+    start = center(page, title)
+    drag(page, start, (start[0] - 200, start[1] + 250))
+    page.fill('[data-node-id="2"] [data-widget="text"] textarea', "a blue circle")
+    moved = autosaved(page)["nodes"]["7"]["ui"]["pos"]
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    after = page.locator('[data-node-id="7"]').bounding_box()
+    assert abs(after["x"] - (before["x"] - 200)) < 2 and abs(after["y"] - (before["y"] + 250)) < 2
+    assert autosaved(page)["nodes"]["7"]["ui"]["pos"] == moved
+    assert page.input_value('[data-node-id="2"] [data-widget="text"] textarea') == "a blue circle"
+
+    page.click('[data-node-id="3"] .node-title')
+    page.keyboard.press("Delete")
+    assert page.locator(".node").count() == 6
+    page.keyboard.press("Control+z")
+    assert page.locator(".node").count() == 7 and link_count(page) == 9
+    page.keyboard.press("Control+y")
+    assert page.locator(".node").count() == 6
+
+
+def test_multi_select_copy_paste_keeps_inner_links(page, server):
+    open_editor(page, server.url)
+    new_canvas(page)
+    add_node(page, "EmptyLatent", 100, 400)
+    add_node(page, "LoadCheckpoint", 100, 120)
+    add_node(page, "Decode", 450, 200)
+    drag_link(page, "2", "vae", "3", "vae")
+    page.keyboard.down("Shift")  # rubber-band select Load Checkpoint and Decode
+    drag(page, (80, 100), (800, 330))
+    page.keyboard.up("Shift")
+    assert page.locator(".node.selected").count() == 2
+    page.keyboard.press("Control+c")
+    page.mouse.move(700, 500)
+    page.keyboard.press("Control+v")
+    assert page.locator(".node").count() == 5
+    document = autosaved(page)
+    assert document["nodes"]["4"]["type"] == "LoadCheckpoint"  # pasted in id order
+    assert document["nodes"]["5"]["type"] == "Decode" and document["nodes"]["5"]["inputs"]["vae"] == ["4", "vae"]
+    assert link_count(page) == 2
+
+
+def test_category_menu_adds_a_node(page, server):
+    open_editor(page, server.url)
+    new_canvas(page)
+    page.mouse.click(500, 400, button="right")
+    page.hover('.menu-category[data-category="sampling"] > span')
+    page.click('.menu-node[data-type="KSampler"]')
+    assert page.locator('.node[data-node-type="KSampler"]').count() == 1
+    seed = page.locator('[data-node-type="KSampler"] [data-widget="seed"]')
+    assert seed.locator("select.seed-control").input_value() == "randomize"
+    assert seed.locator("input").get_attribute("max") == str(2**32 - 1)
