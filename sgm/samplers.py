@@ -200,7 +200,7 @@ def sample_heunpp2(
     callback: StepCallback | None = None, generator: NoiseGenerator = None,
     s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
 ) -> torch.Tensor:
-    """"Heun++": Heun's method looking up to two sigmas ahead (a community variant, 2023).
+    """Heun++ ("heunpp2"): Heun's method looking up to two sigmas ahead (community variant, 2023).
 
     Each step evaluates the slope at sigma_i and at Euler predictions for sigma_{i+1} and
     sigma_{i+2}, and mixes them with weights proportional to those sigmas (relative to
@@ -273,7 +273,8 @@ def sample_dpm_2_ancestral(
     callback: StepCallback | None = None, generator: NoiseGenerator = None,
     eta: float = 1.0, s_noise: float = 1.0,
 ) -> torch.Tensor:
-    """Ancestral DPM-Solver-2: a DPM-2 step to sigma_down, then sigma_up of fresh noise."""
+    """Ancestral DPM-Solver-2 (Lu et al. 2022, "DPM-Solver", r = 1/2; ancestral form as in
+    k-diffusion): a DPM-2 step to sigma_down, then sigma_up of fresh noise."""
     s = as_floats(sigmas)
     n = len(s) - 1
     for i in range(n):
