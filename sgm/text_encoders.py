@@ -15,14 +15,18 @@ sdxl-refiner  OpenCLIP-bigG ``conditioner.embedders.0.``  penultimate    no     
 ``clip_skip`` counts layers from the end as A1111 and ComfyUI do: 1 = last layer,
 2 = penultimate; ``None`` keeps the family's default above. The family's final-norm rule
 applies to whichever layer is chosen (so SD 1.x with clip_skip=2 is the penultimate
-layer *plus* the final layer norm, like ComfyUI and A1111). diffusers counts differently:
-its ``clip_skip=c`` is our ``c + 1``.
+layer *plus* the final layer norm, like ComfyUI and A1111). diffusers counts layers skipped beyond its default
+instead: its ``clip_skip=c`` is our ``c + 1`` for SD 1.x and ``c + 2`` for SDXL.
 
 Long prompts are split into 75-token chunks, each encoded in its own 77-token window
 (start, 75 tokens, end/padding) and concatenated along the sequence; prompts of one batch
 with fewer chunks get empty-prompt chunks. Weights apply per token as
 z' = z_empty + w (z - z_empty), z_empty being the empty prompt's encoding (ComfyUI's
 default). The pooled output is the first chunk's, computed from the unweighted states.
+
+OpenCLIP towers are tokenized as OpenCLIP does: padding with id 0, and a literal "!" in
+a prompt stays the ordinary token "!</w>" (256). diffusers' SD 2.x / SDXL tokenizers,
+which declare "!" as their pad token, turn a literal "!" into 0; we do not copy that quirk.
 """
 
 from __future__ import annotations
