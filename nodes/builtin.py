@@ -19,6 +19,10 @@ def NODES(settings: Any) -> list[NodeSpec]:  # noqa: N802 - the pack protocol's 
         from engine.settings import Settings
 
         settings = Settings()
-    runtime = Runtime(settings)
+    return build_nodes(Runtime(settings))
+
+
+def build_nodes(runtime: Runtime) -> list[NodeSpec]:
+    """Every built-in model node, sharing ``runtime`` (tests pass their own to inspect it)."""
     return [*loaders.nodes(runtime), *text.nodes(runtime), *latents.nodes(runtime),
             *sampling.nodes(runtime), *images.nodes(runtime)]
