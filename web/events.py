@@ -41,6 +41,19 @@ def status_message(queue: PromptQueue) -> dict[str, Any]:
     return {"status": {"exec_info": {"queue_remaining": queue.remaining()}}}
 
 
+def public_output(ui: Any) -> Any:
+    """A node's UI data without server file-system paths (clients address files by
+    filename/subfolder/type through /api/view)."""
+    if not isinstance(ui, dict):
+        return ui
+    out = dict(ui)
+    for key in ("images", "gifs", "audio", "files"):
+        if isinstance(out.get(key), list):
+            out[key] = [{k: v for k, v in item.items() if k != "path"} if isinstance(item, dict) else item
+                        for item in out[key]]
+    return out
+
+
 def preview_frame(preview: Any) -> bytes | None:
     """Encode a progress preview (a PIL-like image with ``.save``, or JPEG/PNG bytes)."""
     if isinstance(preview, (bytes, bytearray)):
@@ -104,7 +117,7 @@ def _flush_cached(prompt_id: str, state: _RunState) -> list[dict[str, Any]]:
                                                  "timestamp": _now_ms()}))
     # Cached output nodes show their images again, so a reload of the page still sees them.
     for node_id, ui in state.cached_ui:
-        out.append(_message("executed", {"node": node_id, "display_node": node_id, "output": ui,
+        out.append(_message("executed", {"node": node_id, "display_node": node_id, "output": public_output(ui),
                                          "prompt_id": prompt_id, "cached": True}))
     state.cached, state.cached_ui = [], []
     return out
@@ -130,7 +143,7 @@ def _translate(prompt_id: str, state: _RunState, event: Event) -> list[dict[str,
         ui = event.data.get("ui")
         if not ui:
             return []
-        return [_message("executed", {"node": node_id, "display_node": node_id, "output": ui,
+        return [_message("executed", {"node": node_id, "display_node": node_id, "output": public_output(ui),
                                       "prompt_id": prompt_id})]
     if event.type == "node_failed" or (event.type == "run_failed" and not state.failed):
         state.failed = True

@@ -13,9 +13,10 @@ from typing import Any
 
 from aiohttp import web
 
-from engine.queue import QueueClosedError
+from engine.queue import HistoryEntry, QueueClosedError
 from engine.validation import ValidationReport, validate_document
 from engine.workflow import is_comfyui_prompt
+from web.events import public_output
 from web.keys import HUB, QUEUE, REGISTRY, SETTINGS
 
 routes = web.RouteTableDef()
@@ -225,14 +226,20 @@ async def get_history(request: web.Request) -> web.Response:
     offset = _int_query(request, "offset", 0) or 0
     entries = list(reversed(request.app[QUEUE].history()))
     end = None if max_items is None else offset + max_items
-    return web.json_response({e.item.prompt_id: e.to_json() for e in entries[offset:end]}, dumps=_dumps)
+    return web.json_response({e.item.prompt_id: _entry_json(e) for e in entries[offset:end]}, dumps=_dumps)
+
+
+def _entry_json(entry: HistoryEntry) -> dict[str, Any]:
+    data = entry.to_json()
+    data["outputs"] = {node_id: public_output(ui) for node_id, ui in data["outputs"].items()}
+    return data
 
 
 @routes.get("/api/history/{prompt_id}")
 async def get_history_entry(request: web.Request) -> web.Response:
     prompt_id = request.match_info["prompt_id"]
     entry = request.app[QUEUE].history_entry(prompt_id)
-    return web.json_response({prompt_id: entry.to_json()} if entry else {}, dumps=_dumps)
+    return web.json_response({prompt_id: _entry_json(entry)} if entry else {}, dumps=_dumps)
 
 
 @routes.post("/api/history")

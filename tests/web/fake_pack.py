@@ -105,7 +105,8 @@ def write_image(ctx: NodeContext, image: dict[str, Any], prefix: str) -> dict[st
     seed = int(image["seed"])
     text = {"workflow": json.dumps(ctx.services.get("workflow_document", {}))}
     (folder / name).write_bytes(png_bytes(width, height, (seed % 256, 128, 255 - seed % 256), text))
-    return {"filename": name, "subfolder": "", "type": "output"}
+    # Like the real SaveImage, the UI entry carries the absolute path; the server must not leak it.
+    return {"filename": name, "subfolder": "", "type": "output", "path": str(folder / name)}
 
 
 def txt2img_document(seed: int = 1, steps: int = 3, text: str = "a red square") -> dict[str, Any]:
