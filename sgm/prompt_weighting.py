@@ -188,8 +188,16 @@ def _as_matrix(value: object, path: Path) -> torch.Tensor:
     return value.detach().float().reshape(-1, value.shape[-1]).clone()  # (n, C)
 
 
-def embedding_for_width(vectors: dict[str, torch.Tensor], width: int, name: str) -> torch.Tensor:
-    """The (n, width) vectors of an embedding for an encoder of ``width`` channels."""
+def embedding_for_width(
+    vectors: dict[str, torch.Tensor], width: int, name: str, *, prefer: str | None = None
+) -> torch.Tensor:
+    """The (n, width) vectors of an embedding for an encoder of ``width`` channels.
+
+    ``prefer`` names the key for this encoder in SDXL files (``clip_l`` or ``clip_g``); it
+    wins when its width fits, so towers of equal width still get their own vectors.
+    """
+    if prefer in vectors and vectors[prefer].shape[-1] == width:
+        return vectors[prefer]
     matches = [v for v in vectors.values() if v.shape[-1] == width]
     if not matches:
         widths = {k: v.shape[-1] for k, v in vectors.items()}

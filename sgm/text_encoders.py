@@ -174,10 +174,12 @@ class TextConditioner:
         ids = torch.where(ids < 0, torch.full_like(ids, pad), ids).to(weight.device)
         embeds = tower.embed_tokens(ids)  # (N, 77, C)
         if batch.slots:
+            prefer = "clip_l" if role.layout == "clip" else "clip_g"  # SDXL embedding file keys
             window = torch.tensor([s[0] for s in batch.slots], device=weight.device)
             position = torch.tensor([s[1] for s in batch.slots], device=weight.device)
             vectors = torch.stack(
-                [embedding_for_width(embeddings[name], tower.config.width, name)[row] for _, _, name, row in batch.slots]
+                [embedding_for_width(embeddings[name], tower.config.width, name, prefer=prefer)[row]
+                 for _, _, name, row in batch.slots]
             ).to(device=weight.device, dtype=embeds.dtype)
             embeds = embeds.index_put((window, position), vectors)  # out of place
         return embeds

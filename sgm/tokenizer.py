@@ -313,9 +313,11 @@ def find_clip_merges(
             if _is_tokenizer_folder(folder):
                 return folder
             looked.append(f"tokenizer folder {folder}: no vocab.json + merges.txt")
-        if (base / BPE_FILE_NAME).is_file():
-            return base / BPE_FILE_NAME
-        looked.append(f"{base / BPE_FILE_NAME}: missing")
+        # Beside the model, or in a shared models/tokenizers/ next to models/checkpoints/.
+        for candidate in (base / BPE_FILE_NAME, base.parent / "tokenizers" / BPE_FILE_NAME):
+            if candidate.is_file():
+                return candidate
+            looked.append(f"{candidate}: missing")
     found, checked = _distribution_merges()
     if found:
         return found[0]
@@ -324,8 +326,9 @@ def find_clip_merges(
         "The CLIP tokenizer merges (" + BPE_FILE_NAME + ") were not found. Looked at:\n  - "
         + "\n  - ".join(looked)
         + "\nFix it with one of: `pip install open-clip-torch` (ships the file; it is read, "
-        "not imported); put a diffusers `tokenizer/` folder (vocab.json + merges.txt) or "
-        f"{BPE_FILE_NAME} next to the model file; or pass the file's path explicitly. "
+        f"not imported); put {BPE_FILE_NAME} into models/tokenizers/ (beside models/checkpoints/) "
+        "or next to the model file; put a diffusers `tokenizer/` folder (vocab.json + merges.txt) "
+        "next to the model file; or pass the file's path explicitly. "
         "Nothing is downloaded at run time."
     )
 

@@ -308,3 +308,20 @@ def test_matches_diffusers_stable_diffusion_pipeline(
     assert relative_error(context, embeds) < 1e-4 and relative_error(negative, negative_embeds) < 1e-4
     # (diffusers' SD clip_skip path reads CLIPTextModel.text_model, which transformers 5 removed;
     # test_sd1_clip_l_matches_transformers checks clip_skip against the hidden states instead.)
+
+
+@torch.no_grad()
+def test_sdxl_embedding_gives_each_tower_its_own_vectors(tokenizer: ClipTokenizer, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    te1 = make_text_model(14, act="quick_gelu", layers=2)
+    te2 = make_text_model(15, act="gelu", projection=64, layers=2)
+    sd = text_diffusers_to_original("sdxl", te1.state_dict(), te2.state_dict())
+    cond = build_conditioner(sd, "sdxl", {}, model_path=None, device="cpu", dtype=torch.float32, tokenizer=tokenizer)
+    ids = torch.tensor([tokenizer.encode("red car")])
+    # Both towers are 128 wide here, so only the clip_l / clip_g keys can tell them apart.
+    vectors = {"clip_l": cond.modules[0].embed_tokens(ids)[0], "clip_g": cond.modules[1].embed_tokens(ids)[0]}
+    save_file({k: v.contiguous() for k, v in vectors.items()}, str(tmp_path / "rc.safetensors"))
+    context, pooled = cond.encode_text(["a (embedding:rc:1.2), fast"], embeddings_dir=tmp_path)
+    reference, reference_pooled = cond.encode_text(["a (red car:1.2), fast"])
+    assert torch.allclose(context, reference, atol=1e-5) and torch.allclose(pooled, reference_pooled, atol=1e-5)

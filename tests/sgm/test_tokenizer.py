@@ -160,4 +160,12 @@ def test_missing_merges_error_says_where_and_how(tmp_path: Path, monkeypatch: py
     assert str(tmp_path / "missing.txt.gz") in message
     assert str(tmp_path / "tokenizer") in message
     assert "surely-not-installed-xyz" in message
-    assert "pip install open-clip-torch" in message and BPE_FILE_NAME in message
+    assert "pip install open-clip-torch" in message and f"put {BPE_FILE_NAME} into models/tokenizers/" in message
+
+
+def test_finds_merges_in_models_tokenizers_folder(tmp_path: Path) -> None:
+    (tmp_path / "models" / "tokenizers").mkdir(parents=True)
+    (tmp_path / "models" / "checkpoints").mkdir()
+    target = tmp_path / "models" / "tokenizers" / BPE_FILE_NAME
+    target.write_bytes(MERGES.read_bytes())
+    assert find_clip_merges(model_path=tmp_path / "models" / "checkpoints" / "x.safetensors") == target
