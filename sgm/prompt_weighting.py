@@ -166,7 +166,10 @@ def load_embedding(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(data, dict):
         raise ValueError(f"{path.name}: expected a dict of tensors, found {type(data).__name__}")
     if "clip_l" in data or "clip_g" in data:
-        return {k: _as_matrix(data[k], path) for k in ("clip_l", "clip_g") if k in data}
+        pair = {k: _as_matrix(data[k], path) for k in ("clip_l", "clip_g") if k in data}
+        if len({v.shape[0] for v in pair.values()}) > 1:
+            raise ValueError(f"{path.name}: clip_l and clip_g must hold the same number of vectors")
+        return pair
     if "string_to_param" in data:
         params = data["string_to_param"]
         if isinstance(params, dict) and params:

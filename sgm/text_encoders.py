@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 TEXT_ENCODER_HOOK = "latentflow.text_encoder"
 # Keys the released files carry that no text encoding uses.
-_IGNORED_SUFFIXES = ("transformer.text_model.embeddings.position_ids", "model.logit_scale")
+_IGNORED_SUFFIXES = ("transformer.text_model.embeddings.position_ids", "model.logit_scale", "model.attn_mask")
 
 
 @dataclass(frozen=True)

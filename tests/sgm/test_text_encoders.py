@@ -325,3 +325,41 @@ def test_sdxl_embedding_gives_each_tower_its_own_vectors(tokenizer: ClipTokenize
     context, pooled = cond.encode_text(["a (embedding:rc:1.2), fast"], embeddings_dir=tmp_path)
     reference, reference_pooled = cond.encode_text(["a (red car:1.2), fast"])
     assert torch.allclose(context, reference, atol=1e-5) and torch.allclose(pooled, reference_pooled, atol=1e-5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_converted_folder_loads_in_transformers_with_our_config(
+    family: str, tokenizer: ClipTokenizer, tmp_path: Path
+) -> None:
+    # single file -> diffusers text_encoder(_2)/ (weights + config.json) -> transformers
+    # from_pretrained: the conditioning must be what our loader computes from the file.
+    from safetensors.torch import save_file
+
+    from sgm.convert_text import diffusers_text_config
+
+    te1 = make_text_model(16, act="gelu" if family == "sd2" else "quick_gelu", layers=2)
+    te2 = make_text_model(17, act="gelu", projection=64, layers=2) if family == "sdxl" else None
+    original = text_diffusers_to_original(family, te1.state_dict(), None if te2 is None else te2.state_dict())
+    cond = build_conditioner(original, family, {}, model_path=None, device="cpu", dtype=torch.float32, tokenizer=tokenizer)
+    context, pooled = cond.encode_text(PROMPTS)
+    loaded = []
+    for index, part in enumerate(text_original_to_diffusers(family, original)):
+        if part is None:
+            continue
+        folder = tmp_path / f"text_encoder_{index}"
+        folder.mkdir()
+        save_file(part, str(folder / "model.safetensors"))
+        config = diffusers_text_config(family, part, second=index == 1)
+        (folder / "config.json").write_text(json.dumps(config))
+        cls = getattr(transformers, config["architectures"][0])
+        loaded.append(cls.from_pretrained(str(folder)).eval())
+    if family == "sdxl":
+        out1 = loaded[0](reference_ids(tokenizer, PROMPTS, tokenizer.eos_id), output_hidden_states=True)
+        out2 = loaded[1](reference_ids(tokenizer, PROMPTS, 0), output_hidden_states=True)
+        reference = torch.cat([out1.hidden_states[-2], out2.hidden_states[-2]], dim=-1)
+        assert relative_error(pooled, out2.text_embeds) < 1e-4
+    else:  # SD 1.x / 2.x diffusers folders condition on the last (normed) output
+        pad = tokenizer.eos_id if family == "sd1" else 0
+        reference = loaded[0](reference_ids(tokenizer, PROMPTS, pad)).last_hidden_state
+    assert relative_error(context, reference) < 1e-4
