@@ -1,0 +1,157 @@
+"""Graphs of built-in nodes run through the engine's executor on the fixture checkpoints:
+what is cached and re-executed, model sharing, LoRA at node level, seeds, cancellation."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from engine.cache import ResultCache
+from engine.registry import NodeRegistry
+from engine.scheduler import Executor
+from engine.validation import validate_document
+from nodes.builtin import build_nodes
+from nodes.memory import result_size
+from nodes.runtime import Runtime
+from nodes.sample_cli import txt2img_document
+from tests.workflows.model_files import CHECKPOINTS, LORAS
+
+
+@pytest.fixture()
+def runtime(settings: Any) -> Runtime:
+    return Runtime(settings, device="cpu")
+
+
+@pytest.fixture()
+def executor(runtime: Runtime, settings: Any) -> Executor:
+    registry = NodeRegistry()
+    registry.register_pack(build_nodes(runtime), "nodes.builtin")
+    return Executor(registry, ResultCache(256, 1 << 30, size_of=result_size),
+                    services={"settings": settings, "output_dir": settings.output_dir})
+
+
+def document(family: str = "sd1", **changes: Any) -> dict[str, Any]:
+    values = dict(checkpoint=CHECKPOINTS[family], prompt="a red circle", negative="", width=64, height=64,
+                  batch=1, seed=7, steps=2, cfg=4.0, sampler="euler", scheduler="karras", prefix="t")
+    values.update(changes)
+    return txt2img_document(**values)
+
+
+def latent_document(family: str = "sd1", lora: tuple[float, float] | None = None, **changes: Any) -> dict[str, Any]:
+    """txt2img ending in ShowValue of the sampled latent (so the latent itself can be read back)."""
+    doc = document(family, **changes)
+    nodes = doc["nodes"]
+    del nodes["6"], nodes["7"]
+    nodes["8"] = {"type": "Decode", "inputs": {"vae": ["1", "vae"], "latent": ["5", 0]}}
+    if lora is not None:
+        nodes["9"] = {"type": "LoadLoRA", "inputs": {"model": ["1", "model"], "clip": ["1", "clip"],
+                                                     "lora_name": LORAS[family], "strength_model": lora[0],
+                                                     "strength_clip": lora[1]}}
+        nodes["2"]["inputs"]["clip"] = nodes["3"]["inputs"]["clip"] = ["9", "clip"]
+        nodes["5"]["inputs"]["model"] = ["9", "model"]
+    nodes["10"] = {"type": "PreviewImage", "inputs": {"images": ["8", 0]}}
+    return doc
+
+
+def run(executor: Executor, doc: dict[str, Any], **kwargs: Any) -> Any:
+    report = validate_document(doc, executor.registry)
+    assert report.ok, report.format()
+    result = executor.run(report.workflow, services={"workflow_document": doc}, **kwargs)
+    assert result.status == "success", result.failure and result.failure.message
+    return result
+
+
+def sampled(executor: Executor, doc: dict[str, Any]) -> torch.Tensor:
+    run(executor, doc)
+    keys = executor.cache_keys(validate_document(doc, executor.registry).workflow)
+    return executor.cache.peek(keys["5"]).values[0].samples
+
+
+def test_changing_the_prompt_reruns_text_encode_and_below_only(executor: Executor) -> None:
+    first = run(executor, document())
+    assert set(first.executed) == {"1", "2", "3", "4", "5", "6", "7"}
+    second = run(executor, document(prompt="a blue square"))
+    assert set(second.executed) == {"2", "5", "6", "7"}
+    assert set(second.cached) == {"1", "3", "4"}
+    third = run(executor, document(prompt="a blue square"))
+    assert set(third.executed) == set() and set(third.cached) == {"7"}  # the cached output answers
+
+
+def test_a_model_is_loaded_once_for_every_workflow_that_names_it(executor: Executor, runtime: Runtime) -> None:
+    run(executor, document())
+    executor.cache.clear()  # even without the result cache, the file is not read again
+    run(executor, document(steps=3))
+    run(executor, latent_document())
+    assert runtime.models.loads == 1
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_every_family_generates_through_text_encode_and_ksampler(executor: Executor, family: str) -> None:
+    result = run(executor, document(family))
+    (image,) = result.outputs["7"]["images"]
+    assert Path(image["path"]).is_file() and image["type"] == "output" and image["subfolder"] == ""
+
+
+def test_lora_at_strength_zero_equals_no_lora_and_unloading_restores_the_base(executor: Executor) -> None:
+    base = sampled(executor, latent_document())
+    zero = sampled(executor, latent_document(lora=(0.0, 0.0)))
+    full = sampled(executor, latent_document(lora=(1.0, 1.0)))
+    text_only = sampled(executor, latent_document(lora=(0.0, 1.0)))
+    assert torch.equal(base, zero)
+    assert not torch.allclose(base, full, atol=1e-4)
+    assert not torch.allclose(base, text_only, atol=1e-4) and not torch.allclose(full, text_only, atol=1e-4)
+    executor.cache.clear()  # recompute the base from the same (shared, once patched) weights
+    assert torch.equal(sampled(executor, latent_document()), base)
+
+
+def test_batch_items_follow_the_seed_rule_and_keep_it_when_picked(executor: Executor) -> None:
+    batch = sampled(executor, latent_document(batch=2, seed=11))
+    single = sampled(executor, latent_document(batch=1, seed=12))
+    assert torch.allclose(batch[1:], single, atol=1e-5)  # item i of seed s == seed s + i
+    doc = latent_document(batch=2, seed=11)
+    doc["nodes"]["11"] = {"type": "LatentFromBatch", "inputs": {"latent": ["4", 0], "batch_index": 1, "length": 1}}
+    doc["nodes"]["5"]["inputs"]["latent"] = ["11", 0]
+    assert torch.allclose(sampled(executor, doc), single, atol=1e-5)
+
+
+def test_custom_sampler_nodes_match_ksampler(executor: Executor) -> None:
+    reference = sampled(executor, latent_document(sampler="euler", scheduler="karras", cfg=4.0, steps=2))
+    doc = latent_document()
+    nodes = doc["nodes"]
+    nodes["20"] = {"type": "UNetDenoise", "inputs": {"model": ["1", "model"], "positive": ["2", 0],
+                                                     "negative": ["3", 0], "cfg": 4.0}}
+    nodes["21"] = {"type": "Scheduler", "inputs": {"model": ["1", "model"], "scheduler": "karras", "steps": 2,
+                                                   "denoise": 1.0}}
+    nodes["22"] = {"type": "SamplerSelect", "inputs": {"sampler_name": "euler"}}
+    nodes["5"] = {"type": "Sampler", "inputs": {"guider": ["20", 0], "sampler": ["22", 0], "sigmas": ["21", 0],
+                                                "latent": ["4", 0], "seed": 7, "add_noise": True}}
+    assert torch.allclose(sampled(executor, doc), reference, atol=1e-6)
+
+
+def test_progress_reports_every_step_and_cancel_stops_the_run(executor: Executor) -> None:
+    steps: list[tuple[float, float]] = []
+    previews: list[Any] = []
+
+    def listen(event: Any) -> None:
+        if event.type == "node_progress" and event.node_type == "KSampler":
+            steps.append((event.data["value"], event.data["max"]))
+            previews.append(event.data.get("preview"))
+
+    run(executor, document(steps=3, seed=99), on_event=listen)
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    assert all(p is not None and p.size == (8, 8) for p in previews)  # a 64x64 image's latent
+
+    cancel = threading.Event()
+
+    def cancel_on_first_step(event: Any) -> None:
+        if event.type == "node_progress":
+            cancel.set()
+
+    doc = document(steps=5, seed=100)
+    result = executor.run(validate_document(doc, executor.registry).workflow, on_event=cancel_on_first_step,
+                          cancel=cancel, services={"workflow_document": doc})
+    assert result.status == "cancelled" and "5" not in result.executed
