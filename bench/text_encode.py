@@ -6,8 +6,10 @@ Random weights (no downloads) at the released sizes: CLIP-L (SD 1.x; 768 wide, 1
 and OpenCLIP ViT-bigG (SDXL's second tower; 1280 wide, 32 layers). Both sides get the
 same weights (ours through sgm.convert_text + build_conditioner, i.e. the single-file
 path) and do the whole job: tokenize the prompts, then run the tower (transformers with
-its fast tokenizer and ``output_hidden_states`` for bigG's penultimate layer). fp32,
-``torch.inference_mode``, the machine's default thread count. ``--quick`` uses 4 layers.
+its fast tokenizer and ``output_hidden_states`` for bigG's penultimate layer), under
+``torch.inference_mode`` with the machine's default thread count: transformers fp32, ours
+fp32 and ours in the ``sgm.devices`` default dtype (bf16 on CPUs with AMX/AVX512-BF16).
+``--quick`` uses 4 layers.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sgm.convert_text import text_diffusers_to_original  # noqa: E402
+from sgm.devices import default_dtype  # noqa: E402
 from sgm.text_encoders import build_conditioner  # noqa: E402
 from sgm.tokenizer import BPE_FILE_NAME, ClipTokenizer, find_clip_merges  # noqa: E402
 
@@ -39,14 +42,17 @@ PROMPTS = [
 ]
 
 
-def best_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up (allocations, kernel selection)
-    times = []
+def best_seconds(fns: list, repeats: int) -> list[float]:
+    """Best wall time of each function; rounds interleave them so load drift hits all alike."""
+    for fn in fns:
+        fn()  # warm-up (allocations, kernel selection, tokenizer memo)
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
 
 
 def reference_tokenizer(ours: ClipTokenizer, folder: Path, pad: str | None):
@@ -87,13 +93,22 @@ def run_case(name: str, *, width: int, layers: int, projection: int | None, act:
         out = reference(ids, output_hidden_states=projection is not None)
         return out.hidden_states[-2] if projection else out.last_hidden_state
 
+    default = default_dtype("cpu")
+    ours_default = build_conditioner(state_dict, family, {}, model_path=None, device="cpu", dtype=default,
+                                     tokenizer=ours_tok)
+    assert ours_default is not None
+
+    def run_default() -> torch.Tensor:
+        return ours_default.encode_text(prompts)[0]
+
     with torch.inference_mode():
-        ours_s = best_seconds(run_ours, repeats)
-        reference_s = best_seconds(run_reference, repeats)
-        a, b = run_ours(), run_reference()
+        ours_s, default_s, reference_s = best_seconds([run_ours, run_default, run_reference], repeats)
+        a, b, c = run_ours(), run_reference(), run_default().float()
     error = float((a - b).abs().max() / b.abs().max())
-    return {"model": name, "batch": batch, "ours": batch / ours_s, "transformers": batch / reference_s,
-            "ratio": reference_s / ours_s, "error": error}
+    default_error = float((c - b).abs().max() / b.abs().max())
+    return {"model": name, "ours": batch / ours_s, "default": batch / default_s, "dtype": str(default).split(".")[1],
+            "transformers": batch / reference_s, "ratio": reference_s / ours_s, "default_ratio": reference_s / default_s,
+            "error": error, "default_error": default_error}
 
 
 def main() -> None:
@@ -115,10 +130,13 @@ def main() -> None:
         for name, width, layers, projection, act, family in cases:
             rows.append(run_case(name, width=width, layers=layers, projection=projection, act=act, family=family,
                                  ours_tok=ours_tok, folder=Path(tmp), batch=args.batch, repeats=args.repeats))
-    print(f"threads: {torch.get_num_threads()}, fp32, batch {args.batch}, best of {args.repeats}")
-    print(f"{'model':<14} {'ours prompts/s':>15} {'transformers prompts/s':>23} {'ours speed-up':>14} {'max rel diff':>13}")
+    print(f"threads: {torch.get_num_threads()}, batch {args.batch}, best of {args.repeats}; "
+          "prompts/s (speed-up vs transformers fp32) [max rel diff vs transformers fp32]")
+    print(f"{'model':<14} {'transformers fp32':>18} {'ours fp32':>26} {'ours default':>34}")
     for r in rows:
-        print(f"{r['model']:<14} {r['ours']:>15.2f} {r['transformers']:>23.2f} {r['ratio']:>13.2f}x {r['error']:>13.1e}")
+        ours = f"{r['ours']:.2f} ({r['ratio']:.2f}x) [{r['error']:.0e}]"
+        default = f"{r['default']:.2f} {r['dtype']} ({r['default_ratio']:.2f}x) [{r['default_error']:.0e}]"
+        print(f"{r['model']:<14} {r['transformers']:>18.2f} {ours:>26} {default:>34}")
 
 
 if __name__ == "__main__":
