@@ -64,7 +64,8 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         from sgm.checkpoints import load_checkpoint as load
 
         path = runtime.resolve_model(CHECKPOINTS, ckpt_name, "LoadCheckpoint", "ckpt_name")
-        checkpoint = runtime.models.load(path, "checkpoint", lambda: load(path, device="cpu"))
+        dtype = runtime.load_dtype()
+        checkpoint = runtime.models.load(path, "checkpoint", lambda: load(path, device="cpu", dtype=dtype), dtype)
         if checkpoint.unet is None:
             raise ValueError(f"LoadCheckpoint: {ckpt_name!r} holds no diffusion model (family "
                              f"{checkpoint.family!r}); load it with LoadVAE if it is a VAE")
@@ -84,7 +85,8 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         from sgm.checkpoints import load_vae as load
 
         path = runtime.resolve_model(VAES, vae_name, "LoadVAE", "vae_name")
-        vae = runtime.models.load(path, "vae", lambda: load(path, device="cpu"))
+        dtype = runtime.load_dtype()
+        vae = runtime.models.load(path, "vae", lambda: load(path, device="cpu", dtype=dtype), dtype)
         return VaeValue(vae, float(scale_factor), vae_name)
 
     @node("LoadUNet", display_name="Load Diffusion Model", category="loaders",
@@ -98,7 +100,8 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         from sgm.checkpoints import load_unet as load
 
         path = runtime.resolve_model(UNETS, unet_name, "LoadUNet", "unet_name")
-        unet = runtime.models.load(path, "unet", lambda: load(path, device="cpu"))
+        dtype = runtime.load_dtype()
+        unet = runtime.models.load(path, "unet", lambda: load(path, device="cpu", dtype=dtype), dtype)
         family = "sdxl" if getattr(unet, "num_classes", None) == "sequential" else (
             "sd2" if getattr(unet, "context_dim", None) == 1024 else "sd1")
         from sgm.denoisers import model_sampling_for
@@ -123,10 +126,12 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         paths = [runtime.resolve_model(TEXT_ENCODERS, n, "LoadTextEncoder", i)
                  for n, i in zip(names, ("text_encoder_name", "text_encoder_name_2"))]
 
-        def load() -> Any:
-            return build_conditioner(text_state_dict_for(family, paths), family, {}, model_path=paths[0])
+        dtype = runtime.load_dtype()
 
-        conditioner = runtime.models.load(paths[0], f"text:{family}:{'+'.join(map(str, paths))}", load)
+        def load() -> Any:
+            return build_conditioner(text_state_dict_for(family, paths), family, {}, model_path=paths[0], dtype=dtype)
+
+        conditioner = runtime.models.load(paths[0], f"text:{family}:{'+'.join(map(str, paths))}", load, dtype)
         return ClipValue(conditioner, family, "+".join(names), embeddings_dir=runtime.folder("embeddings"))
 
     @node("LoadLoRA", display_name="Load LoRA", category="loaders", fingerprint=fingerprint_for(LORAS, "lora_name"))

@@ -37,6 +37,16 @@ class Runtime:
                 self._models = ModelCache(device=self._device)
             return self._models
 
+    def load_dtype(self) -> Any:
+        """The dtype to load weights in: as stored on the CPU, the device policy's half
+        precision (bf16 where supported) on an accelerator."""
+        device = self.models.device
+        if device.type == "cpu":
+            return None
+        from sgm.devices import default_dtype
+
+        return default_dtype(device, prefer_bf16=True)
+
     def folder(self, kind: str) -> Path:
         return Path(self.settings.model_folder(kind))
 

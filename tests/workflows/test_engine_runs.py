@@ -65,10 +65,15 @@ def run(executor: Executor, doc: dict[str, Any], **kwargs: Any) -> Any:
     return result
 
 
-def sampled(executor: Executor, doc: dict[str, Any]) -> torch.Tensor:
+def output_of(executor: Executor, doc: dict[str, Any], node_id: str) -> Any:
+    """Run ``doc`` and read ``node_id``'s first output back from the result cache."""
     run(executor, doc)
     keys = executor.cache_keys(validate_document(doc, executor.registry).workflow)
-    return executor.cache.peek(keys["5"]).values[0].samples
+    return executor.cache.peek(keys[node_id]).values[0]
+
+
+def sampled(executor: Executor, doc: dict[str, Any]) -> torch.Tensor:
+    return output_of(executor, doc, "5").samples
 
 
 def test_changing_the_prompt_reruns_text_encode_and_below_only(executor: Executor) -> None:
@@ -155,3 +160,37 @@ def test_progress_reports_every_step_and_cancel_stops_the_run(executor: Executor
     result = executor.run(validate_document(doc, executor.registry).workflow, on_event=cancel_on_first_step,
                           cancel=cancel, services={"workflow_document": doc})
     assert result.status == "cancelled" and "5" not in result.executed
+
+
+def test_separate_unet_vae_and_text_encoder_files_equal_the_checkpoint(executor: Executor, settings: Any) -> None:
+    from safetensors.torch import save_file
+
+    from sgm.checkpoints import UNET_PREFIX, VAE_PREFIX, read_state_dict, strip_prefix
+    from sgm.convert_text import text_original_to_diffusers
+    from tests.workflows.model_files import write_byte_tokenizer
+
+    models = Path(settings.models_dir)
+    tensors, _ = read_state_dict(models / "checkpoints" / CHECKPOINTS["sd1"])
+    metadata = {"latentflow.config": '{"unet": {"num_heads": 8}}'}
+    save_file({k: v.contiguous() for k, v in strip_prefix(tensors, UNET_PREFIX).items()},
+              str(models / "unet" / "sd1-unet.safetensors"), metadata=metadata)
+    save_file({k: v.contiguous() for k, v in strip_prefix(tensors, VAE_PREFIX).items()},
+              str(models / "vae" / "sd1-vae.safetensors"))
+    text_encoder, _ = text_original_to_diffusers("sd1", {k: v for k, v in tensors.items()
+                                                         if k.startswith("cond_stage_model.")})
+    save_file({k: v.contiguous() for k, v in text_encoder.items()},  # transformers keys
+              str(models / "text_encoders" / "sd1-clip-l.safetensors"))
+    write_byte_tokenizer(models / "text_encoders" / "tokenizer")
+
+    reference = sampled(executor, latent_document())
+    reference_image = output_of(executor, latent_document(), "8")
+    doc = latent_document()
+    nodes = doc["nodes"]
+    nodes["1"] = {"type": "LoadUNet", "inputs": {"unet_name": "sd1-unet.safetensors", "prediction": "eps"}}
+    nodes["30"] = {"type": "LoadTextEncoder", "inputs": {"text_encoder_name": "sd1-clip-l.safetensors",
+                                                         "family": "sd1"}}
+    nodes["31"] = {"type": "LoadVAE", "inputs": {"vae_name": "sd1-vae.safetensors", "scale_factor": 0.18215}}
+    nodes["2"]["inputs"]["clip"] = nodes["3"]["inputs"]["clip"] = ["30", "clip"]
+    nodes["8"]["inputs"]["vae"] = ["31", "vae"]
+    assert torch.equal(sampled(executor, doc), reference)
+    assert torch.equal(output_of(executor, doc, "8"), reference_image)
