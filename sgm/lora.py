@@ -132,23 +132,34 @@ def unet_module_names(unet: nn.Module) -> dict[str, str]:
     return lookup
 
 
-def kohya_unet_name(unet: nn.Module, module_name: str) -> str:
-    """The kohya key stem (``lora_unet_down_blocks_0_...``) of one of our UNet modules.
+def kohya_unet_names(unet: nn.Module) -> dict[str, str]:
+    """Our UNet module path -> its kohya key stem (``lora_unet_down_blocks_0_...``), for every
+    adaptable module (what a LoRA trainer writes; :func:`match_lora` reads it back).
 
     Uses the diffusers path where the ldm layout maps onto it (what sd-scripts writes for
-    SD 1.x / 2.x), else our own path; :func:`match_lora` reads either back.
+    SD 1.x / 2.x), else our own path.
     """
     from sgm.convert import KeyMappingError, unet_original_to_diffusers
 
-    placeholder = torch.empty(0)
+    names = _weighted_modules(unet)
+    placeholders = {f"{name}.weight": torch.empty(0) for name in names}
+    by_id = {id(t): key.removesuffix(".weight") for key, t in placeholders.items()}
     try:
-        keys = {f"{name}.weight": (placeholder if name == module_name else torch.empty(0))
-                for name in _weighted_modules(unet)}
-        converted = unet_original_to_diffusers(keys)
-        diffusers = next(k for k, v in converted.items() if v is placeholder).removesuffix(".weight")
-    except (KeyMappingError, StopIteration):
-        diffusers = module_name
-    return "lora_unet_" + _underscored(diffusers)
+        converted = unet_original_to_diffusers(placeholders)
+    except KeyMappingError:
+        converted = {}
+    stems = {name: "lora_unet_" + _underscored(name) for name in names}
+    for diffusers_key, tensor in converted.items():
+        stems[by_id[id(tensor)]] = "lora_unet_" + _underscored(diffusers_key.removesuffix(".weight"))
+    return stems
+
+
+def kohya_unet_name(unet: nn.Module, module_name: str) -> str:
+    """The kohya key stem of one UNet module (see :func:`kohya_unet_names` for many)."""
+    stems = kohya_unet_names(unet)
+    if module_name not in stems:
+        raise LoraError(f"{module_name!r} is not an adaptable module of this UNet (no weight)")
+    return stems[module_name]
 
 
 def _text_module_names(tower: nn.Module) -> dict[str, tuple[str, tuple[int, int] | None]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sgm.lora import LoraError, kohya_unet_name, match_lora, patched, unet_module_names
+from sgm.lora import LoraError, kohya_unet_name, kohya_unet_names, match_lora, patched, unet_module_names
 from tests.sgm.model_factories import tiny_unet
 from tests.workflows.model_files import _tower
 
@@ -26,6 +26,19 @@ def attention_modules(unet: torch.nn.Module) -> dict[str, torch.nn.Linear]:
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_kohya_names_are_the_diffusers_module_paths() -> None:
+    unet = tiny_unet("sd1")  # 2 levels, 1 res block each: input_blocks.1 = down_blocks.0 ...
+    names = kohya_unet_names(unet)
+    assert names["input_blocks.1.1.transformer_blocks.0.attn1.to_q"] == \
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    assert names["middle_block.1.transformer_blocks.0.attn2.to_k"] == \
+        "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_k"
+    assert names["output_blocks.2.1.proj_in"] == "lora_unet_up_blocks_1_attentions_0_proj_in"
+    assert names["input_blocks.1.0.in_layers.2"] == "lora_unet_down_blocks_0_resnets_0_conv1"
+    with pytest.raises(LoraError, match="not an adaptable module"):
+        kohya_unet_name(unet, "input_blocks.1.1")
 
 
 def test_kohya_and_diffusers_layouts_give_the_same_update() -> None:
@@ -132,3 +145,21 @@ def test_keys_that_fit_no_module_are_reported_and_wrong_shapes_fail_clearly() ->
     with pytest.raises(LoraError, match="trained for another model"):
         with patched({"unet": unet}, [(bad.targets, 1.0)]):
             pass
+
+
+def test_conv_lora_composes_down_and_up_convolutions() -> None:
+    unet = tiny_unet("sd1")
+    conv = dict(unet.named_modules())["input_blocks.1.0.in_layers.2"]
+    assert isinstance(conv, torch.nn.Conv2d) and conv.kernel_size == (3, 3)
+    generator = torch.Generator().manual_seed(3)
+    down = torch.randn(RANK, conv.in_channels, 3, 3, generator=generator)  # LoCon: a 3x3 down conv
+    up = torch.randn(conv.out_channels, RANK, 1, 1, generator=generator)  # and a 1x1 up conv
+    stem = kohya_unet_names(unet)["input_blocks.1.0.in_layers.2"]
+    match = match_lora({f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up}, unet)
+    x = torch.randn(1, conv.in_channels, 6, 6, generator=generator)
+    with torch.no_grad():
+        base = conv(x)
+        with patched({"unet": unet}, [(match.targets, 1.0)]):
+            adapted = conv(x)
+        lora_path = torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, down, padding=1), up)
+    assert torch.allclose(adapted, base + lora_path, atol=1e-4)

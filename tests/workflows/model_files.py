@@ -114,13 +114,14 @@ def write_kohya_lora(path: Path, unet: torch.nn.Module, towers: list[torch.nn.Mo
     """A kohya-layout LoRA on every attention projection of ``unet`` (and the first text tower's q/v)."""
     from safetensors.torch import save_file
 
-    from sgm.lora import kohya_unet_name
+    from sgm.lora import kohya_unet_names
 
     generator = torch.Generator().manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
+    stems = kohya_unet_names(unet)
     for name, module in unet.named_modules():
         if isinstance(module, torch.nn.Linear) and name.split(".")[-1] in ("to_q", "to_k", "to_v"):
-            stem = kohya_unet_name(unet, name)
+            stem = stems[name]
             tensors[f"{stem}.lora_down.weight"] = torch.randn(rank, module.in_features, generator=generator) * 0.3
             tensors[f"{stem}.lora_up.weight"] = torch.randn(module.out_features, rank, generator=generator) * 0.3
             tensors[f"{stem}.alpha"] = torch.tensor(alpha)
