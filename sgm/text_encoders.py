@@ -49,8 +49,10 @@ from sgm.clip_models import (
     infer_clip_config,
     infer_open_clip_config,
 )
+from sgm.conditioning import Condition
 from sgm.convert_text import base_family
 from sgm.prompt_weighting import embedding_for_width, find_embedding, load_embedding, parse_prompt
+from sgm.sdxl_conditioning import sdxl_refiner_vector, sdxl_vector
 from sgm.tokenizer import CHUNK, WINDOW, ClipTokenizer, chunk_ids, load_clip_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -224,6 +226,38 @@ class TextConditioner:
         context = torch.cat(contexts, dim=-1)  # (B*k, 77, C_total)
         context = context.reshape(batch.prompts, batch.chunks * WINDOW, context.shape[-1])
         return context, pooled
+
+
+def encode_condition(
+    conditioner: TextConditioner,
+    prompt: str,
+    *,
+    size: tuple[int, int] | None = None,
+    original_size: tuple[int, int] | None = None,
+    crop_top_left: tuple[int, int] = (0, 0),
+    target_size: tuple[int, int] | None = None,
+    aesthetic_score: float = 6.0,
+    clip_skip: int | None = None,
+    embeddings_dir: Path | None = None,
+) -> Condition:
+    """One prompt -> the ``Condition`` its family's UNet needs (SDXL: with the vector ``y``).
+
+    Sizes are (height, width) in pixels; for SDXL ``original_size`` and ``target_size``
+    default to ``size`` (the image being generated), which must then be given.
+    """
+    context, pooled = conditioner.encode_text([prompt], clip_skip=clip_skip, embeddings_dir=embeddings_dir)
+    y = None
+    base = base_family(conditioner.family)
+    if base in ("sdxl", "sdxl-refiner") and pooled is not None:
+        original, target = original_size or size, target_size or size
+        if original is None or target is None:
+            raise ValueError(f"{conditioner.family} conditioning needs the image size: pass size=(height, width)")
+        if base == "sdxl":
+            y = sdxl_vector(pooled, original_size=original, crop_top_left=crop_top_left, target_size=target)
+        else:
+            y = sdxl_refiner_vector(pooled, original_size=original, crop_top_left=crop_top_left,
+                                    aesthetic_score=aesthetic_score)
+    return Condition(context=context, pooled=pooled, y=y, extra={"prompt": prompt})
 
 
 # ---------------------------------------------------------------------- building

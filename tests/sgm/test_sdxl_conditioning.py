@@ -160,3 +160,30 @@ def test_refiner_matches_diffusers_img2img_pipeline(tokenizers) -> None:
     time_embeds = unet.add_time_proj(time_ids.repeat(2, 1).flatten()).reshape(2, -1)  # (B, 5 * 256)
     y = sdxl_refiner_vector(pooled, original_size=original, crop_top_left=crop, aesthetic_score=6.0)
     assert relative_error(y, torch.cat([pooled_ref, time_embeds], dim=-1)) < 1e-4
+
+
+@torch.no_grad()
+def test_encode_condition_builds_the_family_vector(tokenizers) -> None:
+    from sgm.text_encoders import encode_condition
+
+    ours_tok = tokenizers[0]
+    te1, te2 = make_text_model(20, act="quick_gelu"), make_text_model(21, act="gelu", projection=PROJECTION)
+    sdxl = build_conditioner(text_diffusers_to_original("sdxl", te1.state_dict(), te2.state_dict()), "sdxl", {},
+                             model_path=None, device="cpu", dtype=torch.float32, tokenizer=ours_tok)
+    condition = encode_condition(sdxl, "a (cat:1.2)", size=(768, 1024), crop_top_left=(8, 0))
+    context, pooled = sdxl.encode_text(["a (cat:1.2)"])
+    assert torch.equal(condition.context, context) and torch.equal(condition.pooled, pooled)
+    expected = sdxl_vector(pooled, original_size=(768, 1024), crop_top_left=(8, 0), target_size=(768, 1024))
+    assert condition.y is not None and torch.equal(condition.y, expected)
+    assert condition.extra["prompt"] == "a (cat:1.2)"
+    with pytest.raises(ValueError, match="size"):
+        encode_condition(sdxl, "a cat")
+    refiner = build_conditioner(text_diffusers_to_original("sdxl-refiner", None, te2.state_dict()), "sdxl-refiner",
+                                {}, model_path=None, device="cpu", dtype=torch.float32, tokenizer=ours_tok)
+    low = encode_condition(refiner, "a cat", size=(512, 512), aesthetic_score=2.5)
+    assert low.y is not None and low.y.shape == (1, PROJECTION + 5 * 256)
+    assert torch.equal(low.y, sdxl_refiner_vector(low.pooled, original_size=(512, 512), aesthetic_score=2.5))
+    sd1 = build_conditioner(text_diffusers_to_original("sd1", te1.state_dict(), None), "sd1", {},
+                            model_path=None, device="cpu", dtype=torch.float32, tokenizer=ours_tok)
+    plain = encode_condition(sd1, "a cat")
+    assert plain.y is None and plain.pooled is None and plain.context.shape == (1, 77, WIDTH)
