@@ -100,7 +100,9 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         size = (max(1, height // f), max(1, width // f))
         kwargs = {"align_corners": False} if method in ("bilinear", "bicubic") else {}
         samples = F.interpolate(latent.samples, size=size, mode=method, **kwargs)
-        masked = None if latent.masked_latent is None else F.interpolate(latent.masked_latent, size=size, mode="bilinear")
+        masked = latent.masked_latent
+        if masked is not None:
+            masked = F.interpolate(masked, size=size, mode="bilinear")
         noise_mask = latent.noise_mask
         if noise_mask is not None:
             noise_mask = F.interpolate(noise_mask[:, None].float(), size=(height, width), mode="bilinear")[:, 0]

@@ -210,7 +210,8 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
     @node("SamplerSelect", display_name="Sampler Select", category="sampling/custom")
     def sampler_select(
         sampler_name: Choice(choices=SAMPLER_NAMES) = "euler",
-        eta: Float(min=0.0, max=100.0, step=0.01, tooltip="ancestral/SDE noise amount (where the sampler has it)") = 1.0,
+        eta: Float(min=0.0, max=100.0, step=0.01,
+                   tooltip="ancestral/SDE noise amount (where the sampler has it)") = 1.0,
         s_noise: Float(min=0.0, max=100.0, step=0.01, tooltip="noise multiplier (where the sampler has it)") = 1.0,
     ) -> Out(sampler="SAMPLER"):
         """Pick a sampling algorithm; eta and s_noise apply to the samplers that take them."""

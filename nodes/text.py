@@ -44,7 +44,8 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
     @node("TextEncode", display_name="Text Encode (Prompt)", category="conditioning")
     def text_encode(
         clip: "CLIP",
-        text: Text(multiline=True, tooltip="the prompt; (word:1.2) weights words, embedding:name uses an embedding") = "",
+        text: Text(multiline=True,
+                   tooltip="the prompt; (word:1.2) weights words, embedding:name uses an embedding") = "",
     ) -> Out(conditioning="CONDITIONING"):
         """Encode a prompt with the model's text encoder into conditioning for the sampler."""
         from sgm.conditioning import Condition

@@ -105,7 +105,8 @@ def _underscored(name: str) -> str:
 
 
 def _weighted_modules(module: nn.Module) -> list[str]:
-    return [name for name, child in module.named_modules() if name and isinstance(getattr(child, "weight", None), torch.Tensor)]
+    return [name for name, child in module.named_modules()
+            if name and isinstance(getattr(child, "weight", None), torch.Tensor)]
 
 
 def unet_module_names(unet: nn.Module) -> dict[str, str]:

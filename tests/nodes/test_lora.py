@@ -50,14 +50,16 @@ def test_kohya_and_diffusers_layouts_give_the_same_update() -> None:
         down, up = lora_pair(module, seed)
         stem = kohya_unet_name(unet, name)
         assert stem.startswith("lora_unet_") and ("down_blocks" in stem or "up_blocks" in stem or "mid_block" in stem)
-        kohya.update({f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up, f"{stem}.alpha": torch.tensor(1.0)})
+        kohya.update({f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up,
+                      f"{stem}.alpha": torch.tensor(1.0)})
         diffusers_name = stem.removeprefix("lora_unet_")
         dotted = next(alias for alias, target in unet_module_names(unet).items()
                       if target == name and "." in alias and alias.replace(".", "_") == diffusers_name)
         peft.update({f"unet.{dotted}.lora_A.weight": down, f"unet.{dotted}.lora_B.weight": up,
                      f"unet.{dotted}.alpha": torch.tensor(1.0)})
         ldm = "lora_unet_" + name.replace(".", "_")  # sd-scripts' SDXL naming: ldm paths
-        ldm_kohya.update({f"{ldm}.lora_down.weight": down, f"{ldm}.lora_up.weight": up, f"{ldm}.alpha": torch.tensor(1.0)})
+        ldm_kohya.update({f"{ldm}.lora_down.weight": down, f"{ldm}.lora_up.weight": up,
+                          f"{ldm}.alpha": torch.tensor(1.0)})
     results = []
     for state_dict in (kohya, peft, ldm_kohya):
         match = match_lora(state_dict, unet)

@@ -194,3 +194,29 @@ def test_separate_unet_vae_and_text_encoder_files_equal_the_checkpoint(executor:
     nodes["8"]["inputs"]["vae"] = ["31", "vae"]
     assert torch.equal(sampled(executor, doc), reference)
     assert torch.equal(output_of(executor, doc, "8"), reference_image)
+
+
+def test_inpainting_keeps_the_unmasked_latent_and_areas_change_the_result(executor: Executor) -> None:
+    doc = latent_document()
+    nodes = doc["nodes"]
+    nodes["40"] = {"type": "LoadImage", "inputs": {"image": "example.png"}}  # transparent centre = repaint
+    nodes["41"] = {"type": "EncodeLatent", "inputs": {"vae": ["1", "vae"], "image": ["40", "image"],
+                                                      "mask": ["40", "mask"]}}
+    nodes["5"]["inputs"]["latent"] = ["41", 0]
+    encoded = output_of(executor, doc, "41")
+    out = sampled(executor, doc)
+    keep = torch.nn.functional.interpolate(encoded.noise_mask[:, None], size=out.shape[-2:], mode="bilinear") == 0
+    assert keep.any() and (~keep).any()
+    assert torch.equal(out.masked_select(keep.expand_as(out)), encoded.samples.masked_select(keep.expand_as(out)))
+    assert not torch.allclose(out, encoded.samples)
+
+    plain = sampled(executor, latent_document())
+    with_area = latent_document()
+    with_area["nodes"]["42"] = {"type": "TextEncode", "inputs": {"clip": ["1", "clip"], "text": "a green star"}}
+    with_area["nodes"]["43"] = {"type": "ConditioningSetArea", "inputs": {
+        "conditioning": ["42", 0], "width": 32, "height": 32, "x": 0, "y": 0, "strength": 1.0}}
+    with_area["nodes"]["44"] = {"type": "ConditioningCombine", "inputs": {"conditioning_1": ["2", 0],
+                                                                         "conditioning_2": ["43", 0]}}
+    with_area["nodes"]["5"]["inputs"]["positive"] = ["44", 0]
+    combined = sampled(executor, with_area)
+    assert not torch.allclose(combined[..., :4, :4], plain[..., :4, :4])  # the area's quarter changed
