@@ -189,6 +189,10 @@ class DiscreteModelSampling(_SamplingMixin):
     sigma_data: float = 1.0
     _sigmas: torch.Tensor = field(init=False, repr=False, compare=False)
     _log_sigmas: torch.Tensor = field(init=False, repr=False, compare=False)
+    # log_sigmas copied to each device once (a per-step host-to-device copy would stall a GPU).
+    _log_sigmas_on: dict[torch.device, torch.Tensor] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         if self.prediction not in PREDICTIONS:
@@ -228,10 +232,15 @@ class DiscreteModelSampling(_SamplingMixin):
         """(T,) alpha_bar_t = 1 / (1 + sigma_t^2)."""
         return 1.0 / (1.0 + self._sigmas.double() ** 2)
 
+    def _log_sigmas_for(self, device: torch.device) -> torch.Tensor:
+        if device not in self._log_sigmas_on:
+            self._log_sigmas_on[device] = self._log_sigmas.to(device)
+        return self._log_sigmas_on[device]
+
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         """sigma (any shape) -> timestep (same shape, float): nearest training step if snap."""
         log_sigma = sigma.float().clamp_min(1e-10).log()
-        log_sigmas = self._log_sigmas.to(log_sigma.device)
+        log_sigmas = self._log_sigmas_for(log_sigma.device)
         if self.snap:
             dists = (log_sigma.reshape(-1, 1) - log_sigmas.reshape(1, -1)).abs()
             return dists.argmin(dim=1).reshape(sigma.shape).float().to(sigma.device)
@@ -249,7 +258,7 @@ class DiscreteModelSampling(_SamplingMixin):
         low = t.floor().long()
         high = t.ceil().long()
         w = t - low.float()
-        log_sigmas = self._log_sigmas.to(t.device)
+        log_sigmas = self._log_sigmas_for(t.device)
         return ((1 - w) * log_sigmas[low] + w * log_sigmas[high]).exp()
 
 
