@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
                 assert timed.calls == steps and torch.isfinite(out).all()
                 outside = total - timed.seconds
                 print(f"{impl:10s} {sampler:9s} {total:8.2f} {total / steps:7.3f} {timed.seconds:8.2f} "
-                      f"{outside:9.4f} {100 * outside / total:7.3f}%")
+                      f"{outside:9.4f} {100 * outside / total:7.3f}%", flush=True)
 
 
 if __name__ == "__main__":

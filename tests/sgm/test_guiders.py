@@ -165,3 +165,28 @@ def test_real_tiny_unet_batched_equals_chunked() -> None:
         a = GuidedDenoiser(unet, SD, [pos], [neg], cfg=7.5)(x, sigma)
         b = GuidedDenoiser(unet, SD, [pos], [neg], cfg=7.5, batch_conds=False)(x, sigma)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_real_tiny_sdxl_unet_vector_conditioning_is_batched() -> None:
+    from tests.sgm.model_factories import SDXL_SIZE_FEATURES, TINY_POOLED_DIM, tiny_unet
+
+    unet = tiny_unet("sdxl")
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    sigma = torch.tensor([5.0, 5.0])
+
+    def cond() -> Condition:
+        return Condition(context=torch.randn(1, 77, 32, generator=g),
+                         y=torch.randn(1, TINY_POOLED_DIM + SDXL_SIZE_FEATURES, generator=g))
+
+    pos, neg = cond(), cond()
+    calls: list[int] = []
+    hook = unet.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    try:
+        with torch.no_grad():
+            a = GuidedDenoiser(unet, SD, [pos], [neg], cfg=6.0)(x, sigma)
+            b = GuidedDenoiser(unet, SD, [pos], [neg], cfg=6.0, batch_conds=False)(x, sigma)
+    finally:
+        hook.remove()
+    assert calls == [4, 2, 2]
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
