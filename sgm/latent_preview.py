@@ -9,9 +9,12 @@ fit for the SDXL VAE). SD 2.x shares SD 1.x's VAE.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 Family = Literal["sd1", "sd2", "sdxl"]
 
@@ -73,7 +76,9 @@ def latent_to_rgb(latent: torch.Tensor, family: str = "sd1", *, max_size: int | 
     return ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
 
-def latent_preview_image(latent: torch.Tensor, family: str = "sd1", *, max_size: int | None = 512) -> "PIL.Image.Image":  # type: ignore[name-defined]  # noqa: F821
+def latent_preview_image(
+    latent: torch.Tensor, family: str = "sd1", *, max_size: int | None = 512
+) -> "Image.Image":
     """The same preview as a PIL RGB image (Pillow is imported only here)."""
     from PIL import Image
 

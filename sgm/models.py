@@ -33,6 +33,12 @@ __all__ = ["AutoencoderKL", "DiffusionModel"]
 SD_SCALE_FACTOR = 0.18215
 
 
+def _as_list(conditions: Condition | Sequence[Condition] | None) -> list[Condition]:
+    if conditions is None:
+        return []
+    return [conditions] if isinstance(conditions, Condition) else list(conditions)
+
+
 class DiffusionModel:
     """A UNet with its denoiser (model sampling): ``sample(latent, ...) -> latent``.
 
@@ -76,17 +82,17 @@ class DiffusionModel:
         self, condition: Condition | Sequence[Condition] | None,
         negative: Condition | Sequence[Condition] | None, guidance_scale: float,
     ) -> tuple[list[Condition], list[Condition] | None]:
-        positive = [] if condition is None else [condition] if isinstance(condition, Condition) else list(condition)
-        if not positive and getattr(self.unet, "context_dim", None) is not None:
+        positive = _as_list(condition)
+        context_dim = getattr(self.unet, "context_dim", None)
+        if not positive and context_dim is not None:
             raise ValueError(
-                "this UNet is text-conditioned (context_dim="
-                f"{self.unet.context_dim}); pass condition=Condition(context=...) from "  # type: ignore[union-attr]
-                "checkpoint.encode_text([prompt])"
+                f"this UNet is text-conditioned (context_dim={context_dim}); pass "
+                "condition=Condition(context=...) from checkpoint.encode_text([prompt])"
             )
         if guidance_scale == 1.0 or not positive:
             return positive, None
         if negative is not None:
-            return positive, [negative] if isinstance(negative, Condition) else list(negative)
+            return positive, _as_list(negative)
         # No negative given: guide against the zero embedding (what sgm does for an empty
         # negative prompt on SDXL); pass the encoded "" for SD 1.x-style guidance.
         return positive, [c.with_(context=torch.zeros_like(c.context), area=None, mask=None,
