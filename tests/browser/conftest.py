@@ -30,8 +30,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(pytest.mark.skip(reason=f"{CHROMIUM} is not installed (apt-get install chromium)"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """One Chromium per test module. (Module scope, not session: the sync Playwright API runs
+    an event loop on the main thread while it is open, which pytest-asyncio tests in other
+    folders could not run beside.)"""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -71,7 +74,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def server(settings: Settings, sampler_gate: threading.Event) -> Iterator[ServerThread]:
-    app = create_app(make_fake_registry(sampler_gate), settings)
+    app = create_app(make_fake_registry(sampler_gate, settings.input_dir), settings)
     with ServerThread(app) as running:
         yield running
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 TXT2IMG_LAYOUT = [  # (type, x, y) on screen, in the order the nodes get ids 1..7
@@ -28,6 +29,34 @@ TXT2IMG_LINKS = [  # (from id, output, to id, input)
 ]
 
 
+def wait_until(page, function: str, arg: Any = None, timeout: float = 15.0) -> Any:
+    """Poll ``function`` (JS, called with ``arg``) until it returns something truthy.
+
+    (Playwright's wait_for_function compiles its predicate with eval inside the page, which
+    the editor's Content-Security-Policy rightly forbids; page.evaluate is not affected.)
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = page.evaluate(function, arg)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {function}")
+        time.sleep(0.05)
+
+
+def wait_for_node_count(page, count: int) -> None:
+    wait_until(page, "n => document.querySelectorAll('.node').length === n", count)
+
+
+def wait_for_image(page, selector: str, timeout: float = 15.0) -> Any:
+    """The <img> at ``selector`` once it has loaded (its natural size, [width, height])."""
+    page.wait_for_selector(selector, timeout=timeout * 1000)
+    return wait_until(page, """s => { const img = document.querySelector(s);
+        return img && img.complete && img.naturalWidth > 0 ? [img.naturalWidth, img.naturalHeight] : null; }""",
+                      selector, timeout)
+
+
 def open_editor(page, url: str) -> None:
     page.goto(url)
     page.wait_for_selector("body[data-ready=true]")
@@ -36,7 +65,7 @@ def open_editor(page, url: str) -> None:
 
 def new_canvas(page) -> None:
     page.click("#new-button")
-    page.wait_for_function("document.querySelectorAll('.node').length === 0")
+    wait_for_node_count(page, 0)
 
 
 def add_node(page, node_type: str, x: float, y: float) -> str:
@@ -46,7 +75,7 @@ def add_node(page, node_type: str, x: float, y: float) -> str:
     page.fill("#search-input", node_type)
     page.wait_for_selector(f'.search-item.active[data-type="{node_type}"]')
     page.keyboard.press("Enter")
-    page.wait_for_function(f"document.querySelectorAll('.node').length === {before + 1}")
+    wait_for_node_count(page, before + 1)
     return page.locator(".node").last.get_attribute("data-node-id")
 
 

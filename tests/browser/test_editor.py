@@ -6,9 +6,10 @@ import json
 import urllib.request
 
 from tests.browser.conftest import screenshot
+from tests.web.fake_pack import png_bytes, txt2img_document
 from tests.browser.editor import (
     TXT2IMG_LAYOUT, TXT2IMG_LINKS, add_node, autosaved, center, drag, drag_link, link_count, new_canvas,
-    open_editor, socket,
+    open_editor, socket, wait_for_image, wait_for_node_count, wait_until,
 )
 
 
@@ -47,9 +48,7 @@ def test_build_txt2img_from_empty_canvas_queue_and_see_the_image(page, server, s
     assert document["nodes"]["4"]["inputs"]["width"] == 64
 
     page.click("#queue-button")
-    image = page.wait_for_selector('[data-node-id="7"] .node-images img')
-    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image)
-    assert page.evaluate("img => img.naturalWidth", image) == 8  # 64 px latent space / 8
+    assert wait_for_image(page, '[data-node-id="7"] .node-images img') == [8, 8]  # 64 px / 8
     assert page.locator('.node.running').count() == 0
     assert page.locator('[data-node-id="5"] .node-progress-bar').get_attribute("style") == "width: 100%;"
     page.click('[data-tab="gallery"]')
@@ -155,3 +154,59 @@ def test_category_menu_adds_a_node(page, server):
     seed = page.locator('[data-node-type="KSampler"] [data-widget="seed"]')
     assert seed.locator("select.seed-control").input_value() == "randomize"
     assert seed.locator("input").get_attribute("max") == str(2**32 - 1)
+
+
+def test_upload_an_image_into_a_load_image_node(page, server, settings):
+    open_editor(page, server.url)
+    new_canvas(page)
+    add_node(page, "LoadImage", 200, 200)
+    widget = '[data-node-id="1"] [data-widget="image"]'
+    page.set_input_files(f"{widget} input[type=file]", files=[
+        {"name": "cat.png", "mimeType": "image/png", "buffer": png_bytes(4, 4, (200, 10, 10))}])
+    wait_until(page, "s => document.querySelector(s).value === 'cat.png'", f"{widget} select")
+    assert autosaved(page)["nodes"]["1"]["inputs"]["image"] == "cat.png"
+    assert (settings.input_dir / "cat.png").read_bytes() == png_bytes(4, 4, (200, 10, 10))
+    page.set_input_files(f"{widget} input[type=file]", files=[
+        {"name": "notes.png", "mimeType": "image/png", "buffer": b"not an image"}])
+    page.wait_for_selector(".toast-error >> text=only PNG, JPEG and WebP")
+
+
+def test_zoom_and_pan_are_kept_in_the_workflow(page, server):
+    open_editor(page, server.url)
+    before = page.locator('[data-node-id="1"]').bounding_box()
+    page.mouse.move(400, 300)
+    page.mouse.wheel(0, -400)  # zoom in around the pointer
+    wait_until(page, "() => JSON.parse(localStorage.getItem('latentflow.workflow')).ui.view.scale > 1.5")
+    zoomed = page.locator('[data-node-id="1"]').bounding_box()
+    assert zoomed["width"] > before["width"] * 1.5
+    drag(page, (700, 700), (600, 650))  # pan on the empty canvas
+    view = autosaved(page)["ui"]["view"]
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    assert autosaved(page)["ui"]["view"] == view
+    restored = page.locator('[data-node-id="1"]').bounding_box()
+    assert abs(restored["x"] - (zoomed["x"] - 100)) < 2 and abs(restored["width"] - zoomed["width"]) < 1
+
+
+def test_save_to_server_and_open_it_again(page, server, settings):
+    open_editor(page, server.url)
+    page.fill('[data-node-id="2"] [data-widget="text"] textarea', "saved on the server")
+    page.once("dialog", lambda dialog: dialog.accept("my-flow"))
+    page.click("#save-server-button")
+    page.wait_for_selector('#workflow-select option[value="my-flow"]', state="attached")
+    saved = json.loads((settings.root / "user" / "workflows" / "my-flow.json").read_text())
+    assert saved["nodes"]["2"]["inputs"]["text"] == "saved on the server"
+    new_canvas(page)
+    page.select_option("#workflow-select", "my-flow")
+    wait_for_node_count(page, 7)
+    assert page.input_value('[data-node-id="2"] [data-widget="text"] textarea') == "saved on the server"
+
+
+def test_open_a_workflow_file(page, server, tmp_path):
+    open_editor(page, server.url)
+    new_canvas(page)
+    path = tmp_path / "flow.json"
+    path.write_text(json.dumps(txt2img_document(text="from a file")))
+    page.set_input_files("#file-input", str(path))
+    wait_for_node_count(page, 7)
+    assert page.input_value('[data-node-id="2"] [data-widget="text"] textarea') == "from a file"

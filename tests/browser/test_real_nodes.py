@@ -10,7 +10,9 @@ import pytest
 
 from engine.settings import Settings
 from tests.browser.conftest import screenshot
-from tests.browser.editor import TXT2IMG_LAYOUT, TXT2IMG_LINKS, add_node, autosaved, drag_link, link_count, new_canvas, open_editor
+from tests.browser.editor import (
+    TXT2IMG_LAYOUT, TXT2IMG_LINKS, add_node, autosaved, drag_link, link_count, new_canvas, open_editor, wait_for_image,
+)
 from tests.browser.server import ServerThread
 from web.app import create_app
 
@@ -62,9 +64,7 @@ def test_build_txt2img_with_the_builtin_nodes_and_see_the_image(page, real_serve
     assert autosaved(page)["nodes"]["5"]["inputs"]["steps"] == 2
 
     page.click("#queue-button")
-    image = page.wait_for_selector('[data-node-id="7"] .node-images img', timeout=120_000)
-    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image)
-    assert page.evaluate("img => [img.naturalWidth, img.naturalHeight]", image) == [64, 64]
+    assert wait_for_image(page, '[data-node-id="7"] .node-images img', timeout=120) == [64, 64]
     screenshot(page, "txt2img-builtin-nodes")
     saved = list((real_server.settings.output_dir).glob("*.png"))
     assert len(saved) == 1 and saved[0].read_bytes().startswith(b"\x89PNG")

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from tests.browser.conftest import screenshot
-from tests.browser.editor import open_editor
+from tests.browser.editor import open_editor, wait_for_node_count
 from tests.browser.server import ServerThread
 from tests.web.fake_pack import txt2img_document
 
@@ -67,7 +67,7 @@ def test_dropping_a_saved_png_loads_its_workflow(page, server, settings):
         transfer.items.add(new File([bytes], "test_00001.png", { type: "image/png" }));
         document.querySelector("#canvas").dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true }));
     }""", base64.b64encode(png).decode())
-    page.wait_for_function("document.querySelectorAll('.node').length === 7")
+    wait_for_node_count(page, 7)
     assert page.input_value('[data-node-id="2"] [data-widget="text"] textarea') == "a green triangle"
 
 

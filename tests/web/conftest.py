@@ -32,6 +32,6 @@ def sampler_gate() -> threading.Event:
 @pytest.fixture
 def make_app(settings: Settings, sampler_gate: threading.Event):
     def factory(policy: SecurityPolicy | None = None, limits: Limits | None = None):
-        return create_app(make_fake_registry(sampler_gate), settings, policy=policy, limits=limits)
+        return create_app(make_fake_registry(sampler_gate, settings.input_dir), settings, policy=policy, limits=limits)
 
     return factory

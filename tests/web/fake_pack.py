@@ -34,9 +34,14 @@ def png_bytes(width: int, height: int, rgb: tuple[int, int, int], text: dict[str
     return out + chunk(b"IDAT", zlib.compress(row * height)) + chunk(b"IEND", b"")
 
 
-def make_fake_registry(sampler_gate: threading.Event | None = None) -> NodeRegistry:
+def make_fake_registry(sampler_gate: threading.Event | None = None, input_dir: Path | None = None) -> NodeRegistry:
     """The stand-in nodes; when ``sampler_gate`` is given, KSampler waits for it (tests of
-    interrupt and of the running-node highlight)."""
+    interrupt and of the running-node highlight). LoadImage offers the files in ``input_dir``."""
+
+    def input_images() -> list[str]:
+        if input_dir is None or not input_dir.is_dir():
+            return []
+        return sorted(str(p.relative_to(input_dir)) for p in input_dir.rglob("*.png"))
 
     @node("LoadCheckpoint", category="loaders")
     def load_checkpoint(ckpt_name: Choice(choices=CHECKPOINTS) = CHECKPOINTS[0]) -> Out(
@@ -79,6 +84,13 @@ def make_fake_registry(sampler_gate: threading.Event | None = None) -> NodeRegis
         """Save a PNG with the workflow embedded (stand-in)."""
         return Result(ui={"images": [write_image(ctx, images, filename_prefix)]})
 
+    @node("LoadImage", category="image")
+    def load_image(image: Choice(choices=input_images)) -> Out(image="IMAGE"):
+        """Load an image from input/ (stand-in: only its name matters)."""
+        if image not in input_images():
+            raise FileNotFoundError(f"LoadImage: {image!r} is not in the input folder")
+        return {"size": (8, 8), "seed": len(image)}
+
     @node("ShowText", category="utility", output=True)
     def show_text(text: "STRING") -> None:
         """Show text in the UI."""
@@ -91,7 +103,7 @@ def make_fake_registry(sampler_gate: threading.Event | None = None) -> NodeRegis
 
     registry = NodeRegistry()
     registry.register_pack([load_checkpoint, text_encode, empty_latent, ksampler, decode, save_image,
-                            show_text, fail], "tests.web.fake_pack")
+                            load_image, show_text, fail], "tests.web.fake_pack")
     return registry
 
 

@@ -163,7 +163,7 @@ async def test_failed_node_is_recorded_with_its_error(make_app, aiohttp_client):
 async def test_system_stats_and_plugin_failures(make_app, aiohttp_client):
     client = await aiohttp_client(make_app())
     stats = await (await client.get("/api/system_stats")).json()
-    assert stats["latentflow"]["nodes"] == 8
+    assert stats["latentflow"]["nodes"] == 9
     assert stats["devices"][-1]["type"] == "cpu"
     assert await (await client.get("/api/node_failures")).json() == []
 

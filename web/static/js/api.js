@@ -56,6 +56,16 @@ export class Api {
   workflow(name) { return this.request("GET", `/api/workflows/${encodeURIComponent(name)}`); }
   saveWorkflow(name, doc) { return this.request("POST", `/api/workflows/${encodeURIComponent(name)}`, doc); }
 
+  /** Upload an image to input/ (multipart, like ComfyUI); returns {name, subfolder, type}. */
+  async uploadImage(file) {
+    const form = new FormData();
+    form.append("image", file, file.name);
+    const response = await fetch("/api/upload/image", { method: "POST", body: form, headers: this.headers() });
+    const data = await response.json().catch(() => ({}));
+    if (!response.ok) throw new ApiError(response.status, data);
+    return data;
+  }
+
   /** URL of an output image (the token rides along for <img> tags when there is one). */
   viewUrl(image) {
     const params = new URLSearchParams({ filename: image.filename, subfolder: image.subfolder || "", type: image.type || "output" });

@@ -43,6 +43,7 @@ class Editor {
       deleteSelected: () => this.deleteSelected(), queue: () => this.queue(),
     });
     this.graph.addEventListener("change", (event) => this.changed(event.detail));
+    document.querySelector("#canvas").addEventListener("notify", (event) => this.notify(event.detail.text, event.detail.kind));
     document.querySelector("#canvas").addEventListener("pointermove", (event) => {
       this.lastPointer = [event.clientX, event.clientY];
     });
@@ -127,9 +128,10 @@ class Editor {
   async queue() {
     const button = document.querySelector("#queue-button");
     button.disabled = true;
+    // Clear old errors now, not after the reply: a fast run may already report new ones.
+    this.view.setErrors({});
     try {
       const result = await this.api.queuePrompt(this.graph.toDocument());
-      this.view.setErrors({});
       this.notify(`queued #${result.number}`);
       advanceSeeds(this.graph);
       this.view.render();

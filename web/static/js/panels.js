@@ -30,6 +30,7 @@ export class SidePanel {
       tab.addEventListener("click", () => this.showTab(tab.dataset.tab));
     }
     this.refreshing = null;
+    this.stale = false;
   }
 
   showTab(name) {
@@ -37,19 +38,25 @@ export class SidePanel {
     for (const page of this.root.querySelectorAll("[data-page]")) page.hidden = page.dataset.page !== name;
   }
 
-  /** Re-read queue and history (coalesced: many status messages cause one refresh). */
+  /** Re-read queue and history. Coalesced: calls during a refresh cause one more refresh
+   * after it (what it read may already be stale), never one per status message. */
   refresh() {
-    if (this.refreshing) return this.refreshing;
+    if (this.refreshing) {
+      this.stale = true;
+      return this.refreshing;
+    }
     this.refreshing = (async () => {
-      try {
-        const [queue, history] = await Promise.all([this.api.queue(), this.api.history(30)]);
-        this.renderQueue(queue);
-        this.renderHistory(history);
-      } catch (error) {
-        this.notify(`could not read the queue: ${error.message}`, "error");
-      } finally {
-        this.refreshing = null;
-      }
+      do {
+        this.stale = false;
+        try {
+          const [queue, history] = await Promise.all([this.api.queue(), this.api.history(30)]);
+          this.renderQueue(queue);
+          this.renderHistory(history);
+        } catch (error) {
+          this.notify(`could not read the queue: ${error.message}`, "error");
+        }
+      } while (this.stale);
+      this.refreshing = null;
     })();
     return this.refreshing;
   }

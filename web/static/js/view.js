@@ -18,6 +18,11 @@ export function typeColor(type) {
   return `hsl(${hash % 360} 60% 65%)`;
 }
 
+/** A combo of input images (LoadImage's `image`, or any spec flagged `image_upload`). */
+function isImageChoice(input) {
+  return input.widget?.kind === "combo" && (input.widget.image_upload || input.name === "image");
+}
+
 export class GraphView {
   constructor(canvas, graph, api) {
     this.canvas = canvas;
@@ -138,6 +143,7 @@ export class GraphView {
     const value = node.inputs[input.name];
     const row = createWidget(input, isLink(value) ? undefined : value, {
       control: node.ui.controls?.[input.name],
+      upload: isImageChoice(input) ? (file) => this.upload(file) : null,
       onChange: (newValue) => this.graph.setValue(node.id, input.name, newValue),
       onControl: (mode) => {
         node.ui.controls = { ...(node.ui.controls ?? {}), [input.name]: mode };
@@ -153,6 +159,15 @@ export class GraphView {
     row.prepend(dot);
     if (isLink(value)) row.classList.add("linked");
     return row;
+  }
+
+  async upload(file) {
+    try {
+      return await this.api.uploadImage(file);
+    } catch (error) {
+      this.canvas.dispatchEvent(new CustomEvent("notify", { detail: { text: `upload failed: ${error.message}`, kind: "error" } }));
+      return null;
+    }
   }
 
   linkPath([x1, y1], [x2, y2]) {

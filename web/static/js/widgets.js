@@ -23,9 +23,10 @@ export function randomSeed(widget) {
 
 /**
  * Build the DOM for one widget. `onChange(value)` fires with a valid value;
- * `onControl(mode)` fires when a seed's "after queue" mode changes.
+ * `onControl(mode)` fires when a seed's "after queue" mode changes; `upload(file)`, when
+ * given, adds an upload button to a combo (image choices) and selects the uploaded file.
  */
-export function createWidget(input, value, { onChange, onControl, control }) {
+export function createWidget(input, value, { onChange, onControl, control, upload }) {
   const widget = input.widget;
   const row = document.createElement("label");
   row.className = `widget widget-${widget.kind}`;
@@ -83,6 +84,7 @@ export function createWidget(input, value, { onChange, onControl, control }) {
     }
     field.addEventListener("change", () => { row.classList.remove("widget-invalid"); onChange(field.value); });
     row.append(field);
+    if (upload) row.append(uploadButton(field, upload, onChange));
   } else if (widget.kind === "toggle") {
     const field = document.createElement("input");
     field.type = "checkbox";
@@ -94,6 +96,29 @@ export function createWidget(input, value, { onChange, onControl, control }) {
   row.addEventListener("pointerdown", (event) => { if (!event.target.closest(".socket")) event.stopPropagation(); });
   row.addEventListener("dblclick", (event) => event.stopPropagation());
   return row;
+}
+
+function uploadButton(select, upload, onChange) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "upload-button";
+  button.textContent = "upload…";
+  const picker = Object.assign(document.createElement("input"), { type: "file", accept: "image/png,image/jpeg,image/webp", hidden: true });
+  button.addEventListener("click", (event) => { event.preventDefault(); picker.click(); });
+  picker.addEventListener("change", async () => {
+    const [file] = picker.files;
+    if (!file) return;
+    const result = await upload(file);
+    if (!result) return;
+    const name = result.subfolder ? `${result.subfolder}/${result.name}` : result.name;
+    if (![...select.options].some((o) => o.value === name)) select.append(new Option(name, name));
+    select.value = name;
+    onChange(name);
+  });
+  const wrap = document.createElement("span");
+  wrap.className = "upload";
+  wrap.append(button, picker);
+  return wrap;
 }
 
 /** Apply each seed's "after queue" mode to a graph (call after a successful queue). */
