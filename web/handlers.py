@@ -17,7 +17,7 @@ from engine.queue import HistoryEntry, QueueClosedError
 from engine.validation import ValidationReport, validate_document
 from engine.workflow import is_comfyui_prompt
 from web.events import public_output
-from web.keys import HUB, QUEUE, REGISTRY, SETTINGS
+from web.keys import HUB, LIMITS, QUEUE, REGISTRY, SETTINGS
 
 routes = web.RouteTableDef()
 
@@ -148,6 +148,10 @@ async def post_prompt(request: web.Request) -> web.Response:
         return error_response(400, "bad_request", "client_id must be a string")
     if not isinstance(extra_data, dict):
         return error_response(400, "bad_request", "extra_data must be an object")
+    limit = request.app[LIMITS].max_pending
+    if request.app[QUEUE].remaining() >= limit:
+        return error_response(429, "queue_full", f"{limit} prompts are already waiting; try again when "
+                              f"some have run, or clear the queue")
     report = checked_document(document, request.app[REGISTRY])
     if not report.ok or report.workflow is None:
         return web.json_response(validation_response(report), status=400)

@@ -54,9 +54,12 @@ async def view(request: web.Request) -> web.StreamResponse:
     if not path.is_file():
         return error_response(404, "not_found", f"no file {filename!r} in that folder")
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    inline = content_type.startswith(("image/", "video/", "audio/")) and content_type != "image/svg+xml"
+    disposition = "inline" if inline else "attachment"  # never render HTML/SVG from output folders
     return web.FileResponse(path, headers={
-        "Content-Type": content_type, "Content-Disposition": f'inline; filename="{path.name}"',
-        "Cache-Control": "no-cache"})
+        "Content-Type": content_type if inline else "application/octet-stream",
+        "Content-Disposition": f'{disposition}; filename="{path.name}"',
+        "Content-Security-Policy": "default-src 'none'; sandbox", "Cache-Control": "no-cache"})
 
 
 # --------------------------------------------------------------------------- upload

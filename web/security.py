@@ -213,8 +213,9 @@ IMAGE_SUFFIXES: dict[ImageKind, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class Limits:
-    """Request and upload size limits (bytes)."""
+    """Request and upload size limits (bytes), history length and queue length."""
 
     max_body_bytes: int = 64 << 20
     max_upload_bytes: int = 32 << 20
     history_limit: int = 1000
+    max_pending: int = 10_000  # queued prompts; beyond this POST /api/prompt answers 429

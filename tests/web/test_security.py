@@ -171,3 +171,28 @@ async def test_request_body_size_is_limited(make_app, aiohttp_client):
     response = await client.post("/api/prompt", data=b"{" + b" " * 20_000 + b"}",
                                  headers={"Content-Type": "application/json"})
     assert response.status == 413
+
+
+@pytest.mark.asyncio
+async def test_view_never_renders_html_or_svg(make_app, aiohttp_client, settings):
+    client = await aiohttp_client(make_app())
+    settings.output_dir.mkdir(parents=True)
+    (settings.output_dir / "page.html").write_text("<script>alert(1)</script>")
+    (settings.output_dir / "logo.svg").write_text("<svg onload='alert(1)'/>")
+    for name in ("page.html", "logo.svg"):
+        response = await client.get("/api/view", params={"filename": name})
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "application/octet-stream"
+        assert response.headers["Content-Disposition"].startswith("attachment")
+        assert "sandbox" in response.headers["Content-Security-Policy"]
+
+
+@pytest.mark.asyncio
+async def test_queue_length_is_limited(make_app, aiohttp_client, sampler_gate):
+    sampler_gate.clear()
+    client = await aiohttp_client(make_app(limits=Limits(max_pending=2)))
+    statuses = [(await client.post("/api/prompt", json={"prompt": txt2img_document(seed=i)})).status
+                for i in range(3)]
+    assert statuses == [200, 200, 429]
+    await client.post("/api/interrupt")
+    await client.post("/api/queue", json={"clear": True})
