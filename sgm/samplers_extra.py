@@ -354,7 +354,7 @@ def _unipc_correct(
 
 def _sample_unipc(
     model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, callback: StepCallback | None,
-    order: int, variant: str, use_corrector: bool,
+    order: int, variant: str, use_corrector: bool, lower_order_final: bool,
 ) -> torch.Tensor:
     if order < 1:
         raise ValueError(f"order must be >= 1, got {order}")
@@ -374,10 +374,10 @@ def _sample_unipc(
         if s[i + 1] == 0:
             x = denoised
             continue
-        # Warm up with lower orders; with fewer than 15 steps also lower the order on the
-        # last steps (diffusers' lower_order_final), where few-step extrapolation is least
-        # stable. With more steps keep full order: the global error then is O(N^-(p+1)).
-        this_order = min(order, len(ms), n - i) if n < 15 else min(order, len(ms))
+        # Warm up with lower orders; lower_order_final (diffusers' default) also lowers the
+        # order on the last steps, where extrapolation over few points is least stable.
+        # Without it the global error is O(N^-(p+1)) on a smooth problem.
+        this_order = min(order, len(ms), n - i) if lower_order_final else min(order, len(ms))
         x_prev = x
         x = _unipc_predict(x, ms, lams, s[i], s[i + 1], this_order, variant)
         last_order = this_order
@@ -388,22 +388,22 @@ def _sample_unipc(
 def sample_uni_pc(
     model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
     callback: StepCallback | None = None, generator: NoiseGenerator = None,
-    order: int = 3, use_corrector: bool = True,
+    order: int = 3, use_corrector: bool = True, lower_order_final: bool = True,
 ) -> torch.Tensor:
     """UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework"), B(h) = h
     ("bh1", recommended for few steps / unconditional), data prediction."""
-    return _sample_unipc(model, x, sigmas, callback, order, "bh1", use_corrector)
+    return _sample_unipc(model, x, sigmas, callback, order, "bh1", use_corrector, lower_order_final)
 
 
 @torch.no_grad()
 def sample_uni_pc_bh2(
     model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
     callback: StepCallback | None = None, generator: NoiseGenerator = None,
-    order: int = 3, use_corrector: bool = True,
+    order: int = 3, use_corrector: bool = True, lower_order_final: bool = True,
 ) -> torch.Tensor:
     """UniPC with B(h) = e^h - 1 ("bh2", Zhao et al. 2023, sec. 3.3; diffusers' default),
     recommended with classifier-free guidance."""
-    return _sample_unipc(model, x, sigmas, callback, order, "bh2", use_corrector)
+    return _sample_unipc(model, x, sigmas, callback, order, "bh2", use_corrector, lower_order_final)
 
 
 EXTRA_SAMPLERS: dict[str, Sampler] = {
