@@ -217,3 +217,21 @@ def test_parity_with_diffusers_heun_and_unipc(order: int) -> None:
     sigmas = unipc.sigmas.double()
     ours = SAMPLERS["uni_pc_bh2"](model, noise * math.sqrt(1 + float(sigmas[0]) ** 2), sigmas, order=order)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_parity_with_diffusers_euler_ancestral_same_noise_stream() -> None:
+    """Same CPU generator -> same initial and ancestral noise as diffusers, draw for draw."""
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    scheduler = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    scheduler.set_timesteps(12)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 1, 4, 4, generator=g) * scheduler.init_noise_sigma
+    for i, t in enumerate(scheduler.timesteps):
+        sigma = float(scheduler.sigmas[i])
+        x_ve = scheduler.scale_model_input(x, t) * math.sqrt(1 + sigma**2)
+        x = scheduler.step(_analytic_eps(x_ve.double(), sigma).float(), t, x, generator=g).prev_sample
+    g = torch.Generator().manual_seed(5)
+    start = torch.randn(2, 1, 4, 4, generator=g) * scheduler.sigmas[0]
+    ours = SAMPLERS["euler_ancestral"](GaussianDenoiser(), start, scheduler.sigmas, generator=g)
+    torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5)
