@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Literal
 
 from aiohttp import web
 
@@ -17,7 +17,7 @@ from engine.queue import PromptQueue, RunsWorkflows
 from engine.registry import NodeRegistry
 from engine.scheduler import Executor
 from engine.settings import Settings
-from web import handlers, handlers_files
+from web import handlers, handlers_files, jobs
 from web.events import EventTranslator, status_message
 from web.keys import HUB, LIMITS, POLICY, QUEUE, REGISTRY, SETTINGS
 from web.security import Limits, SecurityPolicy, headers_middleware, security_middleware
@@ -32,8 +32,13 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' blob: data:; styl
 
 def create_app(registry: NodeRegistry, settings: Settings, *, policy: SecurityPolicy | None = None,
                limits: Limits | None = None, executor: RunsWorkflows | None = None,
-               static_dir: Path | None = None) -> web.Application:
-    """The web application. The queue's worker starts with the app and stops with it."""
+               static_dir: Path | None = None, frontend: Literal["latentflow", "comfyui"] = "latentflow",
+               ) -> web.Application:
+    """The web application. The queue's worker starts with the app and stops with it.
+
+    ``frontend="comfyui"`` serves the installed ``comfyui-frontend-package`` at ``/`` (our
+    editor stays at ``/latentflow/``); it raises ``FrontendMissingError`` when not installed.
+    """
     limits = limits or Limits()
     policy = policy or SecurityPolicy()
     app = web.Application(client_max_size=limits.max_body_bytes,
@@ -54,9 +59,17 @@ def create_app(registry: NodeRegistry, settings: Settings, *, policy: SecurityPo
 
     app.router.add_routes(handlers.routes)
     app.router.add_routes(handlers_files.routes)
+    app.router.add_routes(jobs.routes)
     _add_unprefixed_aliases(app)
     app.router.add_get("/ws", hub.handle)
-    app.router.add_get("/", _index_handler(static_dir or STATIC_DIR))
+    our_index = _index_handler(static_dir or STATIC_DIR)
+    if frontend == "comfyui":
+        from web.comfyui import add_comfyui_frontend, comfyui_frontend_dir
+
+        add_comfyui_frontend(app, comfyui_frontend_dir())
+        app.router.add_get("/latentflow/", our_index)
+    else:
+        app.router.add_get("/", our_index)
     app.router.add_static("/static", static_dir or STATIC_DIR, follow_symlinks=False)
     app.cleanup_ctx.append(_run_queue)
     app.on_shutdown.append(_close_websockets)
@@ -65,7 +78,7 @@ def create_app(registry: NodeRegistry, settings: Settings, *, policy: SecurityPo
 
 def _add_unprefixed_aliases(app: web.Application) -> None:
     """ComfyUI clients also call ``/prompt``, ``/queue``, ``/view``... without ``/api``."""
-    for route_table in (handlers.routes, handlers_files.routes):
+    for route_table in (handlers.routes, handlers_files.routes, jobs.routes):
         for route in route_table:
             if isinstance(route, web.RouteDef) and route.path.startswith("/api/"):
                 app.router.add_route(route.method, route.path[4:], route.handler)

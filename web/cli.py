@@ -27,8 +27,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-dir", default=None, help="where uploads go (default: input/)")
     parser.add_argument("--max-upload-mb", type=int, default=32, help="largest accepted upload (MiB)")
     parser.add_argument("--max-body-mb", type=int, default=64, help="largest accepted request body (MiB)")
-    parser.add_argument("--frontend", choices=("latentflow",), default="latentflow",
-                        help="which browser editor to serve at /")
+    parser.add_argument("--frontend", choices=("latentflow", "comfyui"), default="latentflow",
+                        help="which browser editor to serve at / (comfyui: the separately installed "
+                             "comfyui-frontend-package, pip install -e '.[comfyui]'; ours stays at /latentflow/)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +51,13 @@ def run(args: argparse.Namespace) -> int:
     for failure in registry.failures:
         print(f"warning: plugin {failure.source} failed to load: {failure.message}", file=sys.stderr)
     limits = Limits(max_body_bytes=args.max_body_mb << 20, max_upload_bytes=args.max_upload_mb << 20)
-    app = create_app(registry, settings, policy=policy, limits=limits)
+    from web.comfyui import FrontendMissingError
+
+    try:
+        app = create_app(registry, settings, policy=policy, limits=limits, frontend=args.frontend)
+    except FrontendMissingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     shown = f"[{shown}]" if ":" in shown else shown

@@ -123,7 +123,7 @@ def security_middleware(policy: SecurityPolicy) -> Callable[[web.Request, Handle
 def _needs_token(request: web.Request) -> bool:
     """The editor's own code is public; the API, the websocket and files are not."""
     path = request.path
-    return not (path.startswith("/static/") or path in ("/", "/favicon.ico"))
+    return not (path.startswith("/static/") or path in ("/", "/latentflow/", "/favicon.ico"))
 
 
 def _refuse(status: int, code: str, message: str) -> web.Response:

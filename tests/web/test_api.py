@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
 from tests.web.fake_pack import txt2img_document
+from tests.web.helpers import wait_for_history
 
 pytestmark = pytest.mark.asyncio
-
-
-async def wait_for_history(client, prompt_id: str, timeout: float = 10.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        response = await client.get(f"/api/history/{prompt_id}")
-        body = await response.json()
-        if prompt_id in body:
-            return body[prompt_id]
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"prompt {prompt_id} did not finish within {timeout}s")
 
 
 async def test_object_info_lists_nodes_in_comfyui_shape(make_app, aiohttp_client):
