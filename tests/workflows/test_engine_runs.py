@@ -21,17 +21,25 @@ from nodes.sample_cli import txt2img_document
 from tests.workflows.model_files import CHECKPOINTS, LORAS
 
 
-@pytest.fixture()
-def runtime(settings: Any) -> Runtime:
-    return Runtime(settings, device="cpu")
+@pytest.fixture(scope="module")
+def shared_runtime(installation: Path) -> Runtime:
+    """One model cache for the module's tests (loading is what costs; results are per test)."""
+    from engine.settings import Settings
+
+    return Runtime(Settings.for_root(installation), device="cpu")
 
 
-@pytest.fixture()
-def executor(runtime: Runtime, settings: Any) -> Executor:
+def make_executor(runtime: Runtime, settings: Any) -> Executor:
     registry = NodeRegistry()
     registry.register_pack(build_nodes(runtime), "nodes.builtin")
     return Executor(registry, ResultCache(256, 1 << 30, size_of=result_size),
                     services={"settings": settings, "output_dir": settings.output_dir})
+
+
+@pytest.fixture()
+def executor(shared_runtime: Runtime, settings: Any) -> Executor:
+    """A fresh result cache (so executed/cached sets are the test's own) over the shared models."""
+    return make_executor(shared_runtime, settings)
 
 
 def document(family: str = "sd1", **changes: Any) -> dict[str, Any]:
@@ -86,7 +94,9 @@ def test_changing_the_prompt_reruns_text_encode_and_below_only(executor: Executo
     assert set(third.executed) == set() and set(third.cached) == {"7"}  # the cached output answers
 
 
-def test_a_model_is_loaded_once_for_every_workflow_that_names_it(executor: Executor, runtime: Runtime) -> None:
+def test_a_model_is_loaded_once_for_every_workflow_that_names_it(settings: Any) -> None:
+    runtime = Runtime(settings, device="cpu")
+    executor = make_executor(runtime, settings)
     run(executor, document())
     executor.cache.clear()  # even without the result cache, the file is not read again
     run(executor, document(steps=3))
