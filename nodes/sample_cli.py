@@ -26,11 +26,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--negative", default="", help="what to steer away from (default: empty prompt)")
     parser.add_argument("--n", type=int, default=1, help="how many images (one batch; image i uses seed + i)")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
-    parser.add_argument("--sampler", default="dpmpp_2m", choices=SAMPLER_NAMES, metavar="NAME",
-                        help=f"sampler (default dpmpp_2m; one of {', '.join(SAMPLER_NAMES)})")
+    parser.add_argument("--sampler", default="euler", choices=SAMPLER_NAMES, metavar="NAME",
+                        help=f"sampler (default euler; one of {', '.join(SAMPLER_NAMES)})")
     parser.add_argument("--scheduler", default="karras", choices=SCHEDULER_NAMES, metavar="NAME",
                         help=f"noise schedule (default karras; one of {', '.join(SCHEDULER_NAMES)})")
-    parser.add_argument("--cfg", type=float, default=5.0, help="guidance scale (default 5)")
+    parser.add_argument("--cfg", type=float, default=4.0,
+                        help="guidance scale (default 4, what the embedded model is evaluated with)")
     parser.add_argument("--seed", type=int, default=None, help="noise seed (default: random, printed)")
     parser.add_argument("--size", default=None,
                         help="image size: N or WxH in pixels, multiples of 8 (default 64 for the embedded "
