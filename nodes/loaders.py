@@ -102,8 +102,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         path = runtime.resolve_model(UNETS, unet_name, "LoadUNet", "unet_name")
         dtype = runtime.load_dtype()
         unet = runtime.models.load(path, "unet", lambda: load(path, device="cpu", dtype=dtype), dtype)
-        family = "sdxl" if getattr(unet, "num_classes", None) == "sequential" else (
-            "sd2" if getattr(unet, "context_dim", None) == 1024 else "sd1")
+        family = unet_family(unet)
         from sgm.denoisers import model_sampling_for
 
         return ModelValue(unet, model_sampling_for(prediction), family, unet_name,
@@ -170,6 +169,14 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         return replace(clip, clip_skip=-int(stop_at_clip_layer))
 
     return [load_checkpoint, load_vae, load_unet, load_text_encoder, load_lora, clip_set_last_layer]
+
+
+def unet_family(unet: Any) -> str:
+    """A UNet's family told from its shape (SDXL's vector width tells base from refiner)."""
+    if getattr(unet, "num_classes", None) == "sequential":
+        return "sdxl-refiner" if getattr(unet, "adm_in_channels", None) == 2560 else "sdxl"
+    family = "sd2" if getattr(unet, "context_dim", None) == 1024 else "sd1"
+    return f"{family}-inpaint" if getattr(unet, "in_channels", 4) == 9 else family
 
 
 def text_state_dict_for(family: str, paths: list[Path]) -> dict[str, Any]:

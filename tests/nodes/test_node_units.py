@@ -146,3 +146,13 @@ def test_result_size_counts_tensors_once() -> None:
     assert result_size((latent, latent, "text", 3)) == result_size(latent)
     assert result_size(torch.nn.Linear(10, 10)) == (100 + 10) * 4
     assert result_size({"a": [samples]}) == samples.numel() * 4
+
+
+def test_unet_family_from_shapes() -> None:
+    from nodes.loaders import unet_family
+    from tests.sgm.model_factories import tiny_unet
+
+    assert unet_family(tiny_unet("sd1")) == "sd1"
+    assert unet_family(tiny_unet("sd1", in_channels=9)) == "sd1-inpaint"
+    assert unet_family(tiny_unet("sdxl")) == "sdxl"
+    assert unet_family(tiny_unet("sdxl", pooled_dim=2560 - 5 * 256 - 256)) == "sdxl-refiner"  # adm 2560
