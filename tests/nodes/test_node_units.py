@@ -155,4 +155,4 @@ def test_unet_family_from_shapes() -> None:
     assert unet_family(tiny_unet("sd1")) == "sd1"
     assert unet_family(tiny_unet("sd1", in_channels=9)) == "sd1-inpaint"
     assert unet_family(tiny_unet("sdxl")) == "sdxl"
-    assert unet_family(tiny_unet("sdxl", pooled_dim=2560 - 5 * 256 - 256)) == "sdxl-refiner"  # adm 2560
+    assert unet_family(tiny_unet("sdxl", pooled_dim=2560 - 6 * 256)) == "sdxl-refiner"  # adm 2560
