@@ -210,3 +210,19 @@ def test_open_a_workflow_file(page, server, tmp_path):
     page.set_input_files("#file-input", str(path))
     wait_for_node_count(page, 7)
     assert page.input_value('[data-node-id="2"] [data-widget="text"] textarea') == "from a file"
+
+
+def test_number_widgets_clamp_to_their_limits(page, server):
+    open_editor(page, server.url)
+    steps = '[data-node-id="5"] [data-widget="steps"] input'
+    for typed, kept in (("100000", "200"), ("0", "1"), ("7.6", "8")):
+        page.fill(steps, typed)
+        page.keyboard.press("Tab")
+        assert page.input_value(steps) == kept
+        assert autosaved(page)["nodes"]["5"]["inputs"]["steps"] == int(kept)
+    cfg = '[data-node-id="5"] [data-widget="cfg"] input'
+    page.fill(cfg, "2.5")
+    page.keyboard.press("Tab")
+    assert autosaved(page)["nodes"]["5"]["inputs"]["cfg"] == 2.5
+    page.select_option('[data-node-id="5"] [data-widget="sampler_name"] select', "dpmpp_2m")
+    assert autosaved(page)["nodes"]["5"]["inputs"]["sampler_name"] == "dpmpp_2m"

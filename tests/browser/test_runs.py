@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from tests.browser.conftest import screenshot
-from tests.browser.editor import open_editor, wait_for_node_count
+from tests.browser.editor import open_editor, wait_for_image, wait_for_node_count
 from tests.browser.server import ServerThread
 from tests.web.fake_pack import txt2img_document
 
@@ -120,3 +120,26 @@ def test_a_page_on_another_origin_cannot_queue_or_listen(page, server, evil_site
         headers: {'Content-Type': 'application/json'}, body: JSON.stringify(body)})).status""",
                            {"prompt": txt2img_document()})
     assert status == 200
+
+
+@pytest.fixture
+def token_server(settings, sampler_gate):
+    from tests.web.fake_pack import make_fake_registry
+    from web.app import create_app
+    from web.security import SecurityPolicy
+
+    policy = SecurityPolicy.for_bind("0.0.0.0", token="let-me-in")  # as with --listen --auth-token
+    with ServerThread(create_app(make_fake_registry(sampler_gate, settings.input_dir), settings,
+                                 policy=policy)) as running:
+        yield running
+
+
+def test_token_protected_server_works_from_a_token_link_only(page, token_server):
+    page.goto(token_server.url)  # no token: the page loads but the API refuses it
+    page.wait_for_selector("body[data-ready=true]")
+    assert "requires its auth token" in page.inner_text(".toast-error")
+    assert page.locator(".node").count() == 0
+    open_editor(page, f"{token_server.url}/?token=let-me-in")
+    assert page.locator(".node").count() == 7
+    page.click("#queue-button")
+    wait_for_image(page, '[data-node-id="7"] .node-images img')

@@ -231,9 +231,9 @@ class Editor {
 
   /** First visit: the shipped default workflow when there is one, else an empty canvas. */
   async start() {
-    const saved = localStorage.getItem(AUTOSAVE_KEY);
-    if (saved) {
-      this.load(JSON.parse(saved), "the autosave");
+    const saved = JSON.parse(localStorage.getItem(AUTOSAVE_KEY) || "null");
+    if (saved && Object.keys(saved.nodes ?? {}).length) {  // an empty canvas is not worth restoring
+      this.load(saved, "the autosave");
     } else {
       try {
         this.load(await this.api.workflow(DEFAULT_WORKFLOW), DEFAULT_WORKFLOW);
