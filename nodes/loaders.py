@@ -65,7 +65,8 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
 
         path = runtime.resolve_model(CHECKPOINTS, ckpt_name, "LoadCheckpoint", "ckpt_name")
         dtype = runtime.load_dtype()
-        checkpoint = runtime.models.load(path, "checkpoint", lambda: load(path, device="cpu", dtype=dtype), dtype)
+        checkpoint = runtime.load_file(path, "checkpoint", lambda: load(path, device="cpu", dtype=dtype),
+                                        "LoadCheckpoint", dtype)
         if checkpoint.unet is None:
             raise ValueError(f"LoadCheckpoint: {ckpt_name!r} holds no diffusion model (family "
                              f"{checkpoint.family!r}); load it with LoadVAE if it is a VAE")
@@ -86,7 +87,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
 
         path = runtime.resolve_model(VAES, vae_name, "LoadVAE", "vae_name")
         dtype = runtime.load_dtype()
-        vae = runtime.models.load(path, "vae", lambda: load(path, device="cpu", dtype=dtype), dtype)
+        vae = runtime.load_file(path, "vae", lambda: load(path, device="cpu", dtype=dtype), "LoadVAE", dtype)
         return VaeValue(vae, float(scale_factor), vae_name)
 
     @node("LoadUNet", display_name="Load Diffusion Model", category="loaders",
@@ -101,7 +102,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
 
         path = runtime.resolve_model(UNETS, unet_name, "LoadUNet", "unet_name")
         dtype = runtime.load_dtype()
-        unet = runtime.models.load(path, "unet", lambda: load(path, device="cpu", dtype=dtype), dtype)
+        unet = runtime.load_file(path, "unet", lambda: load(path, device="cpu", dtype=dtype), "LoadUNet", dtype)
         family = unet_family(unet)
         from sgm.denoisers import model_sampling_for
 
@@ -130,7 +131,8 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         def load() -> Any:
             return build_conditioner(text_state_dict_for(family, paths), family, {}, model_path=paths[0], dtype=dtype)
 
-        conditioner = runtime.models.load(paths[0], f"text:{family}:{'+'.join(map(str, paths))}", load, dtype)
+        conditioner = runtime.load_file(paths[0], f"text:{family}:{'+'.join(map(str, paths))}", load,
+                                          "LoadTextEncoder", dtype)
         return ClipValue(conditioner, family, "+".join(names), embeddings_dir=runtime.folder("embeddings"))
 
     @node("LoadLoRA", display_name="Load LoRA", category="loaders", fingerprint=fingerprint_for(LORAS, "lora_name"))
@@ -147,7 +149,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         from sgm.lora import match_lora, read_lora
 
         path = runtime.resolve_model(LORAS, lora_name, "LoadLoRA", "lora_name")
-        state_dict = runtime.models.load(path, "lora", lambda: read_lora(path))
+        state_dict = runtime.load_file(path, "lora", lambda: read_lora(path), "LoadLoRA")
         match = match_lora(state_dict, model.unet, clip.towers() if clip is not None else [])
         if not match.targets:
             raise ValueError(

@@ -47,6 +47,17 @@ class Runtime:
 
         return default_dtype(device, prefer_bf16=True)
 
+    def load_file(self, path: Path, kind: str, loader: Any, node_id: str, dtype: Any = None) -> Any:
+        """``models.load`` with errors that name the node and the file and say what to check."""
+        try:
+            return self.models.load(path, kind, loader, dtype)
+        except (FileNotFoundError, MemoryError):
+            raise
+        except Exception as error:
+            raise ValueError(
+                f"{node_id}: cannot load {path.name} ({type(error).__name__}: {error}); the file may be "
+                "damaged or incomplete (re-download it), or not be this kind of model") from error
+
     def folder(self, kind: str) -> Path:
         return Path(self.settings.model_folder(kind))
 

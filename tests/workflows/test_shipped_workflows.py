@@ -144,4 +144,5 @@ def test_a_broken_checkpoint_fails_the_run_with_the_node_and_the_reason(
     finally:
         broken.unlink()
     assert code == 3 and not pngs
-    assert "node 1 (LoadCheckpoint) failed" in err
+    assert "node 1 (LoadCheckpoint) failed" in err and "cannot load broken.safetensors" in err
+    assert "damaged or incomplete" in err
