@@ -179,15 +179,27 @@ async def get_workflow(request: web.Request) -> web.Response:
     return error_response(404, "not_found", f"no workflow named {name!r}")
 
 
+@routes.post("/api/workflows")
+async def save_named_workflow(request: web.Request) -> web.Response:
+    """``{"name": ..., "workflow": {...}}``: the same as ``POST /api/workflows/{name}``."""
+    body = await read_json(request)
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str) or "workflow" not in body:
+        return error_response(400, "bad_request", 'send {"name": "my-workflow", "workflow": {...}}')
+    return await _save_workflow(request, body["name"], body["workflow"])
+
+
 @routes.post("/api/workflows/{name}")
 async def save_workflow(request: web.Request) -> web.Response:
     """Save to the user folder; the body is the workflow document (checked against the schema)."""
+    return await _save_workflow(request, request.match_info["name"], await read_json(request))
+
+
+async def _save_workflow(request: web.Request, raw_name: str, document: Any) -> web.Response:
     try:
-        name = _workflow_name(request.match_info["name"])
+        name = _workflow_name(raw_name)
         path = confined_path(user_workflows_dir(request.app[SETTINGS]), f"{name}.json")
     except UnsafePathError as error:
         return error_response(400, "unsafe_path", str(error))
-    document = await read_json(request)
     report = checked_document(document, request.app[REGISTRY])
     schema_problems = [p.to_dict() for p in report.errors if p.code == "schema"]
     if report.workflow is None or schema_problems:

@@ -173,5 +173,9 @@ async def test_workflows_list_load_save(make_app, aiohttp_client, settings):
     assert names == ["mine", "txt2img"]
     not_a_workflow = await client.post("/api/workflows/bad", json={"nodes": "nope"})
     assert not_a_workflow.status == 400 and not (settings.root / "user" / "workflows" / "bad.json").exists()
+    by_body = await client.post("/api/workflows", json={"name": "other.json", "workflow": mine})
+    assert (await by_body.json())["name"] == "other"
+    assert (settings.root / "user" / "workflows" / "other.json").is_file()
+    assert (await client.post("/api/workflows", json={"workflow": mine})).status == 400
     missing = await client.get("/api/workflows/absent")
     assert missing.status == 404
