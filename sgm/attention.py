@@ -148,17 +148,23 @@ class SpatialTransformer(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         # x: (B, C, H, W); context: (B, S, context_dim)
         batch, _, height, width = x.shape
+        # For a channels_last x, (B, C, H, W) <-> (B, H*W, C) are free views; for a
+        # contiguous x they are copies either way. Keeping x's layout end to end avoids
+        # mixed-layout adds and convolutions, which are several times slower on CPU.
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         h = self.norm(x)
         if not self.use_linear:
             h = self.proj_in(h)
-        h = h.flatten(2).transpose(1, 2)  # (B, H*W, inner)
+        h = h.permute(0, 2, 3, 1).reshape(batch, height * width, -1)  # (B, H*W, inner)
         if self.use_linear:
             h = self.proj_in(h)
         for block in self.transformer_blocks:
             h = block(h, context)
         if self.use_linear:
             h = self.proj_out(h)
-        h = h.transpose(1, 2).reshape(batch, -1, height, width)
+        h = h.reshape(batch, height, width, -1).permute(0, 3, 1, 2)  # (B, C, H, W), NHWC strides
+        if not channels_last:
+            h = h.contiguous()
         if not self.use_linear:
             h = self.proj_out(h)
         return h + x

@@ -260,22 +260,71 @@ class AutoencoderKL(nn.Module):
         posterior = self.encode_posterior(images)
         return self.decode(posterior.sample(generator)), posterior
 
-    def decode_tiled(self, latents: torch.Tensor, tile_size: int = 64, overlap: int = 16) -> torch.Tensor:
+    def decode_tiled(
+        self, latents: torch.Tensor, tile_size: int = 64, overlap: int = 16, shared_norm: bool = True
+    ) -> torch.Tensor:
         """Decode in overlapping latent tiles of ``tile_size`` (latent pixels) and blend them.
 
-        Peak memory is that of one tile's decode plus the output; overlaps are blended with
-        linear ramps so tile borders leave no seam.
+        Peak memory is that of one tile's decode plus the output. Overlaps are blended with
+        linear ramps so tile borders leave no seam. ``shared_norm`` gives every tile the same
+        GroupNorm statistics, estimated by one decode of the latents shrunk to a tile: per-tile
+        statistics are what make tiles differ in brightness and colour.
         """
-        return _tiled(self.decode, latents, tile_size, overlap, self.downscale)
+        return tiled_apply(self.decode, latents, tile_size, overlap, self.downscale, shared_norm, self)
 
-    def encode_tiled(self, images: torch.Tensor, tile_size: int = 512, overlap: int = 64) -> torch.Tensor:
+    def encode_tiled(
+        self, images: torch.Tensor, tile_size: int = 512, overlap: int = 64, shared_norm: bool = True
+    ) -> torch.Tensor:
         """Posterior mean computed in overlapping image tiles of ``tile_size`` pixels, blended."""
         f = self.downscale
         if tile_size % f or overlap % f:
             raise ValueError(f"encode_tiled: tile_size ({tile_size}) and overlap ({overlap}) must be multiples of {f}")
         if images.shape[-2] % f or images.shape[-1] % f:
             raise ValueError(f"encode_tiled: image size {tuple(images.shape[-2:])} must be a multiple of {f}")
-        return _tiled(self.encode, images, tile_size, overlap, 1 / f)
+        return tiled_apply(self.encode, images, tile_size, overlap, 1 / f, shared_norm, self)
+
+
+class _SharedGroupNorm:
+    """Record each GroupNorm's statistics in one pass, then normalise later passes with them.
+
+    Used as ``with _SharedGroupNorm(model) as shared: fn(small); shared.apply(); fn(tile)``;
+    calls are matched by order, so a module called several times keeps one entry per call.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+        self.stats: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.recording = True
+        self.calls: dict[int, int] = {}
+
+    def __enter__(self) -> "_SharedGroupNorm":
+        self.handles = [m.register_forward_hook(self._hook) for m in self.norms]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def apply(self) -> None:
+        self.recording = False
+
+    def next_pass(self) -> None:
+        self.calls = {}
+
+    def _hook(self, module: nn.GroupNorm, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
+        x = inputs[0]
+        grouped = x.float().reshape(x.shape[0], module.num_groups, -1)  # (B, G, C/G * H * W)
+        if self.recording:
+            var, mean = torch.var_mean(grouped, dim=-1, unbiased=False, keepdim=True)
+            self.stats.setdefault(id(module), []).append((mean, var))
+            return None
+        index = self.calls.get(id(module), 0)
+        self.calls[id(module)] = index + 1
+        mean, var = self.stats[id(module)][index]
+        normed = ((grouped - mean) * torch.rsqrt(var + module.eps)).reshape(x.shape).to(x.dtype)
+        if module.affine:
+            normed = normed * module.weight[:, None, None] + module.bias[:, None, None]
+        return normed
 
 
 def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -296,30 +345,55 @@ def _ramp(length: int, fade_start: int, fade_end: int, device: torch.device) -> 
     return weight
 
 
-def _tiled(
-    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, overlap: int, scale: float
+def tiled_apply(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, overlap: int, scale: float,
+    shared_norm: bool = False, model: nn.Module | None = None,
 ) -> torch.Tensor:
-    """Apply ``fn`` (which scales spatial size by ``scale``) tile by tile, blending overlaps."""
+    """Apply a spatial map ``fn`` tile by tile and blend the overlaps; returns float32.
+
+    x: (B, C, H, W); ``fn`` maps a (B, C, h, w) tile to (B, C', h*scale, w*scale). Tiles are
+    ``tile`` x ``tile`` with at least ``overlap`` shared samples; in each overlap the two tiles
+    are mixed with linear ramps, so a map that is local gives exactly its untiled result away
+    from tile borders and no discontinuity anywhere. ``shared_norm`` (needs ``model``) freezes
+    every GroupNorm of ``model`` to statistics from one pass over the shrunk input.
+    """
     if not 0 <= overlap < tile:
         raise ValueError(f"tiling needs 0 <= overlap < tile_size, got overlap={overlap}, tile_size={tile}")
     height, width = x.shape[-2:]
     ys, xs = _tile_starts(height, tile, overlap), _tile_starts(width, tile, overlap)
-    out: torch.Tensor | None = None
-    weight_sum = torch.zeros(1, 1, round(height * scale), round(width * scale), device=x.device)
-    for y0 in ys:
-        for x0 in xs:
-            piece = fn(x[..., y0:y0 + tile, x0:x0 + tile]).float()
-            th, tw = piece.shape[-2:]
-            oy, ox = round(y0 * scale), round(x0 * scale)
-            # Fade only edges shared with a neighbour tile, over the width of the actual overlap.
-            top = round((ys[ys.index(y0) - 1] + tile - y0) * scale) if y0 > 0 else 0
-            bottom = round((y0 + tile - ys[ys.index(y0) + 1]) * scale) if y0 != ys[-1] else 0
-            left = round((xs[xs.index(x0) - 1] + tile - x0) * scale) if x0 > 0 else 0
-            right = round((x0 + tile - xs[xs.index(x0) + 1]) * scale) if x0 != xs[-1] else 0
-            w = _ramp(th, top, bottom, x.device)[:, None] * _ramp(tw, left, right, x.device)[None, :]
-            if out is None:
-                out = torch.zeros(*piece.shape[:2], *weight_sum.shape[-2:], device=x.device)
-            out[..., oy:oy + th, ox:ox + tw] += piece * w
-            weight_sum[..., oy:oy + th, ox:ox + tw] += w
+    if len(ys) == len(xs) == 1:
+        return fn(x)
+    shared = _SharedGroupNorm(model) if shared_norm and model is not None else None
+    if shared is not None:
+        shared.__enter__()
+        # Statistics from the whole input shrunk to one tile (area averaging keeps means).
+        step = max(1, -(-max(height, width) // tile))
+        multiple = round(1 / scale) if scale < 1 else 1  # encoders need sizes divisible by f
+        size = [max(multiple, (s // step) // multiple * multiple) for s in (height, width)]
+        fn(F.interpolate(x, size=size, mode="area") if step > 1 else x)
+        shared.apply()
+    try:
+        out: torch.Tensor | None = None
+        weight_sum = torch.zeros(1, 1, round(height * scale), round(width * scale), device=x.device)
+        for y0 in ys:
+            for x0 in xs:
+                if shared is not None:
+                    shared.next_pass()
+                piece = fn(x[..., y0:y0 + tile, x0:x0 + tile]).float()
+                th, tw = piece.shape[-2:]
+                oy, ox = round(y0 * scale), round(x0 * scale)
+                # Fade only edges shared with a neighbour tile, over the width of the actual overlap.
+                top = round((ys[ys.index(y0) - 1] + tile - y0) * scale) if y0 > 0 else 0
+                bottom = round((y0 + tile - ys[ys.index(y0) + 1]) * scale) if y0 != ys[-1] else 0
+                left = round((xs[xs.index(x0) - 1] + tile - x0) * scale) if x0 > 0 else 0
+                right = round((x0 + tile - xs[xs.index(x0) + 1]) * scale) if x0 != xs[-1] else 0
+                w = _ramp(th, top, bottom, x.device)[:, None] * _ramp(tw, left, right, x.device)[None, :]
+                if out is None:
+                    out = torch.zeros(*piece.shape[:2], *weight_sum.shape[-2:], device=x.device)
+                out[..., oy:oy + th, ox:ox + tw] += piece * w
+                weight_sum[..., oy:oy + th, ox:ox + tw] += w
+    finally:
+        if shared is not None:
+            shared.__exit__()
     assert out is not None
-    return (out / weight_sum).to(x.dtype if x.is_floating_point() else out.dtype)
+    return out / weight_sum

@@ -81,10 +81,21 @@ def tiny_unet(family: str = "sd1", *, seed: int = 0, **config_overrides: Any) ->
     return randomize_(UNetModel(**config), seed).eval()  # type: ignore[return-value]
 
 
-def tiny_vae(*, seed: int = 0) -> AutoencoderKL:
-    """Our AutoencoderKL (4 levels, f = 8, widths 32-64) with deterministic random weights."""
+def tiny_vae(*, seed: int = 0, residual_scale: float = 1.0) -> AutoencoderKL:
+    """Our AutoencoderKL (4 levels, f = 8, widths 32-64) with deterministic random weights.
+
+    ``residual_scale`` < 1 shrinks every residual branch (ResnetBlock ``conv2``, attention
+    ``proj_out``): a random decoder is chaotic (padding effects reach across the image), a
+    trained one is local and smooth; a small scale mimics the latter for tiling tests.
+    """
     torch.manual_seed(seed)
-    return randomize_(AutoencoderKL(**TINY_VAE_CONFIG), seed).eval()  # type: ignore[return-value]
+    vae = randomize_(AutoencoderKL(**TINY_VAE_CONFIG), seed).eval()
+    if residual_scale != 1.0:
+        with torch.no_grad():
+            for name, module in vae.named_modules():
+                if name.endswith(("conv2", "proj_out")):
+                    module.weight.mul_(residual_scale)
+    return vae  # type: ignore[return-value]
 
 
 def unet_metadata_hints(family: str) -> dict[str, Any]:
