@@ -230,3 +230,28 @@ def test_inpainting_keeps_the_unmasked_latent_and_areas_change_the_result(execut
     with_area["nodes"]["5"]["inputs"]["positive"] = ["44", 0]
     combined = sampled(executor, with_area)
     assert not torch.allclose(combined[..., :4, :4], plain[..., :4, :4])  # the area's quarter changed
+
+
+def test_out_of_memory_while_sampling_retries_once_then_fails_the_run_clearly(
+        executor: Executor, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sgm.sampling
+
+    real_sample = sgm.sampling.sample
+    failures = {"left": 1}
+
+    def flaky_sample(*args: Any, **kwargs: Any) -> Any:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(sgm.sampling, "sample", flaky_sample)
+    run(executor, document(seed=31))  # the retry succeeded
+    assert failures["left"] == 0
+
+    failures["left"] = 2
+    doc = document(seed=32)
+    result = executor.run(validate_document(doc, executor.registry).workflow, services={"workflow_document": doc})
+    assert result.status == "failed" and result.failure.node_id == "5"
+    assert "ModelMemoryError" in result.failure.message and "KSampler (sampling) ran out of memory" in \
+        result.failure.message and "smaller image size" in result.failure.message
