@@ -28,7 +28,20 @@ def request(url: str, body: dict | None = None, headers: dict | None = None) -> 
         with urllib.request.urlopen(req, timeout=10) as response:
             return response.status, json.load(response)
     except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
+        text = error.read().decode("utf-8", "replace")
+        try:
+            return error.code, json.loads(text)
+        except ValueError:
+            return error.code, {"text": text}
+
+
+def _drain(process: subprocess.Popen) -> str:
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.communicate(timeout=20)[0]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.communicate()[0]
 
 
 def test_serve_command_runs_a_prompt_with_the_builtin_nodes(tmp_path):
@@ -56,7 +69,7 @@ def test_serve_command_runs_a_prompt_with_the_builtin_nodes(tmp_path):
         status, refused = request(f"{base}/api/prompt", {"prompt": document}, {"Origin": "http://evil.example"})
         assert status == 403
         status, queued = request(f"{base}/api/prompt", {"prompt": document})
-        assert status == 200, queued
+        assert status == 200, f"{queued}\nserver output so far:\n{_drain(process)}"
         for _ in range(200):
             _, history = request(f"{base}/api/history/{queued['prompt_id']}")
             if history:
@@ -64,10 +77,5 @@ def test_serve_command_runs_a_prompt_with_the_builtin_nodes(tmp_path):
             time.sleep(0.05)
         assert history[queued["prompt_id"]]["outputs"]["3"] == {"text": ["42"]}
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            output, _ = process.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
+        output = _drain(process) if process.poll() is None else ""
     assert f"open http://127.0.0.1:{port}/" in output

@@ -130,3 +130,20 @@ async def test_submitter_without_client_id_is_broadcast(make_app, aiohttp_client
     messages = await collect_until(socket, {"execution_success"})
     assert "executed" in types(messages)
     await socket.close()
+
+
+async def test_many_clients_each_see_only_their_own_runs(make_app, aiohttp_client):
+    client = await aiohttp_client(make_app())
+    names = [f"client{i}" for i in range(5)]
+    sockets = {name: await client.ws_connect(f"/ws?clientId={name}") for name in names}
+    for socket in sockets.values():
+        await socket.receive_json()
+    prompt_ids = {}
+    for seed, name in enumerate(names):
+        response = await client.post("/api/prompt", json={"prompt": txt2img_document(seed=seed), "client_id": name})
+        prompt_ids[name] = (await response.json())["prompt_id"]
+    for name, socket in sockets.items():
+        messages = await collect_until(socket, {"execution_success"})
+        seen = {m["data"]["prompt_id"] for m in messages if isinstance(m, dict) and "prompt_id" in m["data"]}
+        assert seen == {prompt_ids[name]}, name
+        await socket.close()
