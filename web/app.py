@@ -50,10 +50,11 @@ def create_app(registry: NodeRegistry, settings: Settings, *, policy: SecurityPo
     app[REGISTRY] = registry
     app[POLICY] = policy
     app[LIMITS] = limits
-    queue = PromptQueue(executor, services={"settings": settings, "output_dir": settings.output_dir},
-                        history_limit=limits.history_limit)
+    # The hub and the translator ask the queue for its status when they need it (late binding).
     hub = WebSocketHub(lambda: status_message(queue))
-    queue.listener = EventTranslator(lambda: status_message(queue), hub)
+    queue = PromptQueue(executor, services={"settings": settings, "output_dir": settings.output_dir},
+                        listener=EventTranslator(lambda: status_message(queue), hub),
+                        history_limit=limits.history_limit)
     app[QUEUE] = queue
     app[HUB] = hub
 

@@ -143,3 +143,22 @@ def test_token_protected_server_works_from_a_token_link_only(page, token_server)
     assert page.locator(".node").count() == 7
     page.click("#queue-button")
     wait_for_image(page, '[data-node-id="7"] .node-images img')
+
+
+def test_preview_frames_show_in_the_running_node(page, server):
+    open_editor(page, server.url)
+    page.evaluate("""() => {
+        window.previewsSeen = [];
+        const node = document.querySelector('#world');
+        new MutationObserver(() => {
+            for (const img of document.querySelectorAll('[data-node-id="5"] .node-images img')) {
+                if (img.src.startsWith('blob:') && !window.previewsSeen.includes(img.src)) window.previewsSeen.push(img.src);
+            }
+        }).observe(node, { subtree: true, childList: true, attributes: true });
+    }""")
+    page.click("#queue-button")
+    page.wait_for_selector('[data-node-id="7"] .node-images img')
+    # each sampler step sent a binary preview frame; the running node showed it as a blob: image
+    assert len(page.evaluate("() => window.previewsSeen")) >= 1
+    assert page.locator('[data-node-id="5"] .node-images img').count() == 0  # gone once it finished
+    assert page.locator('[data-node-id="5"] .node-progress-bar').get_attribute("style") == "width: 100%;"
