@@ -12,6 +12,7 @@ from engine.settings import Settings
 from tests.browser.conftest import screenshot
 from tests.browser.editor import (
     TXT2IMG_LAYOUT, TXT2IMG_LINKS, add_node, autosaved, drag_link, link_count, new_canvas, open_editor, wait_for_image,
+    wait_for_node_count,
 )
 from tests.browser.server import ServerThread
 from web.app import create_app
@@ -38,7 +39,7 @@ def real_server(installation: Path, tmp_path: Path) -> Iterator[ServerThread]:
 
     settings = Settings.for_root(installation, output_dir=tmp_path / "output",
                                  workflows_dir=main.ROOT / "workflows")
-    registry = main.build_registry(custom_nodes=None, entry_points=False, settings=settings)
+    registry = main.build_registry(custom_nodes=main.ROOT / "custom_nodes", entry_points=False, settings=settings)
     assert not registry.failures, [f.message for f in registry.failures]
     with ServerThread(create_app(registry, settings)) as running:
         running.settings = settings  # type: ignore[attr-defined]
@@ -68,3 +69,28 @@ def test_build_txt2img_with_the_builtin_nodes_and_see_the_image(page, real_serve
     screenshot(page, "txt2img-builtin-nodes")
     saved = list((real_server.settings.output_dir).glob("*.png"))
     assert len(saved) == 1 and saved[0].read_bytes().startswith(b"\x89PNG")
+
+
+def test_every_shipped_workflow_opens_in_the_editor(page, real_server):
+    import json
+
+    import main
+
+    open_editor(page, real_server.url)
+    paths = sorted((main.ROOT / "workflows").glob("*.json"))
+    assert paths
+    for path in paths:
+        document = json.loads(path.read_text())
+        links = sum(1 for node in document["nodes"].values() for value in node.get("inputs", {}).values()
+                    if isinstance(value, list) and len(value) == 2)
+        page.select_option("#workflow-select", path.stem)
+        wait_for_node_count(page, len(document["nodes"]))
+        assert page.locator(".node.unknown").count() == 0, path.name
+        assert link_count(page) == links, path.name
+        # what the editor would save is the same graph (links by output name, same literals)
+        saved = autosaved(page)["nodes"]
+        for node_id, node in document["nodes"].items():
+            assert saved[node_id]["type"] == node["type"], (path.name, node_id)
+            for name, value in node.get("inputs", {}).items():
+                if not (isinstance(value, list) and len(value) == 2):
+                    assert saved[node_id]["inputs"][name] == value, (path.name, node_id, name)
