@@ -226,3 +226,19 @@ def test_number_widgets_clamp_to_their_limits(page, server):
     assert autosaved(page)["nodes"]["5"]["inputs"]["cfg"] == 2.5
     page.select_option('[data-node-id="5"] [data-widget="sampler_name"] select', "dpmpp_2m")
     assert autosaved(page)["nodes"]["5"]["inputs"]["sampler_name"] == "dpmpp_2m"
+
+
+def test_node_menu_renames_duplicates_and_deletes(page, server):
+    open_editor(page, server.url)
+    page.click('[data-node-id="4"] .node-title', button="right")
+    page.once("dialog", lambda dialog: dialog.accept("Canvas size"))
+    page.click('.menu-action[data-action="rename"]')
+    assert page.inner_text('[data-node-id="4"] .node-title').startswith("Canvas size")
+    assert autosaved(page)["nodes"]["4"]["ui"]["title"] == "Canvas size"
+    page.click('[data-node-id="4"] .node-title', button="right")
+    page.click('.menu-action[data-action="duplicate"]')
+    assert page.locator(".node").count() == 8
+    assert autosaved(page)["nodes"]["8"]["inputs"] == autosaved(page)["nodes"]["4"]["inputs"]
+    page.click('[data-node-id="8"] .node-title', button="right")
+    page.click('.menu-action[data-action="delete"]')
+    assert page.locator(".node").count() == 7

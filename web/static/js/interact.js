@@ -8,7 +8,7 @@ const MAX_SCALE = 3;
 export class Interaction {
   /**
    * @param view GraphView
-   * @param hooks {openSearch(clientX, clientY), openMenu(clientX, clientY), notify(text, kind),
+   * @param hooks {openSearch(clientX, clientY), openMenu(clientX, clientY), openNodeMenu(id, clientX, clientY), notify(text, kind),
    *               copy(), paste(), undo(), redo(), deleteSelected()}
    */
   constructor(view, hooks) {
@@ -27,7 +27,14 @@ export class Interaction {
     });
     canvas.addEventListener("contextmenu", (event) => {
       event.preventDefault();
-      if (!event.target.closest(".node")) hooks.openMenu(event.clientX, event.clientY);
+      const nodeElement = event.target.closest(".node");
+      if (!nodeElement) {
+        hooks.openMenu(event.clientX, event.clientY);
+        return;
+      }
+      const id = nodeElement.dataset.nodeId;
+      if (!view.selection.has(id)) view.setSelection([id]);
+      hooks.openNodeMenu(id, event.clientX, event.clientY);
     });
     window.addEventListener("keydown", (event) => this.keyDown(event));
   }

@@ -4,7 +4,7 @@ import { Api, ApiError } from "./api.js";
 import { Graph, isLink } from "./graph.js";
 import { UndoStack } from "./history.js";
 import { Interaction } from "./interact.js";
-import { CategoryMenu, SearchBox } from "./menus.js";
+import { CategoryMenu, SearchBox, showActions } from "./menus.js";
 import { SidePanel, Toasts } from "./panels.js";
 import { workflowFromPng } from "./png.js";
 import { GraphView } from "./view.js";
@@ -37,6 +37,7 @@ class Editor {
     this.interaction = new Interaction(this.view, {
       openSearch: (x, y) => this.search.open(x, y),
       openMenu: (x, y) => this.menu.open(x, y),
+      openNodeMenu: (id, x, y) => this.openNodeMenu(id, x, y),
       notify: (text, kind) => this.notify(text, kind),
       copy: () => this.copy(), paste: () => this.paste(),
       undo: () => this.restore(this.undo.undo()), redo: () => this.restore(this.undo.redo()),
@@ -88,6 +89,22 @@ class Editor {
     } catch (error) {
       this.notify(`could not load ${source}: ${error.message}`, "error");
     }
+  }
+
+  openNodeMenu(id, clientX, clientY) {
+    const node = this.graph.nodes.get(id);
+    showActions(document.querySelector("#menu"), clientX, clientY, [
+      { id: "rename", label: "Rename…", run: () => {
+        const title = prompt("node title", node.ui.title || this.graph.spec(node.type)?.title || node.type);
+        if (title !== null) {
+          node.ui.title = title.trim() || undefined;
+          this.graph.changed({ renamed: [id] });
+        }
+      } },
+      { id: "duplicate", label: "Duplicate", run: () => { this.copy(); this.lastPointer = [clientX + 30, clientY + 30]; this.paste(); } },
+      { id: "delete", label: `Delete ${this.view.selection.size > 1 ? `${this.view.selection.size} nodes` : "node"}`,
+        run: () => this.deleteSelected() },
+    ]);
   }
 
   deleteSelected() {

@@ -152,3 +152,20 @@ export class CategoryMenu {
     this.root.hidden = true;
   }
 }
+
+/** A flat menu of actions ([{label, run}]) at the pointer, e.g. for a right-clicked node. */
+export function showActions(root, clientX, clientY, actions) {
+  const list = document.createElement("ul");
+  for (const action of actions) {
+    const item = document.createElement("li");
+    item.className = "menu-action";
+    item.dataset.action = action.id;
+    item.textContent = action.label;
+    item.addEventListener("click", () => { root.hidden = true; action.run(); });
+    list.append(item);
+  }
+  root.replaceChildren(list);
+  root.hidden = false;
+  root.style.left = `${clientX}px`;
+  root.style.top = `${clientY}px`;
+}
