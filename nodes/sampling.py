@@ -141,7 +141,7 @@ def run_sampler(runtime: Runtime, guider: GuiderValue, sampler: SamplerValue, si
                 cfg=guider.cfg, inpaint_concat=None if concat is None else concat.to(device))
             with torch.no_grad():
                 return sample(
-                    denoiser, sampler.name, sigmas.to(device), samples.to(device), seed + offset,
+                    denoiser, sampler.name, sigmas.to(device), samples.to(device), (seed + offset) % 2**64,
                     noise_mask=None if latent.noise_mask is None else latent.noise_mask.to(device),
                     sampler_options=dict(sampler.options), callback=on_step,
                     cancel=lambda: ctx.cancelled, add_noise=add_noise,
