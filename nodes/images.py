@@ -91,8 +91,8 @@ def _settings(runtime: Runtime, ctx: NodeContext) -> Any:
     return ctx.services.get("settings", runtime.settings) if ctx is not None else runtime.settings
 
 
-def save_images(runtime: Runtime, image: Any, folder: Path, prefix: str, kind: str, ctx: NodeContext,
-                node_id: str) -> Result:
+def save_images(image: Any, folder: Path, prefix: str, kind: str, ctx: NodeContext | None, node_id: str) -> Result:
+    """Write every image of the batch as a numbered PNG; the UI entry of each for the editor/CLI."""
     target = confined(folder, prefix)
     if target is None or not Path(prefix).name:
         raise ValueError(f"{node_id}: filename_prefix {prefix!r} must name a file inside {folder} "
@@ -184,13 +184,13 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         """Save images as PNG in output/ with the workflow embedded (drop one on the editor, or
         `python main.py run image.png`, to get the workflow back). Never overwrites a file."""
         output_dir = Path(ctx.services.get("output_dir") or _settings(runtime, ctx).output_dir)
-        return save_images(runtime, images, output_dir, filename_prefix, "output", ctx, "SaveImage")
+        return save_images(images, output_dir, filename_prefix, "output", ctx, "SaveImage")
 
     @node("PreviewImage", display_name="Preview Image", category="image", output=True)
     def preview_image(images: "IMAGE", ctx: Context = None) -> None:
         """Show images in the editor without keeping them (written to temp/)."""
         settings = _settings(runtime, ctx)
-        return save_images(runtime, images, Path(settings.root) / "temp", "preview", "temp", ctx, "PreviewImage")
+        return save_images(images, Path(settings.root) / "temp", "preview", "temp", ctx, "PreviewImage")
 
     return [decode, load_image, image_scale, save_image, preview_image]
 
