@@ -156,3 +156,16 @@ def test_unet_family_from_shapes() -> None:
     assert unet_family(tiny_unet("sd1", in_channels=9)) == "sd1-inpaint"
     assert unet_family(tiny_unet("sdxl")) == "sdxl"
     assert unet_family(tiny_unet("sdxl", pooled_dim=2560 - 6 * 256)) == "sdxl-refiner"  # adm 2560
+
+
+def test_every_built_in_node_has_a_tooltip_and_a_category(runtime: Runtime) -> None:
+    specs = build_nodes(runtime)
+    expected = {"LoadCheckpoint", "LoadVAE", "LoadUNet", "LoadTextEncoder", "LoadLoRA", "TextEncode",
+                "TextEncodeSDXL", "ConditioningCombine", "ConditioningAverage", "ConditioningZeroOut",
+                "ConditioningSetArea", "EmptyLatent", "EncodeLatent", "SetLatentMask", "LatentUpscale",
+                "LatentFromBatch", "UNetDenoise", "Scheduler", "SamplerSelect", "Sampler", "KSampler", "Decode",
+                "LoadImage", "ImageScale", "SaveImage", "PreviewImage"}
+    assert expected <= {spec.id for spec in specs}
+    for spec in specs:
+        assert spec.description and spec.category and spec.display_name, spec.id
+        assert spec.description.split("\n")[0].strip(), spec.id
