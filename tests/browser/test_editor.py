@@ -242,3 +242,16 @@ def test_node_menu_renames_duplicates_and_deletes(page, server):
     page.click('[data-node-id="8"] .node-title', button="right")
     page.click('.menu-action[data-action="delete"]')
     assert page.locator(".node").count() == 7
+
+
+def test_typing_into_a_widget_is_one_undo_step(page, server):
+    open_editor(page, server.url)
+    field = '[data-node-id="2"] [data-widget="text"] textarea'
+    page.click(field)
+    page.keyboard.press("Control+a")
+    page.keyboard.type("a tiny blue star")
+    page.click('[data-node-id="2"] .node-title')  # leave the field: shortcuts go to the editor
+    page.keyboard.press("Control+z")
+    assert page.input_value(field) == "a red square"
+    page.keyboard.press("Control+y")
+    assert page.input_value(field) == "a tiny blue star"

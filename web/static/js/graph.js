@@ -163,7 +163,7 @@ export class Graph extends EventTarget {
     const node = this.nodes.get(id);
     if (!node || node.inputs[name] === value) return;
     node.inputs[name] = value;
-    this.changed({ value: [id] }, { rerender: false });
+    this.changed({ value: [id], input: name }, { rerender: false });
   }
 
   /** Move nodes; positions are rounded when the move is recorded (the end of a drag). */

@@ -43,6 +43,9 @@ export class Interaction {
     if (event.button !== 0 && event.button !== 1) return;
     const socket = event.target.closest(".socket");
     const nodeElement = event.target.closest(".node");
+    // preventDefault below also stops the focus change a click would make: leave text fields
+    // explicitly, so Delete and Ctrl+Z then act on the graph, not on the field.
+    if (document.activeElement?.closest?.("#canvas input, #canvas textarea, #canvas select")) document.activeElement.blur();
     this.view.canvas.setPointerCapture(event.pointerId);
     if (socket && nodeElement) {
       this.startLink(event, nodeElement.dataset.nodeId, socket);

@@ -57,7 +57,10 @@ class Editor {
   changed(detail) {
     if (detail.rerender) this.view.render();
     localStorage.setItem(AUTOSAVE_KEY, JSON.stringify(this.graph.toDocument()));
-    if (detail.record && !this.restoring) this.undo.record(snapshot(this.graph));
+    if (detail.record && !this.restoring) {
+      const key = detail.input ? `${detail.value[0]}:${detail.input}` : null;  // typing = one step
+      this.undo.record(snapshot(this.graph), key);
+    }
     document.querySelector("#node-count").textContent = `${this.graph.nodes.size} nodes`;
   }
 
