@@ -6,10 +6,11 @@ Response bodies follow ComfyUI's API so its clients can talk to this server.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import platform
 import sys
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from aiohttp import web
 
@@ -20,6 +21,7 @@ from web.events import public_output
 from web.keys import HUB, LIMITS, QUEUE, REGISTRY, SETTINGS
 
 routes = web.RouteTableDef()
+T = TypeVar("T")
 
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -59,13 +61,13 @@ def _id_list(body: Any, key: str) -> list[str]:
 
 @routes.get("/api/object_info")
 async def object_info(request: web.Request) -> web.Response:
-    return web.json_response(request.app[REGISTRY].object_info(), dumps=_dumps)
+    return web.json_response(await off_loop(request.app[REGISTRY].object_info), dumps=_dumps)
 
 
 @routes.get("/api/object_info/{node_type}")
 async def object_info_one(request: web.Request) -> web.Response:
     node_type = request.match_info["node_type"]
-    info = request.app[REGISTRY].object_info()
+    info = await off_loop(request.app[REGISTRY].object_info)
     if node_type not in info:
         return error_response(404, "unknown_node_type", f"no node type {node_type!r} is registered")
     return web.json_response({node_type: info[node_type]}, dumps=_dumps)
@@ -125,7 +127,13 @@ def shape_problem(document: Any) -> str | None:
     return None
 
 
-def checked_document(document: Any, registry: Any) -> ValidationReport:
+async def off_loop(function: Callable[..., T], *args: Any) -> T:
+    """Run blocking work (file listings for choices, validation of big graphs) in a thread,
+    so the event loop keeps serving websockets meanwhile."""
+    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+
+
+async def checked_document(document: Any, registry: Any) -> ValidationReport:
     """Validate, turning an unreadable shape into a 400 that says what is wrong."""
     problem = shape_problem(document)
     if problem is not None:
@@ -133,7 +141,7 @@ def checked_document(document: Any, registry: Any) -> ValidationReport:
             "type": "invalid_workflow", "message": problem,
             "hint": 'a workflow is {"version": 1, "nodes": {"1": {"type": ..., "inputs": {...}}}}'},
             "node_errors": {}}), content_type="application/json")
-    return validate_document(document, registry)
+    return await off_loop(validate_document, document, registry)
 
 
 @routes.post("/api/prompt")
@@ -152,7 +160,7 @@ async def post_prompt(request: web.Request) -> web.Response:
     if request.app[QUEUE].remaining() >= limit:
         return error_response(429, "queue_full", f"{limit} prompts are already waiting; try again when "
                               f"some have run, or clear the queue")
-    report = checked_document(document, request.app[REGISTRY])
+    report = await checked_document(document, request.app[REGISTRY])
     if not report.ok or report.workflow is None:
         return web.json_response(validation_response(report), status=400)
     # SaveImage embeds the document; keep it in our format so `main.py run` reads it back.

@@ -200,7 +200,7 @@ async def _save_workflow(request: web.Request, raw_name: str, document: Any) -> 
         path = confined_path(user_workflows_dir(request.app[SETTINGS]), f"{name}.json")
     except UnsafePathError as error:
         return error_response(400, "unsafe_path", str(error))
-    report = checked_document(document, request.app[REGISTRY])
+    report = await checked_document(document, request.app[REGISTRY])
     schema_problems = [p.to_dict() for p in report.errors if p.code == "schema"]
     if report.workflow is None or schema_problems:
         return web.json_response({"error": {"type": "invalid_workflow", "message":
