@@ -18,9 +18,10 @@ applies to whichever layer is chosen (so SD 1.x with clip_skip=2 is the penultim
 layer *plus* the final layer norm, like ComfyUI and A1111). diffusers counts layers skipped beyond its default
 instead: its ``clip_skip=c`` is our ``c + 1`` for SD 1.x and ``c + 2`` for SDXL.
 
-Long prompts are split into 75-token chunks, each encoded in its own 77-token window
-(start, 75 tokens, end/padding) and concatenated along the sequence; prompts of one batch
-with fewer chunks get empty-prompt chunks. Weights apply per token as
+Long prompts are split into chunks of up to 75 tokens, each encoded in its own 77-token
+window (start, tokens, end, padding) and concatenated along the sequence; as in ComfyUI a
+word of up to 8 tokens that would straddle a boundary moves whole to the next chunk. Prompts
+of one batch with fewer chunks get empty-prompt chunks. Weights apply per token as
 z' = z_empty + w (z - z_empty), z_empty being the empty prompt's encoding (ComfyUI's
 default). The pooled output is the first chunk's, computed from the unweighted states.
 
@@ -53,7 +54,7 @@ from sgm.conditioning import Condition
 from sgm.convert_text import base_family
 from sgm.prompt_weighting import embedding_for_width, find_embedding, load_embedding, parse_prompt
 from sgm.sdxl_conditioning import sdxl_refiner_vector, sdxl_vector
-from sgm.tokenizer import CHUNK, WINDOW, ClipTokenizer, chunk_ids, load_clip_tokenizer
+from sgm.tokenizer import CHUNK, WINDOW, ClipTokenizer, chunk_words, load_clip_tokenizer, split_words
 
 logger = logging.getLogger(__name__)
 
@@ -124,12 +125,12 @@ class TextConditioner:
     def _tokenize(self, prompts: list[str], embeddings: dict[str, dict[str, torch.Tensor]],
                   embeddings_dir: Path | None) -> _Batch:
         tok = self.tokenizer
-        per_prompt: list[list[tuple[int | tuple[str, int], float]]] = []
+        chunked: list[list[list[tuple[int | tuple[str, int], float]]]] = []
         for prompt in prompts:
-            items: list[tuple[int | tuple[str, int], float]] = []
+            words: list[list[tuple[int | tuple[str, int], float]]] = []  # tokens per word
             for part in parse_prompt(prompt):
                 if part.embedding is None:
-                    items.extend((i, part.weight) for i in tok.encode(part.text))
+                    words.extend([(i, part.weight) for i in tok.encode(w)] for w in split_words(part.text))
                     continue
                 if embeddings_dir is None:
                     raise ValueError(
@@ -139,9 +140,8 @@ class TextConditioner:
                 if part.embedding not in embeddings:
                     embeddings[part.embedding] = load_embedding(find_embedding(part.embedding, embeddings_dir))
                 rows = next(iter(embeddings[part.embedding].values())).shape[0]
-                items.extend(((part.embedding, r), part.weight) for r in range(rows))
-            per_prompt.append(items)
-        chunked = [chunk_ids(items, CHUNK) for items in per_prompt]  # type: ignore[arg-type]
+                words.append([((part.embedding, r), part.weight) for r in range(rows)])
+            chunked.append(chunk_words(words, CHUNK))
         k = max(len(c) for c in chunked)
         ids, weights, eos, slots = [], [], [], []
         for chunks in chunked:

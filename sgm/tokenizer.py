@@ -38,6 +38,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import TypeVar
 
 BPE_FILE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 START_TOKEN = "<|startoftext|>"
@@ -45,6 +46,8 @@ END_TOKEN = "<|endoftext|>"
 VOCAB_SIZE = 49408
 WINDOW = 77  # tokens per text-encoder window: start + 75 + end
 CHUNK = WINDOW - 2  # prompt tokens per window
+MAX_WORD_TOKENS = 8  # words up to this long are never split across windows (ComfyUI)
+T = TypeVar("T")
 
 # Distributions known to ship the merges as a data file, with the file's path inside them.
 MERGES_DISTRIBUTIONS: tuple[tuple[str, str], ...] = (
@@ -262,10 +265,53 @@ class ClipTokenizer:
         if len(ids) > length - 2:
             raise ValueError(
                 f"{len(ids)} tokens do not fit one {length}-token window (at most "
-                f"{length - 2}); split long prompts with chunk_ids() first."
+                f"{length - 2}); split long prompts with chunk_words() or chunk_ids() first."
             )
         body = [self.bos_id, *ids, self.eos_id]
         return body + [pad_id] * (length - len(body))
+
+
+def split_words(text: str) -> list[str]:
+    """Split at Unicode white space (the reference's definition, not ``str.split``'s).
+
+    Pre-tokenization never joins across white space, so the words' ids concatenated equal
+    ``encode(text)``.
+    """
+    words: list[str] = []
+    start = None
+    for i, char in enumerate(text):
+        if char in _WHITE_SPACE:
+            if start is not None:
+                words.append(text[start:i])
+                start = None
+        elif start is None:
+            start = i
+    if start is not None:
+        words.append(text[start:])
+    return words
+
+
+def chunk_words(
+    words: Sequence[Sequence[T]], size: int = CHUNK, max_word: int = MAX_WORD_TOKENS
+) -> list[list[T]]:
+    """Pack words' tokens into chunks of at most ``size``, keeping short words whole.
+
+    ComfyUI's rule: a word of at most ``max_word`` tokens that does not fit in the current
+    chunk starts the next one (the current window then ends early and is padded); longer
+    words are split at the boundary. Always at least one (possibly empty) chunk.
+    """
+    chunks: list[list[T]] = [[]]
+    for word in words:
+        rest = list(word)
+        if chunks[-1] and len(chunks[-1]) + len(rest) > size and len(rest) <= max_word:
+            chunks.append([])
+        while len(chunks[-1]) + len(rest) > size:
+            room = size - len(chunks[-1])
+            chunks[-1].extend(rest[:room])
+            rest = rest[room:]
+            chunks.append([])
+        chunks[-1].extend(rest)
+    return chunks
 
 
 def chunk_ids(ids: Sequence[int], size: int = CHUNK) -> list[list[int]]:

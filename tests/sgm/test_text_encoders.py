@@ -149,16 +149,17 @@ def sd1(tokenizer: ClipTokenizer):
 
 @torch.no_grad()
 def test_long_prompts_are_chunked_and_batches_padded(sd1, tokenizer: ClipTokenizer) -> None:
-    words = " ".join(f"w{i}" for i in range(40))  # "w", digit(s) -> 2-3 tokens each
-    ids = tokenizer.encode(words)
-    assert 75 < len(ids) <= 150
-    context, _ = sd1.encode_text([words, "short"])
+    words = [f"w{i}" for i in range(40)]  # "w" + one token per digit: w0..w9 2 tokens, w10.. 3
+    ids = tokenizer.encode(" ".join(words))
+    assert len(ids) == 10 * 2 + 30 * 3
+    context, _ = sd1.encode_text([" ".join(words), "short"])
     assert context.shape == (2, 154, WIDTH)
-    first, _ = sd1.encode_text([tokenizer.decode(ids[:75])])
+    # 74 tokens (w0..w27) fill the first window; w28 would straddle the boundary, so it
+    # starts the second window whole (ComfyUI's rule) and the first ends early.
+    first, _ = sd1.encode_text([" ".join(words[:28])])
     assert torch.allclose(context[0, :77], first[0], atol=1e-5)
-    # The second window is its own start/end/pad window over tokens 75..
     text_model = sd1.modules[0]
-    window = torch.tensor([tokenizer.window(ids[75:], pad_id=tokenizer.eos_id)])
+    window = torch.tensor([tokenizer.window(ids[74:], pad_id=tokenizer.eos_id)])
     second, _ = text_model(text_model.embed_tokens(window), hidden_layer=LAYERS, final_norm=True)
     assert torch.allclose(context[0, 77:], second[0], atol=1e-5)
     empty, _ = sd1.encode_text([""])

@@ -14,9 +14,11 @@ from sgm.tokenizer import (
     ClipTokenizer,
     MergesNotFoundError,
     chunk_ids,
+    chunk_words,
     clean_text,
     find_clip_merges,
     load_clip_tokenizer,
+    split_words,
 )
 
 MERGES = Path(__file__).resolve().parents[3] / "shared" / "data" / "clip" / BPE_FILE_NAME
@@ -169,3 +171,24 @@ def test_finds_merges_in_models_tokenizers_folder(tmp_path: Path) -> None:
     target = tmp_path / "models" / "tokenizers" / BPE_FILE_NAME
     target.write_bytes(MERGES.read_bytes())
     assert find_clip_merges(model_path=tmp_path / "models" / "checkpoints" / "x.safetensors") == target
+
+
+@pytest.mark.parametrize("prompt", HARD_PROMPTS, ids=range(len(HARD_PROMPTS)))
+def test_word_by_word_encoding_equals_whole_text(ours: ClipTokenizer, prompt: str) -> None:
+    assert sum((ours.encode(w) for w in split_words(prompt)), []) == ours.encode(prompt)
+
+
+def test_split_words_uses_unicode_white_space_only() -> None:
+    assert split_words(" a\tb\u3000c\x1cd  ") == ["a", "b", "c\x1cd"]  # \x1c is a symbol to CLIP
+
+
+def test_chunk_words_keeps_short_words_whole() -> None:
+    words = [[f"w{i}.{j}" for j in range(3)] for i in range(30)]  # 30 words x 3 tokens
+    chunks = chunk_words(words, size=10, max_word=8)
+    assert [len(c) for c in chunks] == [9] * 10  # 3 words per chunk, one pad slot left
+    assert sum(chunks, []) == sum(words, [])
+    long_word = [f"x{j}" for j in range(12)]  # longer than max_word: split at the boundary
+    chunks = chunk_words([["a"] * 6, long_word, ["b"]], size=10, max_word=8)
+    assert chunks == [["a"] * 6 + long_word[:4], long_word[4:] + ["b"]]
+    assert chunk_words([], size=10) == [[]]
+    assert chunk_words([["a"] * 10, ["b"]], size=10) == [["a"] * 10, ["b"]]
