@@ -13,7 +13,7 @@ import hmac
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Awaitable, Callable, Literal
+from typing import Awaitable, Callable, Literal, MutableMapping
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -132,13 +132,21 @@ def _refuse(status: int, code: str, message: str) -> web.Response:
 
 @web.middleware
 async def headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Defence in depth: no sniffing, no framing by other sites."""
-    response = await handler(request)
+    """Defence in depth: no sniffing, no framing by other sites (error responses too)."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as error:
+        _harden(error.headers)
+        raise
     if not response.prepared:
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
+        _harden(response.headers)
     return response
+
+
+def _harden(headers: MutableMapping[str, str]) -> None:
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Referrer-Policy", "same-origin")
 
 
 # --------------------------------------------------------------------------- file names

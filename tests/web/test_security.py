@@ -171,6 +171,7 @@ async def test_request_body_size_is_limited(make_app, aiohttp_client):
     response = await client.post("/api/prompt", data=b"{" + b" " * 20_000 + b"}",
                                  headers={"Content-Type": "application/json"})
     assert response.status == 413
+    assert response.headers["X-Content-Type-Options"] == "nosniff"  # error responses are hardened too
 
 
 @pytest.mark.asyncio
