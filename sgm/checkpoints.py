@@ -235,7 +235,9 @@ def _looks_v_prediction(state_dict: dict[str, torch.Tensor]) -> bool:
     # decoder LayerNorm biases far from zero; measured on the released files, the std of
     # this bias is ~0.2 for 768-v and ~0.03 for 512-base, so 0.09 separates them.
     bias = state_dict.get(UNET_PREFIX + "output_blocks.11.1.transformer_blocks.0.norm1.bias")
-    return bias is not None and float(bias.float().std(unbiased=False)) > 0.09
+    if bias is None or bias.is_meta:  # meta: shapes only (architecture probing)
+        return False
+    return float(bias.float().std(unbiased=False)) > 0.09
 
 
 def detect_prediction(state_dict: dict[str, torch.Tensor], metadata: dict[str, str], family: str) -> Prediction:
