@@ -18,7 +18,6 @@ import copy
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -87,7 +86,7 @@ class Workflow:
 @lru_cache(maxsize=1)
 def workflow_schema() -> dict[str, Any]:
     """The JSON Schema of our workflow format, as shipped in ``engine/workflow.schema.json``."""
-    text = resources.files("engine").joinpath("workflow.schema.json").read_text(encoding="utf-8")
+    text = (Path(__file__).resolve().parent / "workflow.schema.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 
