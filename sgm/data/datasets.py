@@ -75,8 +75,12 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 class ShapesDataset(torch.utils.data.Dataset):
     """Procedural coloured shapes with captions; held-out combinations are never produced."""
 
-    def __init__(self, image_size: int = 64, *, seed: int = 0, exclude_held_out: bool = True) -> None:
+    def __init__(self, image_size: int = 64, *, seed: int = 0, exclude_held_out: bool = True,
+                 crop_size: int | None = None) -> None:
+        if crop_size is not None and not 0 < crop_size <= image_size:
+            raise ValueError(f"crop_size must be in (0, {image_size}], got {crop_size}")
         self.image_size = image_size
+        self.crop_size = crop_size  # random square crops (cheap VAE training on parts of images)
         self.seed = seed
         self.exclude = frozenset(shapes.held_out_combos()) if exclude_held_out else frozenset()
 
@@ -90,6 +94,9 @@ class ShapesDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, object]:
         spec, rng = self.spec(index)
         pixels = shapes.render(spec, self.image_size, rng)
+        if self.crop_size is not None and self.crop_size < self.image_size:
+            top, left = rng.integers(0, self.image_size - self.crop_size + 1, size=2)
+            pixels = pixels[top:top + self.crop_size, left:left + self.crop_size]
         # Flipping is not needed here (positions are already uniform); see flip_caption.
         return {"image": to_tensor(pixels), "caption": spec.caption()}
 
@@ -120,11 +127,13 @@ def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, *, start_ind
     )
 
 
-def build_dataset(name_or_path: str, image_size: int, *, seed: int = 0,
-                  flip_probability: float = 0.0, random_crop: bool = False) -> torch.utils.data.Dataset:
-    """``"shapes"`` or a folder of captioned images."""
+def build_dataset(name_or_path: str, image_size: int, *, seed: int = 0, flip_probability: float = 0.0,
+                  random_crop: bool = False, crop_size: int | None = None) -> torch.utils.data.Dataset:
+    """``"shapes"`` (optionally random ``crop_size`` crops) or a folder of captioned images."""
     if name_or_path == "shapes":
-        return ShapesDataset(image_size, seed=seed)
+        return ShapesDataset(image_size, seed=seed, crop_size=crop_size)
+    if crop_size is not None:
+        raise ValueError("crop_size applies to 'shapes'; for image folders use image_size with random_crop")
     from sgm.data.transforms import CropMode
 
     preprocess = Preprocess(
@@ -133,3 +142,50 @@ def build_dataset(name_or_path: str, image_size: int, *, seed: int = 0,
         flip_probability=flip_probability,
     )
     return ImageFolderDataset(name_or_path, preprocess, seed=seed)
+
+
+class LatentCacheDataset(torch.utils.data.Dataset):
+    """Pre-encoded VAE posteriors of ``N`` dataset items, revisited in a seeded order per epoch.
+
+    Encoding a 64-pixel image costs about as much as a small UNet's training step, so
+    diffusion training encodes a fixed set once (``build``) and draws a fresh posterior
+    sample from the stored mean / log-variance at every visit. Items are
+    ``{"latent_mean": (C, h, w), "latent_logvar": (C, h, w), "caption": str}``.
+    """
+
+    def __init__(self, means: torch.Tensor, logvars: torch.Tensor, captions: list[str], *, seed: int = 0) -> None:
+        if not (len(means) == len(logvars) == len(captions)) or len(captions) == 0:
+            raise ValueError(f"latent cache needs equal, non-zero counts; got {len(means)}, {len(logvars)}, "
+                             f"{len(captions)}")
+        self.means, self.logvars, self.captions, self.seed = means, logvars, list(captions), seed
+
+    @classmethod
+    def build(cls, dataset: torch.utils.data.Dataset, encode_posterior, count: int, *, batch_size: int = 64,
+              seed: int = 0, on_batch=None) -> "LatentCacheDataset":
+        """Encode items ``0 .. count-1`` of ``dataset``; ``encode_posterior(images) -> DiagonalGaussian``."""
+        means, logvars, captions = [], [], []
+        with torch.no_grad():
+            for start in range(0, count, batch_size):
+                items = [dataset[i] for i in range(start, min(count, start + batch_size))]
+                posterior = encode_posterior(torch.stack([item["image"] for item in items]))
+                means.append(posterior.mean.float())
+                logvars.append(posterior.logvar.float())
+                captions.extend(item["caption"] for item in items)
+                if on_batch is not None:
+                    on_batch(len(captions), count)
+        return cls(torch.cat(means), torch.cat(logvars), captions, seed=seed)
+
+    def state_dict(self) -> dict[str, object]:
+        return {"means": self.means, "logvars": self.logvars, "captions": "\n".join(self.captions)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, object], *, seed: int = 0) -> "LatentCacheDataset":
+        return cls(state["means"], state["logvars"], str(state["captions"]).split("\n"), seed=seed)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return VIRTUAL_LENGTH
+
+    def __getitem__(self, index: int) -> dict[str, object]:
+        epoch, position = divmod(index, len(self.captions))
+        item = int(np.random.default_rng([self.seed, 2, epoch]).permutation(len(self.captions))[position])
+        return {"latent_mean": self.means[item], "latent_logvar": self.logvars[item], "caption": self.captions[item]}

@@ -53,6 +53,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     vae.add_argument("--mse-weight", type=float, default=1.0)
     vae.add_argument("--adversarial-weight", type=float, default=0.0, help="> 0 adds a patch discriminator")
     vae.add_argument("--adversarial-start", type=int, default=1000)
+    vae.add_argument("--init", help="start from this VAE run's checkpoint (EMA weights), e.g. to fine-tune")
+    vae.add_argument("--decoder-only", action="store_true",
+                     help="freeze the encoder (keeps the latent space of a UNet already trained on it)")
+    vae.add_argument("--crop-size", type=int, default=None,
+                     help="train on random crops of this size (shapes): a convolutional VAE learns edges "
+                          "and colours as well from parts, at a fraction of the compute")
 
     diffusion = tasks.add_parser("diffusion", help="train a text-to-image UNet (+ tiny text encoder) on VAE latents")
     _common(diffusion, steps=10000, batch_size=32, lr=3e-4)
@@ -120,14 +126,20 @@ def _run_vae(args: argparse.Namespace) -> int:
     from sgm.training.vae import VAEConfig, VAELossConfig, VAETask
 
     dataset = build_dataset(args.data, args.image_size, seed=args.seed, flip_probability=args.flip,
-                            random_crop=args.random_crop)
+                            random_crop=args.random_crop, crop_size=args.crop_size)
     config = VAEConfig(ch=args.ch, ch_mult=tuple(args.ch_mult), num_res_blocks=args.num_res_blocks,
                        z_channels=args.z_channels, embed_dim=args.z_channels, resolution=args.image_size)
     preview_set = build_dataset(args.data, args.image_size, seed=args.seed + 12345)
     preview = torch.stack([preview_set[i]["image"] for i in range(8)])
-    task = VAETask(config.build(), VAELossConfig(mse_weight=args.mse_weight, kl_weight=args.kl_weight,
+    model = config.build()
+    if args.init:
+        from sgm.tools.train_diffusion import load_vae_from_run
+
+        model.load_state_dict(load_vae_from_run(args.init).state_dict())
+    task = VAETask(model, VAELossConfig(mse_weight=args.mse_weight, kl_weight=args.kl_weight,
                                                  adversarial_weight=args.adversarial_weight,
-                                                 adversarial_start=args.adversarial_start), preview)
+                                                 adversarial_start=args.adversarial_start), preview,
+                   decoder_only=args.decoder_only)
     result = train(task, dataset, settings_from(args), args.out, resume=not args.no_resume,
                    device=torch.device(args.device), on_progress=ProgressBar())
     print(f"trained {result.step} steps in {result.seconds:.0f}s; checkpoint {result.checkpoint_path}")

@@ -3,24 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part.strip())
 
 
 def configure_diffusion(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--vae", required=True, help="the VAE run's checkpoint-latest.pt (EMA weights are used)")
+    parser.add_argument("--vae", required=True, help="the VAE run's checkpoint-latest.pt (its EMA weights are used)")
     parser.add_argument("--prediction", choices=("eps", "v"), default="eps")
     parser.add_argument("--weighting", choices=("min-snr", "edm", "uniform"), default="min-snr")
     parser.add_argument("--min-snr-gamma", type=float, default=5.0)
     parser.add_argument("--noise-offset", type=float, default=0.1)
     parser.add_argument("--caption-dropout", type=float, default=0.1)
-    parser.add_argument("--model-channels", type=int, default=64)
-    parser.add_argument("--channel-mult", default="1,2,2")
+    parser.add_argument("--model-channels", type=int, default=32)
+    parser.add_argument("--channel-mult", type=_ints, default=(1, 2, 4))
     parser.add_argument("--num-res-blocks", type=int, default=1)
-    parser.add_argument("--attention-resolutions", default="1,2,4", help="downsampling factors with attention")
+    parser.add_argument("--attention-resolutions", type=_ints, default=(2, 4),
+                        help="downsampling factors with cross-attention (the middle block always has it)")
     parser.add_argument("--num-head-channels", type=int, default=32)
-    parser.add_argument("--context-dim", type=int, default=128)
+    parser.add_argument("--text-width", type=int, default=64, help="tiny text encoder width = UNet context_dim")
     parser.add_argument("--text-layers", type=int, default=2)
+    parser.add_argument("--text-max-length", type=int, default=16)
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--export", help="write the single-file model here when training ends")
+    parser.add_argument("--latent-cache", type=int, default=0,
+                        help="encode this many items once and train on their stored posteriors (0: encode "
+                             "every batch); roughly halves the cost of a step for a small UNet")
+    parser.add_argument("--export", help="write the single-file model (.safetensors) here when training ends")
+    parser.add_argument("--export-only", action="store_true",
+                        help="only export --out's latest checkpoint (EMA weights) to --export; no training")
+    parser.add_argument("--family", default="tiny-shapes", help="latentflow.family written into the export")
 
 
 def configure_lora(parser: argparse.ArgumentParser) -> None:
@@ -29,3 +43,142 @@ def configure_lora(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=4.0)
     parser.add_argument("--caption-dropout", type=float, default=0.0)
     parser.add_argument("--export", required=True, help="the .safetensors LoRA file to write")
+
+
+def load_vae_from_run(path: str):
+    """An AutoencoderKL from a VAE training checkpoint, with the EMA weights if there are any."""
+    import torch
+
+    from sgm.autoencoder import AutoencoderKL
+    from sgm.checkpoints import infer_vae_config
+    from sgm.training.loop import load_training_checkpoint
+
+    state = load_training_checkpoint(path)
+    weights = dict(state["modules"]["vae"])
+    if state.get("ema") is not None:
+        for name, value in state["ema"]["shadow"].items():
+            weights[name.removeprefix("vae.")] = value
+    config = infer_vae_config(weights)
+    config["resolution"] = 64  # only relative attention resolutions matter
+    vae = AutoencoderKL(**config)
+    vae.load_state_dict(weights)
+    return vae.to(torch.float32).eval()
+
+
+def measure_scale_factor(vae, dataset, count: int = 256) -> float:
+    """1 / std of the posterior means of ``count`` items: scaled latents get unit variance."""
+    import torch
+
+    with torch.no_grad():
+        images = torch.stack([dataset[i]["image"] for i in range(count)])
+        latents = torch.cat([vae.encode(images[i:i + 64]) for i in range(0, count, 64)])
+    return float(1.0 / latents.float().std())
+
+
+def _build(args: argparse.Namespace, dataset, vae, scale_factor: float):
+    from sgm.data import ShapesDataset
+    from sgm.data import shapes as shapes_module
+    from sgm.tiny_text import TinyTextConfig, TinyTextEncoder, vocabulary_of
+    from sgm.training.diffusion import DiffusionConfig, DiffusionTask
+    from sgm.unet import UNetModel
+
+    if isinstance(dataset, ShapesDataset):
+        vocabulary = vocabulary_of(spec.caption() for spec in shapes_module.all_combos())
+        preview = [spec.caption() for spec in shapes_module.held_out_combos()[:8]]
+    else:
+        vocabulary = vocabulary_of(dataset.captions)
+        preview = list(dict.fromkeys(dataset.captions))[:8]
+    text = TinyTextEncoder(TinyTextConfig(vocabulary, max_length=args.text_max_length, width=args.text_width,
+                                          layers=args.text_layers, heads=max(1, args.text_width // 32)))
+    unet = UNetModel(
+        in_channels=vae.embed_dim, model_channels=args.model_channels, out_channels=vae.embed_dim,
+        num_res_blocks=args.num_res_blocks, attention_resolutions=args.attention_resolutions,
+        channel_mult=args.channel_mult, num_head_channels=args.num_head_channels, context_dim=args.text_width,
+        use_checkpoint=args.gradient_checkpointing,
+    )
+    config = DiffusionConfig(prediction=args.prediction, weighting=args.weighting, min_snr_gamma=args.min_snr_gamma,
+                             noise_offset=args.noise_offset, caption_dropout=args.caption_dropout,
+                             scale_factor=scale_factor)
+    return DiffusionTask(unet, vae, text, config, preview_prompts=preview,
+                         latent_size=args.image_size // vae.downscale)
+
+
+def run_diffusion(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from sgm.data import build_dataset
+    from sgm.tools.train import ProgressBar, settings_from
+    from sgm.training.loop import CHECKPOINT_NAME, load_ema_into, train
+
+    dataset = build_dataset(args.data, args.image_size, seed=args.seed, flip_probability=args.flip,
+                            random_crop=args.random_crop)
+    vae = load_vae_from_run(args.vae)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    training_data = dataset
+    if args.latent_cache:
+        training_data = _latent_cache(args, dataset, vae, out / "latents.pt")
+    scale_path = out / "scale_factor.json"
+    if scale_path.exists():  # a resumed run must keep the latent scaling it started with
+        scale_factor = float(json.loads(scale_path.read_text())["scale_factor"])
+    else:
+        scale_factor = measure_scale_factor(vae, dataset)
+        scale_path.write_text(json.dumps({"scale_factor": scale_factor}))
+    task = _build(args, dataset, vae, scale_factor)
+    if not args.export_only:
+        result = train(task, training_data, settings_from(args), out, resume=not args.no_resume,
+                       device=torch.device(args.device), on_progress=ProgressBar())
+        print(f"trained {result.step} steps in {result.seconds:.0f}s; checkpoint {result.checkpoint_path}")
+    if args.export:
+        load_ema_into(task, out / CHECKPOINT_NAME)
+        path = export_model(task, args.export, family=args.family, training={
+            "command": " ".join(sys.argv[1:]), "vae_run": args.vae})
+        print(f"exported {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _latent_cache(args: argparse.Namespace, dataset, vae, path):
+    """Load the run's latent cache, or encode ``--latent-cache`` items and save it for resumes."""
+    import torch
+
+    from sgm.data.datasets import LatentCacheDataset
+
+    if path.exists():
+        return LatentCacheDataset.from_state_dict(torch.load(path, weights_only=True), seed=args.seed)
+
+    def on_batch(done: int, total: int) -> None:
+        sys.stderr.write(f"\rencoding latents {done}/{total}")
+        sys.stderr.flush()
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        cache = LatentCacheDataset.build(dataset, vae.encode_posterior, args.latent_cache, seed=args.seed,
+                                         on_batch=on_batch)
+    sys.stderr.write("\n")
+    torch.save(cache.state_dict(), path)
+    return cache
+
+
+def export_model(task, path: str, *, family: str, training: dict[str, object]):
+    """Write the UNet, VAE and tiny text encoder as one single-file checkpoint with its config."""
+    from sgm.checkpoints import save_checkpoint
+    from sgm.tiny_text import TinyTextConditioner
+
+    conditioner = TinyTextConditioner(task.text_encoder, family)
+    config = {
+        "prediction": task.config.prediction,
+        "scale_factor": task.config.scale_factor,
+        "unet": {"num_head_channels": task.unet_head_channels()},
+        "image_size": task.latent_size * task.vae.downscale,
+        "training": training,
+    }
+    metadata = {"latentflow.family": family, "latentflow.config": json.dumps(config), **conditioner.metadata()}
+    return save_checkpoint(path, unet=task.unet, vae=task.vae, text_state_dict=conditioner.state_dict(),
+                           metadata=metadata)
+
+
+def run_lora(args: argparse.Namespace) -> int:
+    from sgm.tools.train_lora import run_lora as run
+
+    return run(args)

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from sgm.autoencoder import AutoencoderKL
+from sgm.autoencoder import AutoencoderKL, DiagonalGaussian
 from sgm.denoisers import DiscreteModelSampling
 from sgm.tiny_text import TinyTextEncoder, WordTokenizer
 from sgm.unet import UNetModel
@@ -85,6 +85,7 @@ class DiffusionTask:
 
     def __init__(self, unet: UNetModel, vae: AutoencoderKL, text_encoder: TinyTextEncoder,
                  config: DiffusionConfig, *, preview_prompts: list[str] | None = None, train_text: bool = True,
+                 latent_size: int = 16,
                  trainable: Callable[[], list[tuple[str, nn.Parameter]]] | None = None) -> None:
         self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
         self.config = config
@@ -93,6 +94,7 @@ class DiffusionTask:
         self.tokenizer = WordTokenizer(text_encoder.config.vocab, text_encoder.config.max_length)
         self.preview_prompts = preview_prompts or []
         self.train_text = train_text
+        self.latent_size = latent_size  # preview latents are (B, C, latent_size, latent_size)
         self._trainable = trainable
         vae.requires_grad_(False).eval()
         if not train_text:
@@ -114,10 +116,13 @@ class DiffusionTask:
         return self.text_encoder(self.tokenizer.encode(captions))
 
     def loss(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        images = batch["image"]  # (B, 3, H, W) in [-1, 1]
-        b = images.shape[0]
         with torch.no_grad():
-            x0 = self.vae.encode_posterior(images).sample(generator).float() * self.config.scale_factor  # (B, C, h, w)
+            if "latent_mean" in batch:  # a LatentCacheDataset: the posterior is stored, sample it
+                posterior = DiagonalGaussian(batch["latent_mean"].float(), batch["latent_logvar"].float())
+            else:
+                posterior = self.vae.encode_posterior(batch["image"])  # images (B, 3, H, W) in [-1, 1]
+            x0 = posterior.sample(generator).float() * self.config.scale_factor  # (B, C, h, w)
+        b = x0.shape[0]
         drop = torch.rand(b, generator=generator) < self.config.caption_dropout
         captions = ["" if dropped else caption for caption, dropped in zip(batch["caption"], drop.tolist())]
         t = sample_timesteps(self.config, self.sampling, b, generator)  # (B,)
@@ -142,10 +147,12 @@ class DiffusionTask:
             return None
         return generate(self.unet, self.vae, self.encode_captions, self.sampling, self.preview_prompts,
                         scale_factor=self.config.scale_factor, generator=generator,
-                        latent_size=self.vae_latent_size())
+                        latent_size=self.latent_size)
 
-    def vae_latent_size(self) -> int:
-        return self.text_encoder.config.max_length and 16  # 64-pixel images, factor-4 VAE
+    def unet_head_channels(self) -> int:
+        """Channels per attention head (needed to rebuild the UNet: shapes do not tell)."""
+        block = next(m for m in self.unet.modules() if m.__class__.__name__ == "CrossAttention")
+        return block.to_q.out_features // block.heads
 
     def extra_state(self) -> dict[str, Any]:
         return {}

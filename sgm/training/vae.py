@@ -73,8 +73,14 @@ class VAETask:
     """Trains an ``AutoencoderKL`` (and optionally a discriminator) on image batches."""
 
     def __init__(self, vae: AutoencoderKL, loss_config: VAELossConfig = VAELossConfig(),
-                 preview: torch.Tensor | None = None) -> None:
+                 preview: torch.Tensor | None = None, decoder_only: bool = False) -> None:
         self.vae = vae
+        # decoder_only: the encoder (hence the latent space a UNet was trained on) stays
+        # fixed while the decoder keeps improving reconstructions.
+        self.decoder_only = decoder_only
+        if decoder_only:
+            vae.encoder.requires_grad_(False)
+            vae.quant_conv.requires_grad_(False)
         self.loss_config = loss_config
         self.preview = preview  # (N, 3, H, W) images to reconstruct in sample grids
         self.discriminator: PatchDiscriminator | None = None
@@ -93,7 +99,7 @@ class VAETask:
         return modules
 
     def trainable(self) -> list[tuple[str, nn.Parameter]]:
-        return [(f"vae.{name}", p) for name, p in self.vae.named_parameters()]
+        return [(f"vae.{name}", p) for name, p in self.vae.named_parameters() if p.requires_grad]
 
     def loss(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         images = batch["image"]  # (B, 3, H, W) in [-1, 1]

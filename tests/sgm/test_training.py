@@ -1,0 +1,150 @@
+"""Training: tiny runs lower the loss, and a resumed run reaches the uninterrupted state."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sgm.autoencoder import AutoencoderKL
+from sgm.data import ShapesDataset
+from sgm.data.datasets import LatentCacheDataset
+from sgm.tiny_text import TinyTextConfig, TinyTextEncoder, vocabulary_of
+from sgm.training.common import EMA, Precision, TrainSettings, learning_rate
+from sgm.training.diffusion import DiffusionConfig, DiffusionTask, loss_weight
+from sgm.training.loop import EarlyStop, load_training_checkpoint, train
+from sgm.training.vae import VAETask, psnr
+from sgm.unet import UNetModel
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models on a shared 2-core machine: one thread avoids OpenMP barrier stalls
+    # (measured 5x faster under load); restored so other tests keep their setting.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tiny_vae() -> AutoencoderKL:
+    torch.manual_seed(0)
+    return AutoencoderKL(ch=32, ch_mult=(1, 1), num_res_blocks=1, z_channels=4, embed_dim=4, resolution=16)
+
+
+def _tiny_diffusion_task(vae: AutoencoderKL, *, prediction: str = "eps", weighting: str = "min-snr") -> DiffusionTask:
+    torch.manual_seed(1)
+    vocab = vocabulary_of(["a small red circle on the left", "a large blue square on the right"])
+    text = TinyTextEncoder(TinyTextConfig(vocab, max_length=8, width=32, layers=1, heads=1))
+    unet = UNetModel(4, 32, 4, 1, (1,), (1,), num_head_channels=32, context_dim=32)
+    config = DiffusionConfig(prediction=prediction, weighting=weighting, scale_factor=0.5)  # type: ignore[arg-type]
+    return DiffusionTask(unet, vae, text, config, latent_size=8)
+
+
+def _latents(vae: AutoencoderKL) -> LatentCacheDataset:
+    images = ShapesDataset(16, seed=0)
+    return LatentCacheDataset.build(images, vae.encode_posterior, 16, batch_size=8)
+
+
+def _states(task) -> dict[str, torch.Tensor]:
+    return {f"{m}.{k}": v.clone() for m, module in task.modules().items() for k, v in module.state_dict().items()}
+
+
+def test_learning_rate_warms_up_then_follows_the_decay() -> None:
+    settings = TrainSettings(steps=110, lr=1e-3, warmup_steps=10, decay="cosine")
+    assert learning_rate(settings, 0) == pytest.approx(1e-4)
+    assert learning_rate(settings, 9) == pytest.approx(1e-3)
+    assert learning_rate(settings, 110) == pytest.approx(1e-4)  # cosine floor: 10 %
+    with pytest.raises(ValueError, match="cosine"):
+        learning_rate(TrainSettings(warmup_steps=0, decay="linear"), 5)
+
+
+def test_ema_ramps_up_and_averages() -> None:
+    parameter = torch.nn.Parameter(torch.zeros(3))
+    ema = EMA(iter([("p", parameter)]), decay=0.9)
+    with torch.no_grad():
+        parameter.fill_(1.0)
+    ema.update(iter([("p", parameter)]))  # decay min(0.9, 2/11)
+    assert torch.allclose(ema.shadow["p"], torch.full((3,), 1 - 2 / 11))
+    assert parameter.data.tolist() == [1.0, 1.0, 1.0]  # the live weights are untouched
+
+
+def test_vae_training_lowers_the_reconstruction_loss(tmp_path) -> None:
+    task = VAETask(_tiny_vae())
+    data = ShapesDataset(16, seed=0)
+    batch = {"image": torch.stack([data[i]["image"] for i in range(8)])}
+    with torch.no_grad():
+        before = float(task.loss(batch, torch.Generator().manual_seed(0))[0])
+    settings = TrainSettings(steps=20, batch_size=8, lr=3e-3, warmup_steps=2, ema_decay=0, log_every=10,
+                             checkpoint_every=0)
+    result = train(task, data, settings, tmp_path)
+    with torch.no_grad():
+        after = float(task.loss(batch, torch.Generator().manual_seed(0))[0])
+    assert after < 0.92 * before, (before, after)  # measured: 1.55 -> 1.41
+    log = [json.loads(line) for line in result.log_path.read_text().splitlines()]
+    assert [r["step"] for r in log] == [10, 20] and "psnr" in log[-1]
+
+
+def test_diffusion_training_lowers_the_loss_on_a_fixed_batch(tmp_path) -> None:
+    vae = _tiny_vae()
+    task = _tiny_diffusion_task(vae)
+    cache = _latents(vae)
+    batch = {"latent_mean": cache.means[:8], "latent_logvar": cache.logvars[:8], "caption": cache.captions[:8]}
+
+    def fixed_loss() -> float:
+        with torch.no_grad():
+            losses = [float(task.loss(batch, torch.Generator().manual_seed(s))[0]) for s in range(4)]
+        return sum(losses) / len(losses)
+
+    before = fixed_loss()
+    train(task, cache, TrainSettings(steps=25, batch_size=8, lr=2e-3, warmup_steps=2, ema_decay=0,
+                                     checkpoint_every=0), tmp_path)
+    assert fixed_loss() < 0.8 * before
+
+
+@pytest.mark.parametrize("precision", [Precision.FP32, Precision.BF16])
+def test_a_resumed_run_reaches_the_uninterrupted_state(tmp_path, precision: Precision) -> None:
+    vae = _tiny_vae()
+    cache = _latents(vae)
+    settings = TrainSettings(steps=4, batch_size=4, lr=1e-3, warmup_steps=2, ema_decay=0.9,
+                             checkpoint_every=2, log_every=1, precision=precision, seed=3)
+
+    straight = _tiny_diffusion_task(vae, prediction="v", weighting="edm")
+    train(straight, cache, settings, tmp_path / "straight")
+
+    def stop_at_two(progress) -> None:
+        if progress.step == 2:
+            raise EarlyStop
+
+    interrupted = _tiny_diffusion_task(vae, prediction="v", weighting="edm")
+    first = train(interrupted, cache, settings, tmp_path / "resumed", on_progress=stop_at_two)
+    assert first.step == 2
+    resumed = _tiny_diffusion_task(vae, prediction="v", weighting="edm")  # a fresh process, in effect
+    assert train(resumed, cache, settings, tmp_path / "resumed").step == 4
+
+    expected, actual = _states(straight), _states(resumed)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+    ema_a = load_training_checkpoint(tmp_path / "straight" / "checkpoint-latest.pt")["ema"]["shadow"]
+    ema_b = load_training_checkpoint(tmp_path / "resumed" / "checkpoint-latest.pt")["ema"]["shadow"]
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    # ... and the weights did change: the test would pass vacuously otherwise.
+    assert not torch.equal(expected["unet.out.2.weight"], _states(_tiny_diffusion_task(vae))["unet.out.2.weight"])
+
+
+def test_loss_weights_follow_min_snr_and_edm() -> None:
+    alpha_bar = torch.tensor([0.99, 0.5, 0.01])  # SNR 99, 1, 1/99
+    eps = loss_weight(DiffusionConfig(prediction="eps", min_snr_gamma=5.0), alpha_bar)
+    assert torch.allclose(eps, torch.tensor([5 / 99, 1.0, 1.0]), rtol=1e-4)
+    v = loss_weight(DiffusionConfig(prediction="v", min_snr_gamma=5.0), alpha_bar)
+    assert torch.allclose(v, torch.tensor([5 / 100, 0.5, (1 / 99) / (1 / 99 + 1)]), rtol=1e-4)
+    # EDM with sigma_data = 1 on a v objective is exactly uniform (lambda * sigma^2 / (1 + sigma^2) = 1).
+    edm_v = loss_weight(DiffusionConfig(prediction="v", weighting="edm"), alpha_bar)
+    assert torch.allclose(edm_v, torch.ones(3), rtol=1e-4)
+
+
+def test_psnr_of_identical_and_offset_images() -> None:
+    images = torch.rand(2, 3, 8, 8) * 2 - 1
+    assert psnr(images + 0.02, images).mean().item() == pytest.approx(40.0, abs=0.01)  # 0.01 on [0, 1]
