@@ -156,7 +156,6 @@ class Executor:
 
         values: dict[str, tuple[Any, ...]] = {}
         ui: dict[str, Mapping[str, Any]] = {}
-        cached: list[str] = []
         to_execute: set[str] = set()
         # Walk back from the outputs: a cached node stops the walk (its value is pinned
         # now so eviction during the run cannot lose it); an uncached one needs its inputs.
@@ -170,14 +169,16 @@ class Executor:
             entry = self.cache.get(keys[node_id])
             if entry is not None:
                 values[node_id] = entry.values
-                cached.append(node_id)
                 if entry.ui:
                     ui[node_id] = entry.ui
                 continue
             to_execute.add(node_id)
             stack.extend(v.node_id for v in workflow.nodes[node_id].inputs.values() if isinstance(v, Link))
 
-        cached_order = [n for n in order if n in set(cached)]
+        # Every node feeding an output that does not run this time counts as cached (as a
+        # user sees it: unchanged), whether its own result was needed or not.
+        reached = _ancestors_and_self(workflow, outputs)
+        cached_order = [n for n in order if n in reached and n not in to_execute]
         for node_id in cached_order:
             emit(Event("node_cached", run_id, node_id, workflow.nodes[node_id].type,
                        data={"ui": ui[node_id]} if node_id in ui else {}))
@@ -286,6 +287,18 @@ def _normalize_result(spec: NodeSpec, result: Any) -> tuple[tuple[Any, ...], dic
             f"node {spec.id} declares {expected} outputs "
             f"({', '.join(o.name for o in spec.outputs)}) but returned {got}")
     return result, ui
+
+
+def _ancestors_and_self(workflow: Workflow, roots: list[str]) -> set[str]:
+    seen: set[str] = set()
+    stack = list(roots)
+    while stack:
+        node_id = stack.pop()
+        if node_id in seen:
+            continue
+        seen.add(node_id)
+        stack.extend(v.node_id for v in workflow.nodes[node_id].inputs.values() if isinstance(v, Link))
+    return seen
 
 
 def topological_order(workflow: Workflow) -> list[str]:

@@ -105,12 +105,15 @@ def comfyui_prompt_to_document(prompt: Mapping[str, Any]) -> dict[str, Any]:
     nodes: dict[str, Any] = {}
     for node_id, entry in prompt.items():
         inputs: dict[str, Any] = {}
-        for name, value in (entry.get("inputs") or {}).items():
+        raw_inputs = entry.get("inputs", {})
+        for name, value in (raw_inputs if isinstance(raw_inputs, dict) else {}).items():
             if isinstance(value, list) and not _looks_like_link(value):
                 inputs[name] = {"value": value}
             else:
                 inputs[name] = value
-        node: dict[str, Any] = {"type": entry["class_type"], "inputs": inputs}
+        # A malformed inputs value is kept as sent so the schema check reports it.
+        node: dict[str, Any] = {"type": entry["class_type"],
+                                "inputs": inputs if isinstance(raw_inputs, dict) else raw_inputs}
         title = (entry.get("_meta") or {}).get("title")
         if title:
             node["ui"] = {"title": title}
@@ -132,7 +135,8 @@ def document_to_workflow(document: Mapping[str, Any], source_format: str = "late
     Lenient about node entries that are not objects (the validator reports those).
     """
     nodes: dict[str, NodeInstance] = {}
-    for node_id, entry in (document.get("nodes") or {}).items():
+    raw_nodes = document.get("nodes")
+    for node_id, entry in (raw_nodes if isinstance(raw_nodes, dict) else {}).items():
         if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
             continue
         inputs: dict[str, Any] = {}
@@ -140,8 +144,11 @@ def document_to_workflow(document: Mapping[str, Any], source_format: str = "late
         if isinstance(raw_inputs, dict):
             for name, value in raw_inputs.items():
                 inputs[name] = _parse_input(value)
-        nodes[str(node_id)] = NodeInstance(str(node_id), entry["type"], inputs, dict(entry.get("ui") or {}))
-    return Workflow(nodes, dict(document.get("ui") or {}), dict(document.get("meta") or {}),
+        node_ui = entry.get("ui")
+        nodes[str(node_id)] = NodeInstance(str(node_id), entry["type"], inputs,
+                                           dict(node_ui) if isinstance(node_ui, dict) else {})
+    ui, meta = document.get("ui"), document.get("meta")
+    return Workflow(nodes, dict(ui) if isinstance(ui, dict) else {}, dict(meta) if isinstance(meta, dict) else {},
                     source_format)  # type: ignore[arg-type]
 
 

@@ -35,10 +35,11 @@ def test_identical_rerun_executes_nothing():
     before = sum(calls.values())
     events = []
     result = executor.run(workflow, on_event=events.append)
-    assert result.executed == () and sorted(result.cached) == ["5", "6"]
+    assert result.executed == () and sorted(result.cached) == ["1", "2", "3", "4", "5", "6"]
     assert sum(calls.values()) == before
     assert result.outputs["5"] == {"text": ["11.0"]}  # output UI comes back from the cache
-    assert [e.type for e in events] == ["run_started", "node_cached", "node_cached", "run_finished"]
+    assert [e.type for e in events] == ["run_started"] + ["node_cached"] * 6 + ["run_finished"]
+    assert [e.data.get("ui") for e in events if e.node_id == "5"] == [{"text": ["11.0"]}]
 
 
 def test_changing_a_downstream_literal_reruns_only_downstream():
@@ -49,7 +50,7 @@ def test_changing_a_downstream_literal_reruns_only_downstream():
     document["nodes"]["4"]["inputs"]["factor"] = 2.0
     result = executor.run(validated(document, registry))
     assert result.executed == ("4", "5", "6")
-    assert result.cached == ("3",)  # the nearest cached ancestor is enough
+    assert result.cached == ("1", "2", "3")  # unchanged; only node 3's value was read
     assert result.outputs["6"] == {"text": ["2.0"]}
 
 

@@ -104,3 +104,13 @@ def test_errors_serialise_for_the_server():
     assert list(grouped) == ["1"]
     assert grouped["1"][0]["code"] == "bad_value" and grouped["1"][0]["input"] == "value"
     assert "node 1 (Const) / input 'value'" in report.format()
+
+
+def test_malformed_structures_are_schema_errors_not_crashes():
+    registry, _ = make_registry()
+    for document in ({"version": 1, "nodes": [1, 2]},
+                     {"version": 1, "nodes": {"1": {"type": "Const", "inputs": [1]}}, "ui": 3},
+                     {"version": 1, "nodes": {"1": "x"}},
+                     {"1": {"class_type": "Const", "inputs": [3]}}):
+        report = validate_document(document, registry)
+        assert not report.ok and any(p.code == "schema" for p in report.errors), document
