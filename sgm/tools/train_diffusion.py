@@ -42,6 +42,7 @@ def configure_lora(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--alpha", type=float, default=4.0)
     parser.add_argument("--caption-dropout", type=float, default=0.0)
+    parser.add_argument("--latent-cache", type=int, default=0, help="encode this many items once (0: every batch)")
     parser.add_argument("--export", required=True, help="the .safetensors LoRA file to write")
 
 

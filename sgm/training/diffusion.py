@@ -83,7 +83,7 @@ def sample_timesteps(config: DiffusionConfig, sampling: DiscreteModelSampling, b
 class DiffusionTask:
     """Trains a UNet (and the tiny text encoder) to denoise scaled VAE latents."""
 
-    def __init__(self, unet: UNetModel, vae: AutoencoderKL, text_encoder: TinyTextEncoder,
+    def __init__(self, unet: UNetModel, vae: AutoencoderKL, text_encoder: TinyTextEncoder | None,
                  config: DiffusionConfig, *, preview_prompts: list[str] | None = None, train_text: bool = True,
                  latent_size: int = 16,
                  trainable: Callable[[], list[tuple[str, nn.Parameter]]] | None = None) -> None:
@@ -91,28 +91,32 @@ class DiffusionTask:
         self.config = config
         self.sampling = DiscreteModelSampling(prediction=config.prediction)
         self.alphas_cumprod = self.sampling.alphas_cumprod.float()  # (T,)
-        self.tokenizer = WordTokenizer(text_encoder.config.vocab, text_encoder.config.max_length)
+        # Without a trainable tiny text encoder (LoRA on any checkpoint) a subclass encodes.
+        self.tokenizer = (WordTokenizer(text_encoder.config.vocab, text_encoder.config.max_length)
+                          if text_encoder is not None else None)
         self.preview_prompts = preview_prompts or []
         self.train_text = train_text
         self.latent_size = latent_size  # preview latents are (B, C, latent_size, latent_size)
         self._trainable = trainable
         vae.requires_grad_(False).eval()
-        if not train_text:
+        if not train_text and text_encoder is not None:
             text_encoder.requires_grad_(False)
 
     def modules(self) -> dict[str, nn.Module]:
+        assert self.text_encoder is not None
         return {"unet": self.unet, "text": self.text_encoder}
 
     def trainable(self) -> list[tuple[str, nn.Parameter]]:
         if self._trainable is not None:
             return self._trainable()
         named = [(f"unet.{n}", p) for n, p in self.unet.named_parameters()]
-        if self.train_text:
+        if self.train_text and self.text_encoder is not None:
             named += [(f"text.{n}", p) for n, p in self.text_encoder.named_parameters()]
         return named
 
     def encode_captions(self, captions: list[str]) -> torch.Tensor:
         """captions -> context (B, T, C) with gradients into the text encoder."""
+        assert self.text_encoder is not None and self.tokenizer is not None
         return self.text_encoder(self.tokenizer.encode(captions))
 
     def loss(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
