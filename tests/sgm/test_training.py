@@ -148,3 +148,42 @@ def test_loss_weights_follow_min_snr_and_edm() -> None:
 def test_psnr_of_identical_and_offset_images() -> None:
     images = torch.rand(2, 3, 8, 8) * 2 - 1
     assert psnr(images + 0.02, images).mean().item() == pytest.approx(40.0, abs=0.01)  # 0.01 on [0, 1]
+
+
+def test_trained_lora_saved_in_kohya_layout_reloads_to_the_same_outputs(tmp_path) -> None:
+    from sgm.lora import match_lora, patched, read_lora
+    from sgm.training.lora import LoRAAdapters, LoRATask, attention_projection_names, save_lora
+
+    vae = _tiny_vae()
+    base = _tiny_diffusion_task(vae)  # provides a tiny UNet and a frozen text encoder
+    unet, text = base.unet, base.text_encoder
+    torch.manual_seed(4)
+    adapters = LoRAAdapters(unet, rank=2, alpha=2.0)
+    assert adapters.names == attention_projection_names(unet) and len(adapters.names) == 4 * 8  # in, mid, 2 out blocks x 8
+    task = LoRATask(unet, vae, lambda captions: text(base.tokenizer.encode(captions)), base.config, adapters,
+                    latent_size=8)
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    train(task, _latents(vae), TrainSettings(steps=3, batch_size=4, lr=1e-2, warmup_steps=0, ema_decay=0,
+                                             checkpoint_every=0), tmp_path / "run")
+    assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items())  # the base stays frozen
+
+    generator = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 4, 8, 8, generator=generator), torch.tensor([10, 700])
+    context = torch.randn(2, 8, 32, generator=generator)
+    with torch.no_grad():
+        trained = unet(x, t, context)
+    path = save_lora(tmp_path / "adapter.safetensors", adapters, unet)
+    adapters.remove()
+    with torch.no_grad():
+        plain = unet(x, t, context)
+    assert not torch.allclose(plain, trained, atol=1e-4)  # the adapters did learn something
+
+    state = read_lora(path)
+    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in state
+    match = match_lora(state, unet)
+    assert match.unmatched == () and len(match.targets) == len(adapters.names)
+    with patched({"unet": unet}, [(match.targets, 1.0)]), torch.no_grad():
+        reloaded = unet(x, t, context)
+    assert torch.allclose(reloaded, trained, atol=1e-5)
+    with torch.no_grad():
+        assert torch.equal(unet(x, t, context), plain)  # unpatched again, bit for bit
