@@ -70,17 +70,22 @@ class PeakRSS:
         return self.peak - self.baseline
 
 
-def timed(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, int, torch.Tensor]:
-    """(median seconds, peak RSS growth, output) over ``repeats`` calls after one warm-up."""
+def timed(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, float, int, torch.Tensor]:
+    """(median wall s, median process CPU s, peak RSS growth, output) over ``repeats`` calls after a warm-up.
+
+    CPU time (all threads of this process) is reported beside wall time because on a shared
+    machine wall time mostly measures the neighbours; ratios of CPU time stay meaningful.
+    """
     with torch.inference_mode():
         out = fn()  # warm-up: oneDNN primitive creation, allocator growth
-        times = []
+        walls, cpus = [], []
         with PeakRSS() as peak:
             for _ in range(repeats):
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 out = fn()
-                times.append(time.perf_counter() - start)
-    return statistics.median(times), peak.growth, out
+                walls.append(time.perf_counter() - start)
+                cpus.append(time.process_time() - start_cpu)
+    return statistics.median(walls), statistics.median(cpus), peak.growth, out
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -102,15 +107,15 @@ def bench_unet(repeats: int, device: torch.device) -> list[tuple]:
     context = torch.randn(2, 77, 768, generator=generator).to(device)
 
     rows = []
-    sec, mem, expected = timed(lambda: reference(x, t, context).sample, repeats)
-    rows.append(("UNet step", "diffusers fp32", sec, mem, 0.0))
-    sec, mem, out = timed(lambda: ours(x, t, context), repeats)
-    rows.append(("UNet step", "ours fp32", sec, mem, rel(out, expected)))
+    sec, cpu, mem, expected = timed(lambda: reference(x, t, context).sample, repeats)
+    rows.append(("UNet step", "diffusers fp32", sec, cpu, mem, 0.0))
+    sec, cpu, mem, out = timed(lambda: ours(x, t, context), repeats)
+    rows.append(("UNet step", "ours fp32", sec, cpu, mem, rel(out, expected)))
     dtype = default_dtype(device)
     prepare_module(ours, device, dtype)
     x_policy = x.to(memory_format=torch.channels_last) if use_channels_last(device, dtype) else x
-    sec, mem, out = timed(lambda: ours(x_policy, t, context), repeats)
-    rows.append(("UNet step", f"ours default ({_policy(device, dtype)})", sec, mem, rel(out, expected)))
+    sec, cpu, mem, out = timed(lambda: ours(x_policy, t, context), repeats)
+    rows.append(("UNet step", f"ours default ({_policy(device, dtype)})", sec, cpu, mem, rel(out, expected)))
     return rows
 
 
@@ -128,15 +133,15 @@ def bench_vae(repeats: int, device: torch.device) -> list[tuple]:
     latents = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(0)).to(device)  # -> 512x512
 
     rows = []
-    sec, mem, expected = timed(lambda: reference.decode(latents).sample, repeats)
-    rows.append(("VAE decode 512", "diffusers fp32", sec, mem, 0.0))
-    sec, mem, out = timed(lambda: ours.decode(latents), repeats)
-    rows.append(("VAE decode 512", "ours fp32", sec, mem, rel(out, expected)))
+    sec, cpu, mem, expected = timed(lambda: reference.decode(latents).sample, repeats)
+    rows.append(("VAE decode 512", "diffusers fp32", sec, cpu, mem, 0.0))
+    sec, cpu, mem, out = timed(lambda: ours.decode(latents), repeats)
+    rows.append(("VAE decode 512", "ours fp32", sec, cpu, mem, rel(out, expected)))
     dtype = default_dtype(device)
     prepare_module(ours, device, dtype)
     z = latents.to(memory_format=torch.channels_last) if use_channels_last(device, dtype) else latents
-    sec, mem, out = timed(lambda: ours.decode(z), repeats)
-    rows.append(("VAE decode 512", f"ours default ({_policy(device, dtype)})", sec, mem, rel(out, expected)))
+    sec, cpu, mem, out = timed(lambda: ours.decode(z), repeats)
+    rows.append(("VAE decode 512", f"ours default ({_policy(device, dtype)})", sec, cpu, mem, rel(out, expected)))
     return rows
 
 
@@ -203,11 +208,12 @@ def main() -> int:
     rows = bench_unet(repeats, device)
     if not args.skip_vae:
         rows += bench_vae(repeats, device)
-    print(f"\n{'case':<16}{'variant':<38}{'seconds':>9}{'x diffusers':>13}{'peak MB':>9}{'rel diff':>10}")
-    baseline = {}
-    for case, variant, sec, mem, diff in rows:
-        baseline.setdefault(case, sec)
-        print(f"{case:<16}{variant:<38}{sec:>9.3f}{sec / baseline[case]:>13.2f}{mem / 2**20:>9.0f}{diff:>10.1e}")
+    print(f"\n{'case':<16}{'variant':<38}{'wall s':>8}{'x diff.':>9}{'CPU s':>8}{'x diff.':>9}{'peak MB':>9}{'rel diff':>10}")
+    baseline: dict[str, tuple[float, float]] = {}
+    for case, variant, sec, cpu, mem, diff in rows:
+        base_wall, base_cpu = baseline.setdefault(case, (sec, cpu))
+        print(f"{case:<16}{variant:<38}{sec:>8.2f}{sec / base_wall:>9.2f}{cpu:>8.2f}{cpu / base_cpu:>9.2f}"
+              f"{mem / 2**20:>9.0f}{diff:>10.1e}")
     if not args.skip_load:
         load = bench_load()
         size = load["file_bytes"]
