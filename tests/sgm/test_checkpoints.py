@@ -230,3 +230,27 @@ def test_device_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     module = devices.prepare_module(torch.nn.Conv2d(2, 2, 1), "cpu", torch.bfloat16, channels_last=True)
     assert module.weight.dtype == torch.bfloat16 and not module.training
     assert module.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_packed_conv_weights_give_identical_results_and_follow_weight_edits() -> None:
+    import copy
+
+    plain = devices.prepare_module(tiny_unet("sd1"), "cpu", torch.bfloat16, channels_last=True, pack_weights=False)
+    packed = devices.prepare_module(tiny_unet("sd1"), "cpu", torch.bfloat16, channels_last=True, pack_weights=True)
+    assert type(packed.out[2]) is devices.PackedConv2d and isinstance(packed.out[2], torch.nn.Conv2d)
+    assert packed.state_dict().keys() == plain.state_dict().keys()
+    context = torch.randn(1, 3, TINY_CONTEXT_DIM, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        for size in ((8, 8), (12, 4)):  # a second input size reuses the packed weight
+            x = torch.randn(1, 4, *size, generator=torch.Generator().manual_seed(1))
+            assert torch.equal(packed(x, torch.tensor([9.0]), context), plain(x, torch.tensor([9.0]), context))
+    with torch.no_grad():
+        for model in (plain, packed):  # an in-place edit (e.g. a LoRA merge) must be seen
+            model.input_blocks[0][0].weight.mul_(-1)
+        assert torch.equal(packed(x, torch.tensor([9.0]), context), plain(x, torch.tensor([9.0]), context))
+        clone = copy.deepcopy(packed)  # the opaque packed tensor is not copied, only rebuilt
+        assert torch.equal(clone(x, torch.tensor([9.0]), context), plain(x, torch.tensor([9.0]), context))
+    packed.train()
+    x = torch.randn(1, 4, 8, 8, requires_grad=True)
+    packed(x, torch.tensor([9.0]), context).float().sum().backward()  # training takes the autograd path
+    assert x.grad is not None and x.grad.abs().sum() > 0
