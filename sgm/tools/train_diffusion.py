@@ -21,7 +21,7 @@ def configure_diffusion(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-channels", type=int, default=32)
     parser.add_argument("--channel-mult", type=_ints, default=(1, 2, 4))
     parser.add_argument("--num-res-blocks", type=int, default=1)
-    parser.add_argument("--attention-resolutions", type=_ints, default=(2, 4),
+    parser.add_argument("--attention-resolutions", type=_ints, default=(4,),
                         help="downsampling factors with cross-attention (the middle block always has it)")
     parser.add_argument("--num-head-channels", type=int, default=32)
     parser.add_argument("--text-width", type=int, default=64, help="tiny text encoder width = UNet context_dim")

@@ -187,3 +187,31 @@ def test_trained_lora_saved_in_kohya_layout_reloads_to_the_same_outputs(tmp_path
     assert torch.allclose(reloaded, trained, atol=1e-5)
     with torch.no_grad():
         assert torch.equal(unet(x, t, context), plain)  # unpatched again, bit for bit
+
+
+def test_word_tokenizer_frames_words_and_marks_unknown_ones(caplog) -> None:
+    from sgm.tiny_text import BOS, EOS, PAD, UNK, WordTokenizer
+
+    tokenizer = WordTokenizer(("a", "red", "circle"), max_length=6)
+    with caplog.at_level("WARNING"):
+        tokens = tokenizer.encode(["A red, circle!", "a purple circle", ""])
+    assert tokens.tolist() == [[BOS, 4, 5, 6, EOS, PAD], [BOS, 4, UNK, 6, EOS, PAD], [BOS, EOS, PAD, PAD, PAD, PAD]]
+    assert "purple" in caplog.text
+
+
+def test_exported_model_loads_through_load_checkpoint(tmp_path) -> None:
+    from sgm.checkpoints import load_checkpoint
+    from sgm.tools.train_diffusion import export_model
+
+    task = _tiny_diffusion_task(_tiny_vae())
+    path = export_model(task, str(tmp_path / "tiny.safetensors"), family="tiny-shapes", training={"steps": 0})
+    loaded = load_checkpoint(path, dtype=torch.float32)
+    assert (loaded.family, loaded.prediction, loaded.scale_factor) == ("tiny-shapes", "eps", 0.5)
+    prompts = ["a small red circle on the left", ""]
+    context, pooled = loaded.encode_text(prompts, clip_skip=2)  # unknown kwargs are ignored
+    with torch.no_grad():
+        expected = task.encode_captions(prompts)
+    assert pooled is None and torch.allclose(context, expected)
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([3, 900])
+    with torch.no_grad():
+        assert torch.allclose(loaded.unet(x, t, context), task.unet(x, t, expected), atol=1e-6)
