@@ -507,11 +507,16 @@ def single_file_to_diffusers(
         except ImportError as error:
             warnings.append(f"text encoders skipped: sgm.convert_text unavailable ({error})")
         else:
-            for name, part in zip(("text_encoder", "text_encoder_2"), text_original_to_diffusers(family, text_sd)):
+            try:
+                from sgm.convert_text import diffusers_text_config
+            except ImportError:
+                diffusers_text_config = None  # type: ignore[assignment]
+            for index, (name, part) in enumerate(zip(("text_encoder", "text_encoder_2"), text_original_to_diffusers(family, text_sd))):
                 if part:
-                    _write_part(folder / name, "model", _cast(part, dtype), None)
+                    config = diffusers_text_config(family, part, second=index == 1) if diffusers_text_config else None
+                    _write_part(folder / name, "model", _cast(part, dtype), config)
                     written += len(part)
-            warnings.append("text encoder config.json and tokenizer/ are not written: copy them from the base model")
+            warnings.append("tokenizer/ folders are not written (single files carry no tokenizer): copy them from the base model")
     prediction = detect_prediction(state_dict, metadata, family)
     pipeline = "StableDiffusionXLPipeline" if family.startswith("sdxl") else "StableDiffusionPipeline"
     (folder / "scheduler").mkdir(parents=True, exist_ok=True)

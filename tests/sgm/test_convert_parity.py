@@ -113,3 +113,32 @@ def test_v_prediction_and_fp16_travel_through_convert(tmp_path: Path) -> None:
     checkpoint = load_checkpoint(tmp_path / "v.safetensors", dtype=torch.float32)
     assert (checkpoint.family, checkpoint.prediction) == ("sd2-v", "v")
     assert checkpoint.unet is not None and checkpoint.unet.out[2].weight.dtype == torch.float32
+
+
+def test_text_encoder_tensors_round_trip_through_convert(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    # 64-wide heads as in CLIP (the head count of a converted config is read as width // 64).
+    config = transformers.CLIPTextConfig(vocab_size=1000, hidden_size=64, intermediate_size=128,
+                                         num_hidden_layers=2, num_attention_heads=1, max_position_embeddings=77)
+    text_encoder = transformers.CLIPTextModel(config).eval()
+    folder = write_diffusers_folder(tmp_path / "d", unet=tiny_diffusers_unet("sd1"))
+    text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+    convert(folder, tmp_path / "model.safetensors")
+    tensors, _ = read_state_dict(tmp_path / "model.safetensors")
+    text_keys = [k for k in tensors if k.startswith("cond_stage_model.transformer.text_model.")]
+    assert "cond_stage_model.transformer.text_model.final_layer_norm.weight" in text_keys
+
+    report = convert(tmp_path / "model.safetensors", tmp_path / "back")
+    assert report.family == "sd1"
+    original, _ = read_state_dict(folder / "text_encoder" / "model.safetensors")
+    back, _ = read_state_dict(tmp_path / "back" / "text_encoder" / "model.safetensors")
+    # transformers 5 saves CLIPTextModel without the "text_model." prefix that released
+    # diffusers folders carry; our converter writes the released layout.
+    original = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in original.items()}
+    assert sorted(back) == sorted(original)
+    assert all(torch.equal(back[k], original[k]) for k in original)
+    reloaded = transformers.CLIPTextModel.from_pretrained(tmp_path / "back" / "text_encoder").eval()
+    ids = torch.tensor([[0, 5, 17, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).last_hidden_state, text_encoder(ids).last_hidden_state)
