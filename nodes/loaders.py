@@ -64,9 +64,8 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         from sgm.checkpoints import load_checkpoint as load
 
         path = runtime.resolve_model(CHECKPOINTS, ckpt_name, "LoadCheckpoint", "ckpt_name")
-        dtype = runtime.load_dtype()
-        checkpoint = runtime.load_file(path, "checkpoint", lambda: load(path, device="cpu", dtype=dtype),
-                                        "LoadCheckpoint", dtype)
+        checkpoint = runtime.load_model(path, "checkpoint", "LoadCheckpoint",
+                                        lambda dtype: load(path, device="cpu", dtype=dtype))
         if checkpoint.unet is None:
             raise ValueError(f"LoadCheckpoint: {ckpt_name!r} holds no diffusion model (family "
                              f"{checkpoint.family!r}); load it with LoadVAE if it is a VAE")
@@ -86,8 +85,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         from sgm.checkpoints import load_vae as load
 
         path = runtime.resolve_model(VAES, vae_name, "LoadVAE", "vae_name")
-        dtype = runtime.load_dtype()
-        vae = runtime.load_file(path, "vae", lambda: load(path, device="cpu", dtype=dtype), "LoadVAE", dtype)
+        vae = runtime.load_model(path, "vae", "LoadVAE", lambda dtype: load(path, device="cpu", dtype=dtype))
         return VaeValue(vae, float(scale_factor), vae_name)
 
     @node("LoadUNet", display_name="Load Diffusion Model", category="loaders",
@@ -101,8 +99,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         from sgm.checkpoints import load_unet as load
 
         path = runtime.resolve_model(UNETS, unet_name, "LoadUNet", "unet_name")
-        dtype = runtime.load_dtype()
-        unet = runtime.load_file(path, "unet", lambda: load(path, device="cpu", dtype=dtype), "LoadUNet", dtype)
+        unet = runtime.load_model(path, "unet", "LoadUNet", lambda dtype: load(path, device="cpu", dtype=dtype))
         family = unet_family(unet)
         from sgm.denoisers import model_sampling_for
 
@@ -126,13 +123,11 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         paths = [runtime.resolve_model(TEXT_ENCODERS, n, "LoadTextEncoder", i)
                  for n, i in zip(names, ("text_encoder_name", "text_encoder_name_2"))]
 
-        dtype = runtime.load_dtype()
-
-        def load() -> Any:
+        def build(dtype: Any) -> Any:
             return build_conditioner(text_state_dict_for(family, paths), family, {}, model_path=paths[0], dtype=dtype)
 
-        conditioner = runtime.load_file(paths[0], f"text:{family}:{'+'.join(map(str, paths))}", load,
-                                          "LoadTextEncoder", dtype)
+        conditioner = runtime.load_model(paths[0], f"text:{family}:{'+'.join(map(str, paths))}", "LoadTextEncoder",
+                                         build)
         return ClipValue(conditioner, family, "+".join(names), embeddings_dir=runtime.folder("embeddings"))
 
     @node("LoadLoRA", display_name="Load LoRA", category="loaders", fingerprint=fingerprint_for(LORAS, "lora_name"))
@@ -149,7 +144,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         from sgm.lora import match_lora, read_lora
 
         path = runtime.resolve_model(LORAS, lora_name, "LoadLoRA", "lora_name")
-        state_dict = runtime.load_file(path, "lora", lambda: read_lora(path), "LoadLoRA")
+        state_dict = runtime.load_model(path, "lora", "LoadLoRA", lambda dtype: read_lora(path), prepare=False)
         match = match_lora(state_dict, model.unet, clip.towers() if clip is not None else [])
         if not match.targets:
             raise ValueError(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from sgm.model_cache import ModelCache
@@ -38,19 +38,46 @@ class Runtime:
             return self._models
 
     def load_dtype(self) -> Any:
-        """The dtype to load weights in: as stored on the CPU, the device policy's half
-        precision (bf16 where supported) on an accelerator."""
-        device = self.models.device
-        if device.type == "cpu":
-            return None
+        """The dtype weights are loaded in: ``settings.extra["dtype"]`` (fp32, fp16, bf16) or, by
+        default ("auto"), the device policy of ``sgm.devices`` (bf16 on CPUs with native bf16
+        units, fp32 on other CPUs, half precision on accelerators)."""
+        import torch
+
         from sgm.devices import default_dtype
 
+        choice = (getattr(self.settings, "extra", None) or {}).get("dtype", "auto")
+        named = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+        if choice in named:
+            return named[choice]
+        if choice != "auto":
+            raise ValueError(f"settings dtype {choice!r} is not one of auto, fp32, fp16, bf16")
+        device = self.models.device
         return default_dtype(device, prefer_bf16=True)
 
-    def load_file(self, path: Path, kind: str, loader: Any, node_id: str, dtype: Any = None) -> Any:
-        """``models.load`` with errors that name the node and the file and say what to check."""
+    def prepared(self, value: Any, dtype: Any) -> Any:
+        """A freshly loaded model with every module in inference form for the CPU policy
+        (channels_last and prepacked convolutions for bf16 where that is faster)."""
+        if self.models.device.type != "cpu":
+            return value  # moved (and laid out) for the device when a node uses it
+        from sgm.devices import prepare_module
+        from sgm.model_cache import modules_of
+
+        for module in modules_of(value):
+            prepare_module(module, "cpu", dtype if dtype is not None else next(module.parameters()).dtype)
+        return value
+
+    def load_model(self, path: Path, kind: str, node_id: str, build: Callable[[Any], Any],
+                   prepare: bool = True) -> Any:
+        """``build(dtype)`` once per file version (see ``ModelCache.load``), in the dtype of
+        :meth:`load_dtype`, prepared for inference; errors name the node and the file."""
+        dtype = self.load_dtype()
+
+        def load() -> Any:
+            value = build(dtype)
+            return self.prepared(value, dtype) if prepare else value
+
         try:
-            return self.models.load(path, kind, loader, dtype)
+            return self.models.load(path, kind, load, dtype)
         except (FileNotFoundError, MemoryError):
             raise
         except Exception as error:

@@ -169,3 +169,29 @@ def test_every_built_in_node_has_a_tooltip_and_a_category(runtime: Runtime) -> N
     for spec in specs:
         assert spec.description and spec.category and spec.display_name, spec.id
         assert spec.description.split("\n")[0].strip(), spec.id
+
+
+def test_load_dtype_follows_settings_or_the_device_policy(tmp_path: Path) -> None:
+    from sgm.devices import default_dtype
+
+    def dtype_for(choice: str | None) -> Any:
+        extra = {} if choice is None else {"dtype": choice}
+        return Runtime(Settings.for_root(tmp_path, extra=extra), device="cpu").load_dtype()
+
+    assert dtype_for(None) == default_dtype("cpu")
+    assert (dtype_for("fp32"), dtype_for("bf16"), dtype_for("fp16")) == (torch.float32, torch.bfloat16, torch.float16)
+    with pytest.raises(ValueError, match="not one of auto, fp32"):
+        dtype_for("float8")
+
+
+def test_load_checkpoint_in_bf16_prepares_the_model_and_shares_it(tmp_path: Path) -> None:
+    from tests.workflows.model_files import write_tiny_shapes_standin
+
+    write_tiny_shapes_standin(tmp_path / "models" / "checkpoints" / "m.safetensors")
+    runtime = Runtime(Settings.for_root(tmp_path, extra={"dtype": "bf16"}), device="cpu")
+    load = {spec.id: spec.function for spec in build_nodes(runtime)}["LoadCheckpoint"]
+    model, clip, vae = load(ckpt_name="m.safetensors")
+    assert next(model.unet.parameters()).dtype == torch.bfloat16 and model.family == "tiny-shapes"
+    assert next(vae.vae.parameters()).dtype == torch.bfloat16
+    again, _, _ = load(ckpt_name="m.safetensors")
+    assert again.unet is model.unet and runtime.models.loads == 1

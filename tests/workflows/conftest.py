@@ -20,7 +20,9 @@ def installation(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def settings(installation: Path, tmp_path: Path) -> Any:
     from engine.settings import Settings
 
-    return Settings.for_root(installation, output_dir=tmp_path / "output")
+    # fp32: engine-level tests compare results across batch sizes; the CLI tests (main.main)
+    # run with the default device policy (bf16 on CPUs with native bf16 units).
+    return Settings.for_root(installation, output_dir=tmp_path / "output", extra={"dtype": "fp32"})
 
 
 @pytest.fixture()

@@ -26,7 +26,7 @@ def shared_runtime(installation: Path) -> Runtime:
     """One model cache for the module's tests (loading is what costs; results are per test)."""
     from engine.settings import Settings
 
-    return Runtime(Settings.for_root(installation), device="cpu")
+    return Runtime(Settings.for_root(installation, extra={"dtype": "fp32"}), device="cpu")
 
 
 def make_executor(runtime: Runtime, settings: Any) -> Executor:
