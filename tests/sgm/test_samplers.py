@@ -235,3 +235,25 @@ def test_parity_with_diffusers_euler_ancestral_same_noise_stream() -> None:
     start = torch.randn(2, 1, 4, 4, generator=g) * scheduler.sigmas[0]
     ours = SAMPLERS["euler_ancestral"](GaussianDenoiser(), start, scheduler.sigmas, generator=g)
     torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5)
+
+
+def test_parity_with_diffusers_ddim_eta1_same_noise_stream() -> None:
+    """DDIM with eta = 1 in VE form (sigma_up / sigma_down) equals diffusers' VP update."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              steps_offset=1, set_alpha_to_one=True, clip_sample=False)
+    scheduler.set_timesteps(15)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 1, 4, 4, generator=g)
+    for t in scheduler.timesteps:
+        ab = float(scheduler.alphas_cumprod[t])
+        sigma = math.sqrt((1 - ab) / ab)
+        eps = _analytic_eps((x * math.sqrt(1 + sigma**2)).double(), sigma).float()
+        x = scheduler.step(eps, t, x, eta=1.0, generator=g).prev_sample
+    ab = scheduler.alphas_cumprod[scheduler.timesteps].double()
+    sigmas = torch.cat([((1 - ab) / ab).sqrt(), torch.zeros(1, dtype=torch.float64)]).float()
+    g = torch.Generator().manual_seed(5)
+    start = torch.randn(2, 1, 4, 4, generator=g) * math.sqrt(1 + float(sigmas[0]) ** 2)
+    ours = SAMPLERS["ddim"](GaussianDenoiser(), start, sigmas, eta=1.0, generator=g)
+    torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5)
