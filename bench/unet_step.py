@@ -6,7 +6,8 @@ Random weights (no downloads). Ours and diffusers share the same weights (copied
 key mapping), and the table reports the relative difference of their outputs as a sanity check.
 "Default" is ``sgm.devices`` policy: bf16 + channels_last on a CPU with AMX/AVX512-BF16, fp32
 otherwise, fp16 on CUDA. Peak memory is the largest resident-set growth during the timed calls
-(sampled every 2 ms), i.e. activations and workspace on top of the weights.
+(sampled every 2 ms), i.e. activations and workspace on top of the weights. Variants run
+round-robin and the table shows the best of N, in wall time and in process CPU time.
 
 The load section writes an SD1.5-size fp16 checkpoint (UNet + VAE, random weights) to a
 temporary folder and loads it in a fresh process, reporting peak RSS against the file size.
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,26 +70,39 @@ class PeakRSS:
         return self.peak - self.baseline
 
 
-def timed(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, float, int, torch.Tensor]:
-    """(median wall s, median process CPU s, peak RSS growth, output) over ``repeats`` calls after a warm-up.
+def interleaved(variants: list[tuple[str, Callable[[], torch.Tensor]]], repeats: int) -> list[dict]:
+    """Time each variant ``repeats`` times, round-robin, after one warm-up call each.
 
-    CPU time (all threads of this process) is reported beside wall time because on a shared
-    machine wall time mostly measures the neighbours; ratios of CPU time stay meaningful.
+    Round-robin and best-of-N keep a busy shared machine from favouring whichever variant
+    ran in a quiet moment. CPU time (all threads of this process) is reported beside wall
+    time: on a shared machine wall time also measures the neighbours.
     """
+    results = []
     with torch.inference_mode():
-        out = fn()  # warm-up: oneDNN primitive creation, allocator growth
-        walls, cpus = [], []
-        with PeakRSS() as peak:
-            for _ in range(repeats):
-                start, start_cpu = time.perf_counter(), time.process_time()
-                out = fn()
-                walls.append(time.perf_counter() - start)
-                cpus.append(time.process_time() - start_cpu)
-    return statistics.median(walls), statistics.median(cpus), peak.growth, out
+        for name, fn in variants:  # warm-up: oneDNN primitives, packed weights, allocator growth
+            results.append({"variant": name, "out": fn(), "wall": [], "cpu": [], "peak": 0})
+        for _ in range(repeats):
+            for result, (_, fn) in zip(results, variants):
+                with PeakRSS() as peak:
+                    start, start_cpu = time.perf_counter(), time.process_time()
+                    fn()
+                    result["wall"].append(time.perf_counter() - start)
+                    result["cpu"].append(time.process_time() - start_cpu)
+                result["peak"] = max(result["peak"], peak.growth)
+    return results
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def _policy_copy(module: torch.nn.Module, factory: Callable[[], torch.nn.Module], device: torch.device) -> torch.nn.Module:
+    """A second instance in the policy dtype, built on meta so the fp32 copy is not duplicated."""
+    dtype = default_dtype(device)
+    with torch.device("meta"):
+        copy = factory()
+    copy.load_state_dict({k: v.to(dtype) for k, v in module.state_dict().items()}, assign=True)
+    return prepare_module(copy, device, dtype)
 
 
 def bench_unet(repeats: int, device: torch.device) -> list[tuple]:
@@ -101,22 +114,17 @@ def bench_unet(repeats: int, device: torch.device) -> list[tuple]:
         ours = UNetModel(**SD15_UNET)
     ours.load_state_dict({k: v.clone() for k, v in unet_diffusers_to_original(reference.state_dict()).items()}, assign=True)
     ours.eval().to(device)
+    policy = _policy_copy(ours, lambda: UNetModel(**SD15_UNET), device)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, 4, 64, 64, generator=generator).to(device)  # batch 2 as with CFG
     t = torch.tensor([999.0, 999.0], device=device)
     context = torch.randn(2, 77, 768, generator=generator).to(device)
-
-    rows = []
-    sec, cpu, mem, expected = timed(lambda: reference(x, t, context).sample, repeats)
-    rows.append(("UNet step", "diffusers fp32", sec, cpu, mem, 0.0))
-    sec, cpu, mem, out = timed(lambda: ours(x, t, context), repeats)
-    rows.append(("UNet step", "ours fp32", sec, cpu, mem, rel(out, expected)))
     dtype = default_dtype(device)
-    prepare_module(ours, device, dtype)
-    x_policy = x.to(memory_format=torch.channels_last) if use_channels_last(device, dtype) else x
-    sec, cpu, mem, out = timed(lambda: ours(x_policy, t, context), repeats)
-    rows.append(("UNet step", f"ours default ({_policy(device, dtype)})", sec, cpu, mem, rel(out, expected)))
-    return rows
+    return _rows("UNet step", interleaved([
+        ("diffusers fp32", lambda: reference(x, t, context).sample),
+        ("ours fp32", lambda: ours(x, t, context)),
+        (f"ours default ({_policy(device, dtype)})", lambda: policy(x, t, context)),
+    ], repeats))
 
 
 def bench_vae(repeats: int, device: torch.device) -> list[tuple]:
@@ -130,19 +138,19 @@ def bench_vae(repeats: int, device: torch.device) -> list[tuple]:
         ours = AutoencoderKL(**SD_VAE)
     ours.load_state_dict({k: v.clone() for k, v in vae_diffusers_to_original(reference.state_dict()).items()}, assign=True)
     ours.eval().to(device)
+    policy = _policy_copy(ours, lambda: AutoencoderKL(**SD_VAE), device)
     latents = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(0)).to(device)  # -> 512x512
-
-    rows = []
-    sec, cpu, mem, expected = timed(lambda: reference.decode(latents).sample, repeats)
-    rows.append(("VAE decode 512", "diffusers fp32", sec, cpu, mem, 0.0))
-    sec, cpu, mem, out = timed(lambda: ours.decode(latents), repeats)
-    rows.append(("VAE decode 512", "ours fp32", sec, cpu, mem, rel(out, expected)))
     dtype = default_dtype(device)
-    prepare_module(ours, device, dtype)
-    z = latents.to(memory_format=torch.channels_last) if use_channels_last(device, dtype) else latents
-    sec, cpu, mem, out = timed(lambda: ours.decode(z), repeats)
-    rows.append(("VAE decode 512", f"ours default ({_policy(device, dtype)})", sec, cpu, mem, rel(out, expected)))
-    return rows
+    return _rows("VAE decode 512", interleaved([
+        ("diffusers fp32", lambda: reference.decode(latents).sample),
+        ("ours fp32", lambda: ours.decode(latents)),
+        (f"ours default ({_policy(device, dtype)})", lambda: policy.decode(latents)),
+    ], repeats))
+
+
+def _rows(case: str, results: list[dict]) -> list[tuple]:
+    expected = results[0]["out"]
+    return [(case, r["variant"], min(r["wall"]), min(r["cpu"]), r["peak"], rel(r["out"], expected)) for r in results]
 
 
 def _policy(device: torch.device, dtype: torch.dtype) -> str:
@@ -174,19 +182,25 @@ def bench_load() -> dict:
     return result
 
 
-def load_child(path: str) -> None:
-    import resource
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
+
+def load_child(path: str) -> None:
+    # VmHWM, not ru_maxrss: on Linux ru_maxrss survives exec and would report the parent's peak.
     from sgm.checkpoints import load_checkpoint
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = _status_bytes("VmHWM")
     start = time.perf_counter()
     checkpoint = load_checkpoint(path, dtype=torch.float16)
     load_s = time.perf_counter() - start
     after_load = rss_bytes()
     # Touch every weight, as a first denoising step would: all pages become resident.
     total = sum(float(p.float().sum()) for m in (checkpoint.unet, checkpoint.vae) for p in m.parameters())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _status_bytes("VmHWM")
     print(json.dumps({"before": before, "after_load": after_load, "peak_touched": peak, "load_s": load_s,
                       "checksum": total}))
 
@@ -197,6 +211,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--skip-load", action="store_true", help="skip the checkpoint-load memory measurement")
     parser.add_argument("--skip-vae", action="store_true")
+    parser.add_argument("--only-load", action="store_true", help="run only the checkpoint-load measurement")
     parser.add_argument("--load-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load_child:
@@ -204,6 +219,9 @@ def main() -> int:
         return 0
     repeats = args.repeats or (1 if args.quick else 3)
     device = default_device()
+    if args.only_load:
+        report_load()
+        return 0
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {repeats}")
     rows = bench_unet(repeats, device)
     if not args.skip_vae:
@@ -215,12 +233,19 @@ def main() -> int:
         print(f"{case:<16}{variant:<38}{sec:>8.2f}{sec / base_wall:>9.2f}{cpu:>8.2f}{cpu / base_cpu:>9.2f}"
               f"{mem / 2**20:>9.0f}{diff:>10.1e}")
     if not args.skip_load:
-        load = bench_load()
-        size = load["file_bytes"]
-        print(f"\nload SD1.5-size fp16 file ({size / 2**30:.2f} GiB): {load['load_s']:.2f} s; "
-              f"RSS after load {load['after_load'] / 2**30:.2f} GiB ({load['after_load'] / size:.2f}x file), "
-              f"peak with every weight touched {load['peak_touched'] / 2**30:.2f} GiB ({load['peak_touched'] / size:.2f}x file)")
+        report_load()
     return 0
+
+
+def report_load() -> None:
+    load = bench_load()
+    size, before = load["file_bytes"], load["before"]
+    print(f"\nload SD1.5-size fp16 file ({size / 2**30:.2f} GiB, UNet + VAE): {load['load_s']:.2f} s")
+    print(f"  process RSS before load (python + torch): {before / 2**30:.2f} GiB")
+    print(f"  growth right after load_checkpoint:       {(load['after_load'] - before) / 2**30:.2f} GiB "
+          f"({(load['after_load'] - before) / size:.2f}x file)")
+    print(f"  peak growth with every weight read:       {(load['peak_touched'] - before) / 2**30:.2f} GiB "
+          f"({(load['peak_touched'] - before) / size:.2f}x file; total peak {load['peak_touched'] / size:.2f}x)")
 
 
 if __name__ == "__main__":
