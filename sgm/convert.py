@@ -545,9 +545,9 @@ def convert(src: str | Path, dst: str | Path, *, dtype: torch.dtype | None = Non
             raise ValueError(f"converting the diffusers folder {src} needs a .safetensors destination, got {dst}")
         return diffusers_to_single_file(src, dst, dtype=dtype)
     if not src.is_file():
-        raise FileNotFoundError(f"convert: source {src} does not exist")
+        raise FileNotFoundError(f"source {src} does not exist")
     if dst.suffix == ".safetensors":
         return convert_single_file(src, dst, dtype=dtype, ema=ema)
     if dst.suffix:
-        raise ValueError(f"convert: destination {dst} must be a .safetensors file or a folder (no suffix)")
+        raise ValueError(f"destination {dst} must be a .safetensors file or a folder (no suffix)")
     return single_file_to_diffusers(src, dst, dtype=dtype, ema=ema)
