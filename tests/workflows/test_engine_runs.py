@@ -255,3 +255,25 @@ def test_out_of_memory_while_sampling_retries_once_then_fails_the_run_clearly(
     assert result.status == "failed" and result.failure.node_id == "5"
     assert "ModelMemoryError" in result.failure.message and "KSampler (sampling) ran out of memory" in \
         result.failure.message and "smaller image size" in result.failure.message
+
+
+def test_txt2img_graph_reproduces_the_training_preview_sampler(executor: Executor, settings: Any) -> None:
+    """The embedded model (or its stand-in) through the nodes equals sgm.training's own
+    Euler + CFG sampler with the same seed: the graph adds nothing and loses nothing."""
+    from sgm.checkpoints import load_checkpoint
+    from sgm.denoisers import DiscreteModelSampling
+    from sgm.training.diffusion import generate
+
+    prompt = "a large yellow star in the center on a purple background"
+    doc = document("tiny-shapes", prompt=prompt, seed=5, steps=3, cfg=4.0, sampler="euler", scheduler="karras")
+    image = output_of(executor, doc, "6")  # (1, 64, 64, 3)
+    checkpoint = load_checkpoint(Path(settings.models_dir) / "checkpoints" / CHECKPOINTS["tiny-shapes"],
+                                 dtype=torch.float32)
+    with torch.no_grad():
+        reference = generate(checkpoint.unet, checkpoint.vae, lambda p: checkpoint.encode_text(p)[0],
+                             DiscreteModelSampling(prediction=checkpoint.prediction), [prompt],
+                             scale_factor=checkpoint.scale_factor, generator=torch.Generator().manual_seed(5),
+                             latent_size=64 // checkpoint.vae.downscale, steps=3, cfg=4.0)
+    reference = ((reference.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
+    assert image.shape == reference.shape
+    assert torch.allclose(image, reference, atol=1e-5)
