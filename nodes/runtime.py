@@ -8,6 +8,7 @@ or validating nodes never imports torch.
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -118,12 +119,15 @@ def list_files(folder: Path, suffixes: tuple[str, ...]) -> list[str]:
 
 
 def confined(folder: Path, name: str) -> Path | None:
-    """``folder / name`` when it stays inside ``folder`` (no ``..`` or absolute escapes), else None."""
-    root = folder.resolve()
-    path = (folder / name).resolve()
-    if path != root and root not in path.parents:
+    """``folder / name`` when the name stays inside ``folder`` (no ``..`` or absolute paths),
+    else None. Checked on the name, not the resolved path, so models symlinked into the
+    folder from elsewhere (a common way to share big checkpoints) still load."""
+    if not name or os.path.isabs(name) or "\\" in name:
         return None
-    return path
+    normal = os.path.normpath(name)
+    if normal in (".", "..") or normal.startswith("../"):
+        return None
+    return folder / normal
 
 
 def file_fingerprint(path: Path | None) -> tuple[str, int] | None:

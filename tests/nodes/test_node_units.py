@@ -195,3 +195,20 @@ def test_load_checkpoint_in_bf16_prepares_the_model_and_shares_it(tmp_path: Path
     assert next(vae.vae.parameters()).dtype == torch.bfloat16
     again, _, _ = load(ckpt_name="m.safetensors")
     assert again.unet is model.unet and runtime.models.loads == 1
+
+
+def test_names_are_confined_to_their_folder_but_symlinked_models_load(tmp_path: Path) -> None:
+    from nodes.runtime import confined
+
+    folder = tmp_path / "checkpoints"
+    assert confined(folder, "sub/a.safetensors") == folder / "sub" / "a.safetensors"
+    assert confined(folder, "..notes.safetensors") == folder / "..notes.safetensors"
+    for escape in ("../a.safetensors", "sub/../../a.safetensors", "/etc/passwd", "", "."):
+        assert confined(folder, escape) is None, escape
+    outside = tmp_path / "elsewhere" / "big.safetensors"
+    outside.parent.mkdir()
+    outside.write_bytes(b"x")
+    folder.mkdir()
+    (folder / "big.safetensors").symlink_to(outside)
+    runtime = Runtime(Settings.for_root(tmp_path, models_dir=tmp_path), device="cpu")
+    assert runtime.resolve_model(("checkpoints",), "big.safetensors", "LoadCheckpoint", "ckpt_name").is_file()
