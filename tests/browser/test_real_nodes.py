@@ -11,6 +11,7 @@ import pytest
 from engine.settings import Settings
 from tests.browser.conftest import screenshot
 from tests.browser.editor import (
+    wait_until,
     TXT2IMG_LAYOUT, TXT2IMG_LINKS, add_node, autosaved, drag_link, link_count, new_canvas, open_editor, wait_for_image,
     wait_for_node_count,
 )
@@ -85,6 +86,13 @@ def test_every_shipped_workflow_opens_in_the_editor(page, real_server):
                     if isinstance(value, list) and len(value) == 2)
         page.select_option("#workflow-select", path.stem)
         wait_for_node_count(page, len(document["nodes"]))
+        # the previous workflow may have as many nodes: wait for this one's ids and links
+        expected = [sorted(document["nodes"]), links]
+        wait_until(page, """([ids, n]) => {
+                const got = [...document.querySelectorAll('.node')].map(e => e.dataset.nodeId).sort();
+                return JSON.stringify(got) === JSON.stringify(ids)
+                    && document.querySelectorAll('#links path.link:not(.temp)').length === n; }""",
+                   expected, timeout=15)
         assert page.locator(".node.unknown").count() == 0, path.name
         assert link_count(page) == links, path.name
         # what the editor would save is the same graph (links by output name, same literals)

@@ -81,8 +81,8 @@ async def test_rerun_reports_cached_nodes_and_their_images(make_app, aiohttp_cli
         await client.post("/api/prompt", json={"prompt": txt2img_document(seed=3), "client_id": "c"})
         messages = await collect_until(socket, {"execution_success"})
     cached = [m["data"] for m in messages if isinstance(m, dict) and m["type"] == "execution_cached"]
-    # the output's own result is cached, so nothing upstream even needs looking at
-    assert len(cached) == 1 and cached[0]["nodes"] == ["7"]
+    # one message naming every unchanged node (as ComfyUI does), not just the output
+    assert len(cached) == 1 and cached[0]["nodes"] == ["1", "2", "3", "4", "5", "6", "7"]
     executed = [m["data"] for m in messages if isinstance(m, dict) and m["type"] == "executed"]
     assert executed[0]["node"] == "7" and executed[0]["cached"] is True
     assert "progress" not in types(messages)
