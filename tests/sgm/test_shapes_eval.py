@@ -12,9 +12,9 @@ from sgm.shapes_eval import analyse, evaluate, score
 # cfg 4. Measured on these exact images when the model was committed (SHIPPED_MEASURED);
 # the thresholds leave one image of slack per attribute for float differences between CPUs.
 SMOKE_COUNT = 8
-SHIPPED_MEASURED = {"colour": 0.875, "shape": 0.5, "size": 0.5, "position": 0.125, "background": 1.0,
-                    "joint": 0.0, "psnr": 31.67}
-SHIPPED_THRESHOLDS = {"colour": 0.75, "shape": 0.375, "size": 0.375, "background": 0.875}
+SHIPPED_MEASURED = {"colour": 1.0, "shape": 0.75, "size": 0.875, "position": 0.125, "background": 1.0,
+                    "joint": 0.125, "psnr": 31.67}
+SHIPPED_THRESHOLDS = {"colour": 0.875, "shape": 0.625, "size": 0.75, "background": 0.875}
 SHIPPED_MIN_PSNR = 30.0
 
 
