@@ -58,6 +58,9 @@ def build_registry(custom_nodes: Path | None = ROOT / "custom_nodes", entry_poin
             registry.register_pack(import_pack(module_name, settings), module_name)
         except Exception as error:  # reported like a plugin failure; other packs keep working
             registry._fail(module_name, error)
+    from nodes.memory import result_size
+
+    registry.result_size = result_size
     if custom_nodes is not None:
         registry.load_custom_nodes(custom_nodes)
     if entry_points:

@@ -21,6 +21,8 @@ class CacheEntry:
 
 
 class ResultCache:
+    """Results of executed nodes by cache key; see the module docstring for the bounds."""
+
     def __init__(self, max_entries: int = 4096, max_bytes: int | None = None,
                  size_of: Callable[[Any], int] | None = None) -> None:
         if max_entries < 1:
@@ -56,6 +58,12 @@ class ResultCache:
 
     def peek(self, key: str) -> CacheEntry | None:
         return self._entries.get(key)
+
+    @classmethod
+    def for_registry(cls, registry: Any, settings: Any) -> "ResultCache":
+        """The cache an installation uses: its settings' bounds, its nodes' size measure."""
+        return cls(settings.cache_max_entries, settings.cache_max_bytes,
+                   size_of=getattr(registry, "result_size", None))
 
     def put(self, key: str, values: tuple[Any, ...], ui: dict[str, Any] | None = None) -> CacheEntry:
         size = sum(self.size_of(v) for v in values)

@@ -118,7 +118,7 @@ def run_run(args: argparse.Namespace) -> int:
     settings = registry.settings  # type: ignore[attr-defined]
     from engine.cache import ResultCache
 
-    executor = Executor(registry, ResultCache(settings.cache_max_entries, settings.cache_max_bytes),
+    executor = Executor(registry, ResultCache.for_registry(registry, settings),
                         services={"settings": settings, "output_dir": output_dir})
     events_file = open(args.events, "w", encoding="utf-8") if args.events else None
     writer = JsonlEventWriter(events_file) if events_file else None

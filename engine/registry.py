@@ -17,7 +17,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from engine.api import NodeSpec
 
@@ -47,6 +47,9 @@ class NodeRegistry:
         self._specs: dict[str, NodeSpec] = {}
         self._sources: dict[str, str] = {}
         self.failures: list[PluginFailure] = []
+        # Bytes held by a value these nodes produce, for the result cache's byte bound;
+        # main.py installs the model packs' measure (tensors and models), 0 by default.
+        self.result_size: Callable[[Any], int] | None = None
 
     def register(self, spec: NodeSpec, source: str) -> None:
         if not isinstance(spec, NodeSpec):

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if not report.ok:
         print(report.format(), file=sys.stderr)
         return 1
-    executor = Executor(registry, ResultCache(settings.cache_max_entries, settings.cache_max_bytes),
+    executor = Executor(registry, ResultCache.for_registry(registry, settings),
                         services={"settings": settings, "output_dir": output_dir})
     renderer = ProgressRenderer(sys.stderr, enabled=not args.quiet, label=f"seed {seed}")
     result = executor.run(report.workflow, on_event=renderer, services={"workflow_document": document})

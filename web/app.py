@@ -44,7 +44,7 @@ def create_app(registry: NodeRegistry, settings: Settings, *, policy: SecurityPo
     app = web.Application(client_max_size=limits.max_body_bytes,
                           middlewares=[headers_middleware, security_middleware(policy)])
     if executor is None:
-        executor = Executor(registry, ResultCache(settings.cache_max_entries, settings.cache_max_bytes),
+        executor = Executor(registry, ResultCache.for_registry(registry, settings),
                             services={"settings": settings, "output_dir": settings.output_dir})
     app[SETTINGS] = settings
     app[REGISTRY] = registry

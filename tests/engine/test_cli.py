@@ -110,3 +110,4 @@ def test_real_registry_loads_builtins_and_example_plugin():
     assert isinstance(registry, NodeRegistry)
     assert "ShowValue" in registry and "example_text.Reverse" in registry
     assert registry.failures == []
+
