@@ -302,17 +302,7 @@ def _output_problems(workflow: Workflow, registry: NodeRegistry) -> list[Validat
         return [ValidationError("no_output", "the workflow has no output node, so running it would do nothing",
                                 hint="add an output node (e.g. SaveImage or PreviewImage) and link it")]
     # Nodes that feed no output never run: worth a warning, not an error.
-    feeding: set[str] = set()
-    stack = list(outputs)
-    while stack:
-        current = stack.pop()
-        if current in feeding:
-            continue
-        feeding.add(current)
-        instance = workflow.nodes.get(current)
-        if instance is None:
-            continue
-        stack.extend(v.node_id for v in instance.inputs.values() if isinstance(v, Link))
+    feeding = workflow.upstream_of(outputs)
     return [ValidationError("unused_node", "this node feeds no output node and will not run", node_id,
                             workflow.nodes[node_id].type, hint="link it to an output or delete it",
                             severity="warning")

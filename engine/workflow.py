@@ -73,6 +73,20 @@ class Workflow:
             document["meta"] = dict(self.meta)
         return document
 
+    def upstream_of(self, roots: list[str]) -> set[str]:
+        """``roots`` and every node they read from, directly or not (iterative: no depth limit).
+
+        Links to missing nodes are skipped (validation reports them)."""
+        seen: set[str] = set()
+        stack = list(roots)
+        while stack:
+            node_id = stack.pop()
+            if node_id in seen or node_id not in self.nodes:
+                continue
+            seen.add(node_id)
+            stack.extend(v.node_id for v in self.nodes[node_id].inputs.values() if isinstance(v, Link))
+        return seen
+
     def with_input(self, node_id: str, name: str, value: Any) -> "Workflow":
         """A copy with one input replaced (workflows are values; never mutated)."""
         instance = self.nodes[node_id]
