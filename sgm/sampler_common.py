@@ -131,3 +131,116 @@ def lagrange_integrals(nodes: Sequence[float], a: float, b: float) -> list[float
         coeffs.append(float(np.polynomial.polynomial.polyval(b, integral)
                             - np.polynomial.polynomial.polyval(a, integral)))
     return coeffs
+
+
+# ----------------------------------------------------------------------------- Brownian noise
+
+
+class BrownianNoise:
+    """Normalised increments of one seeded Brownian path W over [sigma_min, sigma_max].
+
+    ``noise(sigma, sigma_next)`` returns (W(sigma_next) - W(sigma)) / sqrt(|sigma_next - sigma|):
+    standard normal for any interval, and the increments of adjacent intervals add up on the
+    same path. SDE samplers that draw their noise here therefore sample one fixed
+    realisation of the SDE, and results converge as the step count grows (fresh i.i.d. noise
+    per step gives a different path for every step count). This is the role of
+    k-diffusion's ``BrownianTreeNoiseSampler`` (torchsde).
+
+    The path is a *virtual Brownian tree* (Li et al. 2020, "Scalable Gradients for
+    Stochastic Differential Equations", sec. 5): W at a point is found by bisecting
+    [sigma_min, sigma_max] and drawing each midpoint from its Brownian bridge,
+    W(mid) = (W(a) + W(b)) / 2 + sqrt(b - a) / 2 * z, with z from a generator seeded by
+    (path seed, depth, index) (a splitmix64 hash), so any point can be queried in any order
+    and only the last two root-to-leaf paths are kept. Bisection stops at ``tolerance`` of the range; W is linear below that.
+
+    Seeds come from ``generator`` (one per batch item with a sequence of generators, so a
+    batch reproduces single-image runs item by item).
+    """
+
+    def __init__(self, x: torch.Tensor, sigma_min: float, sigma_max: float, generator: NoiseGenerator,
+                 tolerance: float = 1e-6) -> None:
+        if not 0 <= sigma_min < sigma_max:
+            raise ValueError(f"BrownianNoise needs 0 <= sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        self.low, self.high = float(sigma_min), float(sigma_max)
+        self.depth = max(1, math.ceil(math.log2(1.0 / tolerance)))
+        self.shape = tuple(x.shape[1:])
+        self.device, self.dtype = x.device, x.dtype
+        if generator is None or isinstance(generator, torch.Generator):
+            generators: Sequence[torch.Generator | None] = [generator] * x.shape[0]
+        else:
+            if len(generator) != x.shape[0]:
+                raise ValueError(f"got {len(generator)} per-item generators for a batch of {x.shape[0]}")
+            generators = generator
+        # One 63-bit seed per item (a shared generator still gives each item its own path).
+        self.seeds = [int(torch.randint(0, 2**63 - 1, (1,), generator=g)) for g in generators]
+        self._generator = torch.Generator()  # reseeded for every tree node
+        self._paths: list[dict[tuple[int, int], torch.Tensor]] = [{} for _ in self.seeds]
+        self._cache: dict[float, torch.Tensor] = {}
+
+    def _normal(self, seed: int, depth: int, index: int) -> torch.Tensor:
+        self._generator.manual_seed(_mix64(seed, depth, index))
+        return torch.randn(self.shape, generator=self._generator, dtype=torch.float32).double()
+
+    def _w_item(self, item: int, t: float) -> torch.Tensor:
+        seed, previous = self.seeds[item], self._paths[item]
+        path: dict[tuple[int, int], torch.Tensor] = {}
+
+        def node(depth: int, index: int, value: Callable[[], torch.Tensor]) -> torch.Tensor:
+            key = (depth, index)
+            found = previous.get(key)
+            path[key] = found if found is not None else value()
+            return path[key]
+
+        a, b = self.low, self.high
+        w_a = torch.zeros(self.shape, dtype=torch.float64)
+        w_b = node(0, 0, lambda: math.sqrt(self.high - self.low) * self._normal(seed, 0, 0))
+        index, result = 0, None
+        for depth in range(1, self.depth + 1):
+            if t <= a or t >= b:
+                result = w_a if t <= a else w_b
+                break
+            mid, half = 0.5 * (a + b), 0.5 * math.sqrt(b - a)
+            w_mid = node(depth, index, lambda: 0.5 * (w_a + w_b) + half * self._normal(seed, depth, index))
+            if t < mid:
+                b, w_b, index = mid, w_mid, 2 * index
+            else:
+                a, w_a, index = mid, w_mid, 2 * index + 1
+        if result is None:
+            result = w_a + (w_b - w_a) * ((t - a) / (b - a))
+        # Samplers ask for neighbouring points: keep the last two paths (their shared top is free).
+        self._paths[item] = {**previous, **path} if len(previous) <= 2 * self.depth + 2 else path
+        return result
+
+    def w(self, sigma: float) -> torch.Tensor:
+        """W(sigma) (B, ...) float64 on the CPU (sigma clamped into the range)."""
+        t = min(max(float(sigma), self.low), self.high)
+        if t not in self._cache:
+            if len(self._cache) > 8:  # samplers query neighbouring points; keep a few
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[t] = torch.stack([self._w_item(item, t) for item in range(len(self.seeds))])
+        return self._cache[t]
+
+    def __call__(self, sigma: float, sigma_next: float) -> torch.Tensor:
+        span = abs(float(sigma_next) - float(sigma))
+        if span == 0:
+            raise ValueError("BrownianNoise: an increment needs two different sigmas")
+        increment = (self.w(sigma_next) - self.w(sigma)) / math.sqrt(span)
+        return increment.to(device=self.device, dtype=self.dtype)
+
+    @classmethod
+    def for_sigmas(cls, x: torch.Tensor, sigmas: Sequence[float], generator: NoiseGenerator) -> "BrownianNoise":
+        """A path over the positive sigmas of a schedule (k-diffusion's range convention)."""
+        positive = [s for s in sigmas if s > 0]
+        low, high = min(positive), max(positive)
+        return cls(x, low, high if high > low else low * 2 + 1e-3, generator)
+
+
+def _mix64(*values: int) -> int:
+    """A well-mixed 63-bit seed from integers (splitmix64's finaliser per value, Steele et al. 2014)."""
+    state = 0x9E3779B97F4A7C15
+    for value in values:
+        state = (state ^ (value & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        state ^= state >> 31
+        state = (state + 0x9E3779B97F4A7C15) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+        state ^= state >> 29
+    return state >> 1

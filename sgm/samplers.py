@@ -27,6 +27,7 @@ import math
 import torch
 
 from sgm.sampler_common import (  # noqa: F401  (re-exported: the samplers' public helpers)
+    BrownianNoise,
     Denoiser,
     NoiseGenerator,
     Sampler,
@@ -359,11 +360,12 @@ def sample_dpmpp_sde(
 ) -> torch.Tensor:
     """DPM-Solver++ stochastic 2-stage step (Lu et al. 2022b, sec. 5, SDE variant; k-diffusion).
 
-    Noise is i.i.d. from ``generator`` per sub-step rather than from a Brownian tree, so
-    results depend on the step count (documented difference from k-diffusion).
+    Noise comes from one Brownian path seeded by ``generator`` (:class:`BrownianNoise`), so
+    more steps refine the same sample instead of drawing a different one.
     """
     s = as_floats(sigmas)
     n = len(s) - 1
+    brownian = BrownianNoise.for_sigmas(x, s, generator)
     for i in range(n):
         denoised = model(x, sigma_batch(x, s[i]))
         report(callback, i, n, s[i], x, denoised)
@@ -377,7 +379,7 @@ def sample_dpmpp_sde(
         sd, su = ancestral_step(s[i], sigma_s, eta)
         x_2 = (sd / s[i]) * x - math.expm1(t + math.log(sd)) * denoised
         if su > 0:
-            x_2 = x_2 + randn_like(x, generator) * s_noise * su
+            x_2 = x_2 + brownian(s[i], sigma_s) * s_noise * su
         denoised_2 = model(x_2, sigma_batch(x, sigma_s))
         # Stage 2: step to sigma_next with the extrapolated data estimate.
         sd, su = ancestral_step(s[i], s[i + 1], eta)
@@ -385,7 +387,7 @@ def sample_dpmpp_sde(
         denoised_d = denoised * (1 - fac) + denoised_2 * fac
         x = (sd / s[i]) * x - math.expm1(t + math.log(sd)) * denoised_d
         if su > 0:
-            x = x + randn_like(x, generator) * s_noise * su
+            x = x + brownian(s[i], s[i + 1]) * s_noise * su
     return x
 
 
@@ -436,6 +438,7 @@ def sample_dpmpp_2m_sde(
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
     s = as_floats(sigmas)
     n = len(s) - 1
+    brownian = BrownianNoise.for_sigmas(x, s, generator) if eta else None
     old_denoised: torch.Tensor | None = None
     h_last = 0.0
     for i in range(n):
@@ -456,7 +459,7 @@ def sample_dpmpp_2m_sde(
                     x = x + (0.5 * phi * (1 / r)) * (denoised - old_denoised)
             if eta:
                 std = s[i + 1] * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise
-                x = x + randn_like(x, generator) * std
+                x = x + brownian(s[i], s[i + 1]) * std
             h_last = h
         old_denoised = denoised
     return x
@@ -476,6 +479,7 @@ def sample_dpmpp_3m_sde(
     """
     s = as_floats(sigmas)
     n = len(s) - 1
+    brownian = BrownianNoise.for_sigmas(x, s, generator) if eta else None
     denoised_1: torch.Tensor | None = None
     denoised_2: torch.Tensor | None = None
     h_1: float | None = None
@@ -502,7 +506,7 @@ def sample_dpmpp_3m_sde(
             x = x + phi_2 * ((denoised - denoised_1) / (h_1 / h))
         if eta:
             std = s[i + 1] * math.sqrt(-math.expm1(-2 * h * eta)) * s_noise
-            x = x + randn_like(x, generator) * std
+            x = x + brownian(s[i], s[i + 1]) * std
         denoised_1, denoised_2 = denoised, denoised_1
         h_1, h_2 = h, h_1
     return x

@@ -257,3 +257,45 @@ def test_parity_with_diffusers_ddim_eta1_same_noise_stream() -> None:
     start = torch.randn(2, 1, 4, 4, generator=g) * math.sqrt(1 + float(sigmas[0]) ** 2)
     ours = SAMPLERS["ddim"](GaussianDenoiser(), start, sigmas, eta=1.0, generator=g)
     torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5)
+
+
+def test_brownian_noise_is_one_path_with_standard_normal_increments() -> None:
+    from sgm.samplers import BrownianNoise
+
+    x = torch.zeros(2, 1, 16, 16)
+    noise = BrownianNoise(x, 0.03, 14.6, [torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)])
+    # Increments of adjacent intervals add up (one path), whatever order they are asked in.
+    whole = noise(14.6, 0.5) * math.sqrt(14.1)
+    parts = noise(3.0, 0.5) * math.sqrt(2.5) + noise(14.6, 3.0) * math.sqrt(11.6)
+    torch.testing.assert_close(parts, whole, rtol=0, atol=1e-5)
+    torch.testing.assert_close(noise(0.5, 3.0), -noise(3.0, 0.5))
+    # Each normalised increment is N(0, 1), independent across disjoint intervals and items.
+    edges = torch.logspace(math.log10(14.6), math.log10(0.03), 40).tolist()
+    draws = torch.stack([noise(a, b) for a, b in zip(edges, edges[1:])])  # (39, 2, 1, 16, 16)
+    assert abs(draws.mean().item()) < 0.03 and abs(draws.std().item() - 1) < 0.03
+    flat = draws.flatten(2)
+    assert abs(torch.corrcoef(torch.stack([flat[:, 0].flatten(), flat[:, 1].flatten()]))[0, 1].item()) < 0.05
+    consecutive = torch.stack([flat[:-1].flatten(), flat[1:].flatten()])  # neighbouring intervals
+    assert abs(torch.corrcoef(consecutive)[0, 1].item()) < 0.05
+    # Seeded: same generators, same path; item 1 alone equals item 1 of the batch.
+    again = BrownianNoise(x[1:], 0.03, 14.6, [torch.Generator().manual_seed(6)])
+    torch.testing.assert_close(again(14.6, 0.5), noise(14.6, 0.5)[1:])
+
+
+@pytest.mark.parametrize("name", ["dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde"])
+def test_sde_samplers_converge_to_one_sample_as_steps_grow(name: str) -> None:
+    """With a Brownian path the SDE solution for a seed is fixed: more steps approach it.
+
+    (Fresh noise per step would give an unrelated sample for every step count: the
+    difference between 32 and 64 steps would stay at the size of the data's spread.)
+    """
+    def run(steps: int) -> torch.Tensor:
+        sigmas = karras(SD, steps)
+        x = _start(16, float(sigmas[0]), seed=3) / math.sqrt(S**2 + float(sigmas[0]) ** 2)  # unit noise
+        x = x * float(sigmas[0])
+        return SAMPLERS[name](GaussianDenoiser(), x, sigmas, generator=torch.Generator().manual_seed(11))
+
+    reference = run(256)
+    gaps = [(run(n) - reference).abs().mean().item() for n in (16, 32, 64)]
+    assert gaps[2] < gaps[1] < gaps[0], gaps
+    assert gaps[2] < 0.1 * S, gaps
