@@ -228,6 +228,17 @@ def test_number_widgets_clamp_to_their_limits(page, server):
     assert autosaved(page)["nodes"]["5"]["inputs"]["sampler_name"] == "dpmpp_2m"
 
 
+def test_integers_beyond_exact_javascript_numbers_are_clamped_to_exact_ones(page, server):
+    open_editor(page, server.url)
+    parsed = page.evaluate("""async () => {
+        const { parseNumber } = await import("/static/js/widgets.js");
+        const seed = { kind: "seed", min: 0, max: 18446744073709551615 };
+        return [parseNumber("18446744073709551615", seed), parseNumber("123", seed),
+                parseNumber("-5", { kind: "int", min: -(2 ** 60) }), parseNumber("2.5e300", { kind: "float" })];
+    }""")
+    assert parsed == [2**53 - 1, 123, -5, 2.5e300]
+
+
 def test_node_menu_renames_duplicates_and_deletes(page, server):
     open_editor(page, server.url)
     page.click('[data-node-id="4"] .node-title', button="right")

@@ -6,12 +6,17 @@ function clamp(value, widget) {
   return value;
 }
 
-/** Parse and clamp what was typed; returns null when it is not a number at all. */
+/**
+ * Parse and clamp what was typed; returns null when it is not a number at all. Integers
+ * are also kept within +-2^53 - 1: beyond that a JS number is not exact (a typed
+ * 2^64 - 1 seed would become 2^64 and be sent as a different, out-of-range seed).
+ */
 export function parseNumber(text, widget) {
   const value = Number(text);
   if (text.trim() === "" || !Number.isFinite(value)) return null;
-  const isInt = widget.kind === "int" || widget.kind === "seed";
-  return clamp(isInt ? Math.round(value) : value, widget);
+  if (widget.kind !== "int" && widget.kind !== "seed") return clamp(value, widget);
+  const exact = Math.max(-Number.MAX_SAFE_INTEGER, Math.min(Number.MAX_SAFE_INTEGER, Math.round(value)));
+  return clamp(exact, widget);
 }
 
 /** A random seed within the widget's limits (capped to 2^32 so it stays exact in JS). */
