@@ -219,7 +219,11 @@ def text_original_to_diffusers(
 
 
 def diffusers_text_config(family: str, te: Tensors, *, second: bool) -> dict[str, object]:
-    """A transformers ``CLIPTextConfig`` dict (config.json) for a converted text encoder."""
+    """A transformers ``CLIPTextConfig`` dict (config.json) for a converted text encoder.
+
+    The head count is not stored in the weights: every released CLIP/OpenCLIP tower uses
+    64 channels per head, so heads = width // 64 (at least 1 for narrower test models).
+    """
     base = base_family(family)
     vocab, width = te["text_model.embeddings.token_embedding.weight"].shape
     layers = len({k.split(".")[3] for k in te if k.startswith(_HF_LAYER)})
@@ -231,7 +235,7 @@ def diffusers_text_config(family: str, te: Tensors, *, second: bool) -> dict[str
         "hidden_size": width,
         "intermediate_size": te["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
         "num_hidden_layers": layers,
-        "num_attention_heads": width // 64,
+        "num_attention_heads": max(1, width // 64),
         "max_position_embeddings": te["text_model.embeddings.position_embedding.weight"].shape[0],
         "hidden_act": "quick_gelu" if openai else "gelu",
         "layer_norm_eps": 1e-5,

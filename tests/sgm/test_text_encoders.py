@@ -364,3 +364,15 @@ def test_converted_folder_loads_in_transformers_with_our_config(
         pad = tokenizer.eos_id if family == "sd1" else 0
         reference = loaded[0](reference_ids(tokenizer, PROMPTS, pad)).last_hidden_state
     assert relative_error(context, reference) < 1e-4
+
+
+def test_diffusers_text_config_of_a_narrow_tower_has_at_least_one_head() -> None:
+    from sgm.convert_text import diffusers_text_config
+
+    def tower(width: int) -> dict[str, torch.Tensor]:
+        return {"text_model.embeddings.token_embedding.weight": torch.zeros(10, width),
+                "text_model.embeddings.position_embedding.weight": torch.zeros(77, width),
+                "text_model.encoder.layers.0.mlp.fc1.weight": torch.zeros(4 * width, width)}
+
+    assert diffusers_text_config("sd1", tower(32), second=False)["num_attention_heads"] == 1
+    assert diffusers_text_config("sd1", tower(768), second=False)["num_attention_heads"] == 12
