@@ -46,7 +46,9 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         vae = getattr(checkpoint, "vae", None)
         return ModelValue(
             unet=unet,
-            model_sampling=model_sampling_for(prediction or checkpoint.prediction),
+            model_sampling=model_sampling_for(
+                prediction or checkpoint.prediction,
+                zero_terminal_snr=bool(getattr(checkpoint, "zero_terminal_snr", False)) and prediction in (None, "v")),
             family=checkpoint.family if checkpoint is not None else "sd1",
             name=name,
             latent_format=LatentFormat(channels=int(unet.out_channels),

@@ -327,6 +327,16 @@ class Checkpoint:
     conditioner: Any | None = None
     text_encoders: list[nn.Module] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    # Trained on the zero-terminal-SNR rescaled schedule (Lin et al. 2024); from the file's
+    # latentflow.config "zero_terminal_snr" (v-prediction models only).
+    zero_terminal_snr: bool = False
+
+    def model_sampling(self, prediction: Prediction | None = None) -> Any:
+        """The noise schedule this model was trained on (``sgm.denoisers.DiscreteModelSampling``)."""
+        from sgm.denoisers import DiscreteModelSampling
+
+        return DiscreteModelSampling(prediction=prediction or self.prediction,
+                                     zero_terminal_snr=self.zero_terminal_snr)
 
     def encode_text(self, prompts: list[str], **kwargs: Any) -> Any:
         """Encode prompts with this checkpoint's text encoders (see ``sgm.text_encoders``)."""
@@ -382,7 +392,18 @@ def load_checkpoint(
         conditioner=conditioner,
         text_encoders=list(getattr(conditioner, "modules", []) or []),
         metadata=metadata,
+        zero_terminal_snr=_zero_terminal_snr(hints, prediction, path),
     )
+
+
+def _zero_terminal_snr(hints: dict[str, Any], prediction: Prediction, path: Path) -> bool:
+    value = hints.get("zero_terminal_snr", False)
+    if not isinstance(value, bool):
+        raise CheckpointError(f"{path.name}: latentflow.config zero_terminal_snr must be true or false, found {value!r}")
+    if value and prediction != "v":
+        raise CheckpointError(f"{path.name}: latentflow.config has zero_terminal_snr true with {prediction!r} "
+                              "prediction; a zero-terminal-SNR model must be a v-prediction model")
+    return value
 
 
 def load_vae(path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> AutoencoderKL:

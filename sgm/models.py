@@ -69,7 +69,8 @@ class DiffusionModel:
             raise ValueError(f"{checkpoint.path} has no UNet weights; load a full checkpoint")
         return cls(
             checkpoint.unet,
-            DiscreteModelSampling(prediction=prediction or checkpoint.prediction),
+            checkpoint.model_sampling(prediction) if hasattr(checkpoint, "model_sampling")
+            else DiscreteModelSampling(prediction=prediction or checkpoint.prediction),
             scale_factor=checkpoint.scale_factor,
             family=checkpoint.family,
         )

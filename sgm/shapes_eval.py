@@ -189,12 +189,13 @@ class CheckpointEval:
     seconds_per_image: float  # one image, batch 1, ``steps`` steps with CFG, warm
     steps: int
     cfg: float
+    scheduler: str = "karras"
 
 
 def evaluate_checkpoint(path: str, *, count: int = 96, steps: int = 20, cfg: float = 4.0, batch_size: int = 8,
                         seed: int = 0, psnr_images: int = 64,
                         on_batch: Callable[[int, int], None] | None = None,
-                        grid_path: str | None = None) -> CheckpointEval:
+                        grid_path: str | None = None, scheduler: str = "karras") -> CheckpointEval:
     """Load a tiny-shapes model file and measure accuracy, VAE PSNR and speed."""
     import time
 
@@ -203,7 +204,6 @@ def evaluate_checkpoint(path: str, *, count: int = 96, steps: int = 20, cfg: flo
     from sgm.checkpoints import load_checkpoint
     from sgm.data.datasets import ShapesDataset
     from sgm.data.transforms import to_pixels
-    from sgm.denoisers import DiscreteModelSampling
     from sgm.training.common import grid_image
     from sgm.training.diffusion import generate as generate_images
     from sgm.training.vae import psnr
@@ -211,7 +211,7 @@ def evaluate_checkpoint(path: str, *, count: int = 96, steps: int = 20, cfg: flo
     checkpoint = load_checkpoint(path, dtype=torch.float32)
     if checkpoint.unet is None or checkpoint.vae is None or checkpoint.conditioner is None:
         raise ValueError(f"{path} lacks a UNet, VAE or text encoder; eval needs a full text-to-image model")
-    sampling = DiscreteModelSampling(prediction=checkpoint.prediction)
+    sampling = checkpoint.model_sampling()
     latent_size = 64 // checkpoint.vae.downscale
 
     def encode(prompts: list[str]) -> torch.Tensor:
@@ -220,7 +220,8 @@ def evaluate_checkpoint(path: str, *, count: int = 96, steps: int = 20, cfg: flo
     def generate(captions: list[str], batch_seed: int) -> list[np.ndarray]:
         images = generate_images(checkpoint.unet, checkpoint.vae, encode, sampling, captions,
                                  scale_factor=checkpoint.scale_factor, latent_size=latent_size,
-                                 generator=torch.Generator().manual_seed(batch_seed), steps=steps, cfg=cfg)
+                                 generator=torch.Generator().manual_seed(batch_seed), steps=steps, cfg=cfg,
+                                 scheduler=scheduler)
         return [to_pixels(image) for image in images]
 
     generated: list[np.ndarray] = []
@@ -246,4 +247,4 @@ def evaluate_checkpoint(path: str, *, count: int = 96, steps: int = 20, cfg: flo
 
         tensors = torch.stack([torch.from_numpy(g).permute(2, 0, 1).float() / 127.5 - 1 for g in generated])
         Image.fromarray(to_pixels(grid_image(tensors, 8))).save(grid_path)
-    return CheckpointEval(report, mean_psnr, seconds, steps, cfg)
+    return CheckpointEval(report, mean_psnr, seconds, steps, cfg, scheduler)

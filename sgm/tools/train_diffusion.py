@@ -12,11 +12,16 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def configure_diffusion(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--vae", required=True, help="the VAE run's checkpoint-latest.pt (its EMA weights are used)")
+    parser.add_argument("--vae", required=True,
+                        help="the VAE run's checkpoint-latest.pt (its EMA weights are used), or a model file "
+                             "(.safetensors) whose VAE to reuse")
     parser.add_argument("--prediction", choices=("eps", "v"), default="eps")
     parser.add_argument("--weighting", choices=("min-snr", "edm", "uniform"), default="min-snr")
     parser.add_argument("--min-snr-gamma", type=float, default=5.0)
     parser.add_argument("--noise-offset", type=float, default=0.1)
+    parser.add_argument("--zero-terminal-snr", action="store_true",
+                        help="rescale the noise schedule so the last timestep is pure noise (needs --prediction v); "
+                             "stops small latents from leaking layout into the training noise")
     parser.add_argument("--caption-dropout", type=float, default=0.1)
     parser.add_argument("--model-channels", type=int, default=32)
     parser.add_argument("--channel-mult", type=_ints, default=(1, 2, 4))
@@ -47,9 +52,13 @@ def configure_lora(parser: argparse.ArgumentParser) -> None:
 
 
 def load_vae_from_run(path: str):
-    """An AutoencoderKL from a VAE training checkpoint, with the EMA weights if there are any."""
+    """An AutoencoderKL from a VAE training checkpoint (EMA weights if any) or from a model file's VAE."""
     import torch
 
+    if str(path).endswith(".safetensors"):
+        from sgm.checkpoints import load_vae
+
+        return load_vae(path, dtype=torch.float32).eval()
     from sgm.autoencoder import AutoencoderKL
     from sgm.checkpoints import infer_vae_config
     from sgm.training.loop import load_training_checkpoint
@@ -99,7 +108,7 @@ def _build(args: argparse.Namespace, dataset, vae, scale_factor: float):
     )
     config = DiffusionConfig(prediction=args.prediction, weighting=args.weighting, min_snr_gamma=args.min_snr_gamma,
                              noise_offset=args.noise_offset, caption_dropout=args.caption_dropout,
-                             scale_factor=scale_factor)
+                             scale_factor=scale_factor, zero_terminal_snr=args.zero_terminal_snr)
     return DiffusionTask(unet, vae, text, config, preview_prompts=preview,
                          latent_size=args.image_size // vae.downscale)
 
@@ -170,6 +179,7 @@ def export_model(task, path: str, *, family: str, training: dict[str, object]):
     config = {
         "prediction": task.config.prediction,
         "scale_factor": task.config.scale_factor,
+        "zero_terminal_snr": task.config.zero_terminal_snr,
         "unet": {"num_head_channels": task.unet_head_channels()},
         "image_size": task.latent_size * task.vae.downscale,
         "training": training,

@@ -53,6 +53,12 @@ class DiffusionConfig:
     noise_offset: float = 0.1
     caption_dropout: float = 0.1
     scale_factor: float = 1.0  # latents are multiplied by this before diffusion
+    # Rescale the schedule so its last timestep is pure noise (Lin et al. 2024, Algorithm 1).
+    # SD's schedule keeps sqrt(alpha_bar_T) ~ 0.068 of the signal: in a small latent that is
+    # enough for a shape's position to leak into the training "noise", so a model learns to
+    # read position from it and, at sampling time, puts the shape wherever the seed's noise
+    # happens to have a blob. Needs v-prediction.
+    zero_terminal_snr: bool = False
 
 
 def loss_weight(config: DiffusionConfig, alpha_bar: torch.Tensor) -> torch.Tensor:
@@ -89,7 +95,8 @@ class DiffusionTask:
                  trainable: Callable[[], list[tuple[str, nn.Parameter]]] | None = None) -> None:
         self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
         self.config = config
-        self.sampling = DiscreteModelSampling(prediction=config.prediction)
+        self.sampling = DiscreteModelSampling(prediction=config.prediction,
+                                              zero_terminal_snr=config.zero_terminal_snr)
         self.alphas_cumprod = self.sampling.alphas_cumprod.float()  # (T,)
         # Without a trainable tiny text encoder (LoRA on any checkpoint) a subclass encodes.
         self.tokenizer = (WordTokenizer(text_encoder.config.vocab, text_encoder.config.max_length)
@@ -168,13 +175,14 @@ class DiffusionTask:
 @torch.no_grad()
 def generate(unet: UNetModel, vae: AutoencoderKL, encode: Callable[[list[str]], torch.Tensor],
              sampling: DiscreteModelSampling, prompts: list[str], *, scale_factor: float,
-             generator: torch.Generator, latent_size: int, steps: int = 20, cfg: float = 4.0) -> torch.Tensor:
+             generator: torch.Generator, latent_size: int, steps: int = 20, cfg: float = 4.0,
+             scheduler: str = "karras") -> torch.Tensor:
     """Euler sampling with classifier-free guidance: prompts -> images (B, 3, H, W) in [-1, 1].
 
     A self-contained preview for training runs (the engine's graph does the same with any sampler).
     """
     from sgm.samplers import sample_euler
-    from sgm.schedules import karras
+    from sgm.schedules import compute_sigmas
 
     context = encode(prompts)  # (B, T, C)
     uncond = encode([""] * len(prompts))
@@ -188,7 +196,7 @@ def generate(unet: UNetModel, vae: AutoencoderKL, encode: Callable[[list[str]], 
         uncond_d, cond_d = denoised.chunk(2)
         return uncond_d + cfg * (cond_d - uncond_d)
 
-    sigmas = karras(sampling, steps)
+    sigmas = compute_sigmas(scheduler, sampling, steps)
     channels = unet.in_channels
     noise = torch.randn((len(prompts), channels, latent_size, latent_size), generator=generator)
     x = sampling.noise_scaling(sigmas[:1], noise, torch.zeros_like(noise), max_denoise=True)

@@ -197,6 +197,19 @@ def test_load_checkpoint_in_bf16_prepares_the_model_and_shares_it(tmp_path: Path
     assert again.unet is model.unet and runtime.models.loads == 1
 
 
+def test_load_checkpoint_samples_on_the_schedule_the_file_was_trained_on(tmp_path: Path) -> None:
+    from tests.workflows.model_files import write_tiny_shapes_standin
+
+    folder = tmp_path / "models" / "checkpoints"
+    write_tiny_shapes_standin(folder / "sd.safetensors")
+    write_tiny_shapes_standin(folder / "ztsnr.safetensors", config={"prediction": "v", "zero_terminal_snr": True})
+    load = {spec.id: spec.function for spec in build_nodes(Runtime(Settings.for_root(tmp_path), device="cpu"))}
+    sd, _, _ = load["LoadCheckpoint"](ckpt_name="sd.safetensors")
+    ztsnr, _, _ = load["LoadCheckpoint"](ckpt_name="ztsnr.safetensors")
+    assert sd.model_sampling.prediction == "eps" and abs(sd.model_sampling.sigma_max - 14.6146) < 1e-3
+    assert ztsnr.model_sampling.prediction == "v" and ztsnr.model_sampling.sigma_max > 1000
+
+
 def test_names_are_confined_to_their_folder_but_symlinked_models_load(tmp_path: Path) -> None:
     from nodes.runtime import confined
 

@@ -116,17 +116,19 @@ def write_tiny_checkpoint(
     metadata: dict[str, str] | None = None,
     prediction: str = "eps",
     with_vae: bool = True,
+    config: dict[str, Any] | None = None,
     **unet_overrides: Any,
 ) -> Path:
     """Write a tiny single-file checkpoint of ``family`` with original key names; returns the path.
 
     ``text_state_dict`` (keys prefixed ``cond_stage_model.``/``conditioner.embedders.``) is
-    stored as given. ``metadata`` entries are added to the ``latentflow.config`` head hints;
+    stored as given. ``config`` entries join the ``latentflow.config`` hints (e.g.
+    ``zero_terminal_snr``). ``metadata`` entries are added next to ``latentflow.config``;
     pass ``{"latentflow.family": "..."}`` to name a custom family.
     """
     unet = tiny_unet(family, seed=seed, in_channels=9 if inpaint else 4, **unet_overrides)
     vae = tiny_vae(seed=seed + 1) if with_vae else None
-    hints = {"unet": unet_metadata_hints(family), "prediction": prediction}
+    hints = {"unet": unet_metadata_hints(family), "prediction": prediction, **(config or {})}
     full_metadata = {"latentflow.config": json.dumps(hints), **(metadata or {})}
     return save_checkpoint(path, unet=unet, vae=vae, text_state_dict=text_state_dict, metadata=full_metadata)
 

@@ -215,3 +215,47 @@ def test_exported_model_loads_through_load_checkpoint(tmp_path) -> None:
     x, t = torch.randn(2, 4, 8, 8), torch.tensor([3, 900])
     with torch.no_grad():
         assert torch.allclose(loaded.unet(x, t, context), task.unet(x, t, expected), atol=1e-6)
+
+
+def test_zero_terminal_snr_model_exports_its_schedule_and_samples_on_it(tmp_path) -> None:
+    """A v + zero-terminal-SNR run: the file says so, and every consumer samples on that schedule."""
+    from sgm.checkpoints import load_checkpoint
+    from sgm.models import DiffusionModel
+    from sgm.tools.train_diffusion import export_model
+
+    vae = _tiny_vae()
+    base = _tiny_diffusion_task(vae, prediction="v", weighting="uniform")
+    task = DiffusionTask(base.unet, vae, base.text_encoder, latent_size=8, config=DiffusionConfig(
+        prediction="v", weighting="uniform", scale_factor=0.5, zero_terminal_snr=True))
+    # Training noise levels: the last timestep is (numerically) pure noise, SD's keeps 0.068 of x0.
+    assert float(task.alphas_cumprod[-1].sqrt()) < 1e-3
+    assert float(base.alphas_cumprod[-1].sqrt()) > 0.06
+    path = export_model(task, str(tmp_path / "ztsnr.safetensors"), family="tiny-shapes", training={})
+    loaded = load_checkpoint(path, dtype=torch.float32)
+    assert loaded.prediction == "v" and loaded.zero_terminal_snr
+    sampling = loaded.model_sampling()
+    assert sampling.zero_terminal_snr and sampling.sigma_max > 1000
+    assert torch.allclose(sampling.sigmas, task.sampling.sigmas)
+    assert DiffusionModel.from_checkpoint(loaded).model_sampling.sigma_max == sampling.sigma_max
+
+
+def test_zero_terminal_snr_with_eps_prediction_is_refused_by_the_loader(tmp_path) -> None:
+    from sgm.checkpoints import CheckpointError, load_checkpoint
+    from sgm.tools.train_diffusion import export_model
+
+    task = _tiny_diffusion_task(_tiny_vae())  # eps
+    task.config = DiffusionConfig(prediction="eps", scale_factor=0.5, zero_terminal_snr=True)  # bypasses the check
+    path = export_model(task, str(tmp_path / "bad.safetensors"), family="tiny-shapes", training={})
+    with pytest.raises(CheckpointError, match="zero_terminal_snr.*v-prediction"):
+        load_checkpoint(path, dtype=torch.float32)
+
+
+def test_a_model_file_can_supply_the_vae_of_a_diffusion_run(tmp_path) -> None:
+    from sgm.tools.train_diffusion import export_model, load_vae_from_run
+
+    task = _tiny_diffusion_task(_tiny_vae())
+    path = export_model(task, str(tmp_path / "m.safetensors"), family="tiny-shapes", training={})
+    vae = load_vae_from_run(str(path))
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(vae.encode(images), task.vae.encode(images), atol=1e-6)

@@ -97,8 +97,11 @@ def write_family_checkpoint(path: Path, family: str, *, inpaint: bool = False, s
                                  pooled_dim=POOLED_DIM, text_state_dict=text_state_dict(family, seed))
 
 
-def write_tiny_shapes_standin(path: Path, seed: int = 0) -> Path:
-    """A random model in the embedded model's format: our tiny word-level text encoder."""
+def write_tiny_shapes_standin(path: Path, seed: int = 0, config: dict[str, object] | None = None) -> Path:
+    """A random model in the embedded model's format: our tiny word-level text encoder.
+
+    ``config``: extra ``latentflow.config`` hints (e.g. prediction and zero_terminal_snr).
+    """
     from sgm.tiny_text import TinyTextConditioner, TinyTextConfig, TinyTextEncoder
 
     torch.manual_seed(seed)
@@ -106,7 +109,7 @@ def write_tiny_shapes_standin(path: Path, seed: int = 0) -> Path:
     conditioner = TinyTextConditioner(encoder)
     metadata = {"latentflow.family": "tiny-shapes", **conditioner.metadata()}
     return write_tiny_checkpoint(path, "sd1", seed=seed, context_dim=32, text_state_dict=conditioner.state_dict(),
-                                 metadata=metadata)
+                                 metadata=metadata, config=config)
 
 
 def write_kohya_lora(path: Path, unet: torch.nn.Module, towers: list[torch.nn.Module], *, rank: int = 2,
