@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -354,8 +355,12 @@ def node(
     """
 
     def decorate(function: Callable[..., Any]) -> NodeSpec:
+        # The scope the decorator is applied in: under `from __future__ import annotations`
+        # a local used only in an annotation is neither a global nor a closure variable.
+        caller = sys._getframe(1)
         return _build_spec(
             function,
+            scope=dict(caller.f_locals) if caller.f_code is not None else {},
             node_id=id,
             display_name=display_name or _humanize(id.rsplit(".", 1)[-1]),
             category=category,
@@ -381,10 +386,11 @@ def _humanize(name: str) -> str:
     return "".join(out).replace("_", " ").strip()
 
 
-def _build_spec(function: Callable[..., Any], *, node_id: str, **kwargs: Any) -> NodeSpec:
+def _build_spec(function: Callable[..., Any], *, node_id: str, scope: dict[str, Any] | None = None,
+                **kwargs: Any) -> NodeSpec:
     where = f"node {node_id!r} ({function.__module__}.{function.__qualname__})"
     signature = inspect.signature(function)
-    namespace = dict(function.__globals__)
+    namespace = {**function.__globals__, **(scope or {})}
     if function.__closure__:
         namespace.update(zip(function.__code__.co_freevars,
                              (cell.cell_contents for cell in function.__closure__)))
