@@ -190,6 +190,9 @@ class CheckpointEval:
     steps: int
     cfg: float
     scheduler: str = "karras"
+    # The analyser on the VAE's reconstructions of the PSNR images: the ceiling that the
+    # decoder puts on any generated image's accuracy.
+    reconstruction: EvalReport | None = None
 
 
 def evaluate_checkpoint(path: str, *, count: int = 96, steps: int = 20, cfg: float = 4.0, batch_size: int = 8,
@@ -242,9 +245,11 @@ def evaluate_checkpoint(path: str, *, count: int = 96, steps: int = 20, cfg: flo
         images = torch.stack([dataset[i]["image"] for i in range(psnr_images)])
         reconstruction = checkpoint.vae.decode(checkpoint.vae.encode(images))
         mean_psnr = float(psnr(reconstruction, images).mean())
+        ceiling = score([to_pixels(r) for r in reconstruction.float().clamp(-1, 1)],
+                        [dataset.spec(i)[0] for i in range(psnr_images)])
     if grid_path is not None:
         from PIL import Image
 
         tensors = torch.stack([torch.from_numpy(g).permute(2, 0, 1).float() / 127.5 - 1 for g in generated])
         Image.fromarray(to_pixels(grid_image(tensors, 8))).save(grid_path)
-    return CheckpointEval(report, mean_psnr, seconds, steps, cfg, scheduler)
+    return CheckpointEval(report, mean_psnr, seconds, steps, cfg, scheduler, ceiling)

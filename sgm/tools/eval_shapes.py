@@ -59,5 +59,9 @@ def format_table(result) -> str:
              f"{'metric':<24}{'value':>10}", "-" * 34]
     lines += [f"{name + ' accuracy':<24}{value * 100:>9.1f}%" for name, value in rows]
     lines.append(f"{'VAE PSNR':<24}{result.psnr:>8.2f}dB")
+    if result.reconstruction is not None:
+        ceiling = result.reconstruction.accuracy
+        lines.append(f"{'VAE ceiling (shape, size, joint)':<34}{ceiling['shape'] * 100:.1f}% "
+                     f"{ceiling['size'] * 100:.1f}% {ceiling['joint'] * 100:.1f}%")
     lines.append(f"{'s / 20-step image':<24}{result.seconds_per_image:>9.3f}s")
     return "\n".join(lines)

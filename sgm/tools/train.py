@@ -53,7 +53,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     vae.add_argument("--mse-weight", type=float, default=1.0)
     vae.add_argument("--adversarial-weight", type=float, default=0.0, help="> 0 adds a patch discriminator")
     vae.add_argument("--adversarial-start", type=int, default=1000)
-    vae.add_argument("--init", help="start from this VAE run's checkpoint (EMA weights), e.g. to fine-tune")
+    vae.add_argument("--edge-weight", type=float, default=0.0,
+                     help="weight pixels near edges (1 + this) in the reconstruction loss: sharper small objects")
+    vae.add_argument("--init", help="start from this VAE run's checkpoint (EMA weights) or a model file's VAE "
+                                    "(.safetensors), e.g. to fine-tune")
     vae.add_argument("--decoder-only", action="store_true",
                      help="freeze the encoder (keeps the latent space of a UNet already trained on it)")
     vae.add_argument("--crop-size", type=int, default=None,
@@ -138,7 +141,8 @@ def _run_vae(args: argparse.Namespace) -> int:
         model.load_state_dict(load_vae_from_run(args.init).state_dict())
     task = VAETask(model, VAELossConfig(mse_weight=args.mse_weight, kl_weight=args.kl_weight,
                                                  adversarial_weight=args.adversarial_weight,
-                                                 adversarial_start=args.adversarial_start), preview,
+                                                 adversarial_start=args.adversarial_start,
+                                                 edge_weight=args.edge_weight), preview,
                    decoder_only=args.decoder_only)
     result = train(task, dataset, settings_from(args), args.out, resume=not args.no_resume,
                    device=torch.device(args.device), on_progress=ProgressBar())

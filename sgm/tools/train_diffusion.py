@@ -18,6 +18,9 @@ def configure_diffusion(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prediction", choices=("eps", "v"), default="eps")
     parser.add_argument("--weighting", choices=("min-snr", "edm", "uniform"), default="min-snr")
     parser.add_argument("--min-snr-gamma", type=float, default=5.0)
+    parser.add_argument("--min-snr-floor", type=float, default=0.0,
+                        help="min-snr: lower clip of the x0 weight, so pure-noise steps keep some weight "
+                             "(use with --zero-terminal-snr)")
     parser.add_argument("--noise-offset", type=float, default=0.1)
     parser.add_argument("--zero-terminal-snr", action="store_true",
                         help="rescale the noise schedule so the last timestep is pure noise (needs --prediction v); "
@@ -107,6 +110,7 @@ def _build(args: argparse.Namespace, dataset, vae, scale_factor: float):
         use_checkpoint=args.gradient_checkpointing,
     )
     config = DiffusionConfig(prediction=args.prediction, weighting=args.weighting, min_snr_gamma=args.min_snr_gamma,
+                             min_snr_floor=args.min_snr_floor,
                              noise_offset=args.noise_offset, caption_dropout=args.caption_dropout,
                              scale_factor=scale_factor, zero_terminal_snr=args.zero_terminal_snr)
     return DiffusionTask(unet, vae, text, config, preview_prompts=preview,

@@ -11,7 +11,8 @@ with alpha_bar_t and noise ``n``:
 
 Weighting (per sample, on the MSE):
 - ``min-snr``: min(SNR, gamma) / SNR for eps, min(SNR, gamma) / (SNR + 1) for v
-  (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting", eq. 8);
+  (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting", eq. 8), with
+  SNR clipped from below at ``min_snr_floor`` (0: the paper's weighting);
 - ``edm``: sigma drawn log-normally (P_mean, P_std; Karras et al. 2022, Table 1) and
   snapped to the nearest training timestep, with the loss weighted so that it equals EDM's
   lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 on the x0 error;
@@ -47,6 +48,10 @@ class DiffusionConfig:
     prediction: Literal["eps", "v"] = "eps"
     weighting: Weighting = "min-snr"
     min_snr_gamma: float = 5.0
+    # Lower clip of min-SNR's x0 weight: min-SNR gives the pure-noise end (SNR -> 0) no weight,
+    # which is harmless for SD's schedule but leaves a zero-terminal-SNR model's first step
+    # (where layout is decided) untrained; a floor keeps it learned.
+    min_snr_floor: float = 0.0
     edm_p_mean: float = -1.2
     edm_p_std: float = 1.2
     sigma_data: float = 1.0  # scaled latents have about unit variance
@@ -67,7 +72,7 @@ def loss_weight(config: DiffusionConfig, alpha_bar: torch.Tensor) -> torch.Tenso
     if config.weighting == "uniform":
         return torch.ones_like(snr)
     if config.weighting == "min-snr":
-        clipped = snr.clamp(max=config.min_snr_gamma)
+        clipped = snr.clamp(min=config.min_snr_floor, max=config.min_snr_gamma)
         return clipped / snr if config.prediction == "eps" else clipped / (snr + 1.0)
     if config.weighting == "edm":
         sigma2 = 1.0 / snr  # VE sigma^2 = (1 - alpha_bar) / alpha_bar

@@ -143,6 +143,21 @@ def test_loss_weights_follow_min_snr_and_edm() -> None:
     # EDM with sigma_data = 1 on a v objective is exactly uniform (lambda * sigma^2 / (1 + sigma^2) = 1).
     edm_v = loss_weight(DiffusionConfig(prediction="v", weighting="edm"), alpha_bar)
     assert torch.allclose(edm_v, torch.ones(3), rtol=1e-4)
+    # A floor keeps the pure-noise end weighted: x0 weight max(min(SNR, 5), 0.5).
+    floored = loss_weight(DiffusionConfig(prediction="v", min_snr_gamma=5.0, min_snr_floor=0.5), alpha_bar)
+    assert torch.allclose(floored, torch.tensor([5 / 100, 0.5, 0.5 / (1 / 99 + 1)]), rtol=1e-4)
+
+
+def test_edge_weights_mark_outlines_only() -> None:
+    from sgm.training.vae import edge_weights
+
+    images = -torch.ones(1, 3, 12, 12)
+    images[:, :, 4:8, 4:8] = 1.0  # a 4 x 4 square
+    weights = edge_weights(images, 5.0)[0, 0]
+    assert weights.shape == (12, 12) and set(weights.unique().tolist()) == {1.0, 6.0}
+    assert weights[0, 0] == 1.0 and weights[11, 11] == 1.0  # flat background
+    assert weights[4, 4] == 6.0 and weights[3, 5] == 6.0 and weights[8, 5] == 6.0  # on and next to the outline
+    assert weights[1, 1] == 1.0 and weights[10, 6] == 1.0  # two pixels away
 
 
 def test_psnr_of_identical_and_offset_images() -> None:
