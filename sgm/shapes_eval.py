@@ -190,6 +190,7 @@ class CheckpointEval:
     steps: int
     cfg: float
     scheduler: str = "karras"
+    sampler: str = "euler"
     # The analyser on the VAE's reconstructions of the PSNR images: the ceiling that the
     # decoder puts on any generated image's accuracy.
     reconstruction: EvalReport | None = None
@@ -198,7 +199,8 @@ class CheckpointEval:
 def evaluate_checkpoint(path: str, *, count: int = 96, steps: int = 20, cfg: float = 4.0, batch_size: int = 8,
                         seed: int = 0, psnr_images: int = 64,
                         on_batch: Callable[[int, int], None] | None = None,
-                        grid_path: str | None = None, scheduler: str = "karras") -> CheckpointEval:
+                        grid_path: str | None = None, scheduler: str = "karras",
+                        sampler: str = "euler") -> CheckpointEval:
     """Load a tiny-shapes model file and measure accuracy, VAE PSNR and speed."""
     import time
 
@@ -224,7 +226,7 @@ def evaluate_checkpoint(path: str, *, count: int = 96, steps: int = 20, cfg: flo
         images = generate_images(checkpoint.unet, checkpoint.vae, encode, sampling, captions,
                                  scale_factor=checkpoint.scale_factor, latent_size=latent_size,
                                  generator=torch.Generator().manual_seed(batch_seed), steps=steps, cfg=cfg,
-                                 scheduler=scheduler)
+                                 scheduler=scheduler, sampler=sampler)
         return [to_pixels(image) for image in images]
 
     generated: list[np.ndarray] = []
@@ -252,4 +254,4 @@ def evaluate_checkpoint(path: str, *, count: int = 96, steps: int = 20, cfg: flo
 
         tensors = torch.stack([torch.from_numpy(g).permute(2, 0, 1).float() / 127.5 - 1 for g in generated])
         Image.fromarray(to_pixels(grid_image(tensors, 8))).save(grid_path)
-    return CheckpointEval(report, mean_psnr, seconds, steps, cfg, scheduler, ceiling)
+    return CheckpointEval(report, mean_psnr, seconds, steps, cfg, scheduler, sampler, ceiling)

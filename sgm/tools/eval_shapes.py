@@ -19,7 +19,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=96, help="images to generate (held-out captions, cycled)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=4.0)
-    parser.add_argument("--scheduler", default="karras", help="noise schedule of the euler sampler (see `nodes`)")
+    parser.add_argument("--sampler", default="euler", help="sampler name (as in KSampler)")
+    parser.add_argument("--scheduler", default="karras", help="noise schedule (as in KSampler)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--psnr-images", type=int, default=64)
@@ -42,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
     result = evaluate_checkpoint(args.checkpoint, count=args.n, steps=args.steps, cfg=args.cfg,
                                  batch_size=args.batch_size, seed=args.seed, psnr_images=args.psnr_images,
-                                 on_batch=on_batch, grid_path=args.save_grid, scheduler=args.scheduler)
+                                 on_batch=on_batch, grid_path=args.save_grid, scheduler=args.scheduler,
+                                 sampler=args.sampler)
     sys.stderr.write("\n")
     print(format_table(result))
     for caption, analysis in result.report.failures[: args.show_failures]:
@@ -54,7 +56,7 @@ def format_table(result) -> str:
     rows = [("colour", result.report.accuracy["colour"]), ("shape", result.report.accuracy["shape"]),
             ("size", result.report.accuracy["size"]), ("position", result.report.accuracy["position"]),
             ("background", result.report.accuracy["background"]), ("all jointly", result.report.accuracy["joint"])]
-    lines = [f"held-out captions: {result.report.count} images, euler, {result.steps} steps "
+    lines = [f"held-out captions: {result.report.count} images, {result.sampler}, {result.steps} steps "
              f"{result.scheduler}, cfg {result.cfg}",
              f"{'metric':<24}{'value':>10}", "-" * 34]
     lines += [f"{name + ' accuracy':<24}{value * 100:>9.1f}%" for name, value in rows]

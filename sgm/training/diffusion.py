@@ -181,12 +181,12 @@ class DiffusionTask:
 def generate(unet: UNetModel, vae: AutoencoderKL, encode: Callable[[list[str]], torch.Tensor],
              sampling: DiscreteModelSampling, prompts: list[str], *, scale_factor: float,
              generator: torch.Generator, latent_size: int, steps: int = 20, cfg: float = 4.0,
-             scheduler: str = "karras") -> torch.Tensor:
-    """Euler sampling with classifier-free guidance: prompts -> images (B, 3, H, W) in [-1, 1].
+             scheduler: str = "karras", sampler: str = "euler") -> torch.Tensor:
+    """Sampling with classifier-free guidance: prompts -> images (B, 3, H, W) in [-1, 1].
 
     A self-contained preview for training runs (the engine's graph does the same with any sampler).
     """
-    from sgm.samplers import sample_euler
+    from sgm.samplers import SAMPLERS
     from sgm.schedules import compute_sigmas
 
     context = encode(prompts)  # (B, T, C)
@@ -205,5 +205,7 @@ def generate(unet: UNetModel, vae: AutoencoderKL, encode: Callable[[list[str]], 
     channels = unet.in_channels
     noise = torch.randn((len(prompts), channels, latent_size, latent_size), generator=generator)
     x = sampling.noise_scaling(sigmas[:1], noise, torch.zeros_like(noise), max_denoise=True)
-    latents = sample_euler(denoiser, x, sigmas)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+    latents = SAMPLERS[sampler](denoiser, x, sigmas, generator=generator)
     return vae.decode(latents / scale_factor).float().clamp(-1, 1)
