@@ -29,8 +29,12 @@ def run_lora(args: argparse.Namespace) -> int:
     training_data = _latent_cache(args, dataset, checkpoint.vae, out / "latents.pt") if args.latent_cache else dataset
     torch.manual_seed(args.seed)  # adapter initialisation
     adapters = LoRAAdapters(checkpoint.unet, rank=args.rank, alpha=args.alpha)
+    # The base model's noise schedule; on a zero-terminal-SNR model the pure-noise steps keep
+    # some weight (plain min-SNR gives them none).
     config = DiffusionConfig(prediction=checkpoint.prediction, caption_dropout=args.caption_dropout,
-                             noise_offset=0.0, scale_factor=checkpoint.scale_factor)
+                             noise_offset=0.0, scale_factor=checkpoint.scale_factor,
+                             zero_terminal_snr=checkpoint.zero_terminal_snr,
+                             min_snr_floor=0.5 if checkpoint.zero_terminal_snr else 0.0)
     task = LoRATask(checkpoint.unet, checkpoint.vae, lambda captions: checkpoint.encode_text(captions)[0], config,
                     adapters, latent_size=args.image_size // checkpoint.vae.downscale,
                     preview_prompts=list(dict.fromkeys(getattr(dataset, "captions", [])))[:4] or None)

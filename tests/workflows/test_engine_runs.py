@@ -261,7 +261,6 @@ def test_txt2img_graph_reproduces_the_training_preview_sampler(executor: Executo
     """The embedded model (or its stand-in) through the nodes equals sgm.training's own
     Euler + CFG sampler with the same seed: the graph adds nothing and loses nothing."""
     from sgm.checkpoints import load_checkpoint
-    from sgm.denoisers import DiscreteModelSampling
     from sgm.training.diffusion import generate
 
     prompt = "a large yellow star in the center on a purple background"
@@ -271,7 +270,7 @@ def test_txt2img_graph_reproduces_the_training_preview_sampler(executor: Executo
                                  dtype=torch.float32)
     with torch.no_grad():
         reference = generate(checkpoint.unet, checkpoint.vae, lambda p: checkpoint.encode_text(p)[0],
-                             DiscreteModelSampling(prediction=checkpoint.prediction), [prompt],
+                             checkpoint.model_sampling(), [prompt],
                              scale_factor=checkpoint.scale_factor, generator=torch.Generator().manual_seed(5),
                              latent_size=64 // checkpoint.vae.downscale, steps=3, cfg=4.0)
     reference = ((reference.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
