@@ -39,17 +39,12 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
             return found
         return fingerprint
 
-    def model_value(checkpoint: Any, name: str, unet: Any = None, prediction: str | None = None) -> ModelValue:
-        from sgm.denoisers import model_sampling_for
-
-        unet = unet if unet is not None else checkpoint.unet
-        vae = getattr(checkpoint, "vae", None)
+    def model_value(checkpoint: Any, name: str) -> ModelValue:
+        unet, vae = checkpoint.unet, checkpoint.vae
         return ModelValue(
             unet=unet,
-            model_sampling=model_sampling_for(
-                prediction or checkpoint.prediction,
-                zero_terminal_snr=bool(getattr(checkpoint, "zero_terminal_snr", False)) and prediction in (None, "v")),
-            family=checkpoint.family if checkpoint is not None else "sd1",
+            model_sampling=checkpoint.model_sampling(),
+            family=checkpoint.family,
             name=name,
             latent_format=LatentFormat(channels=int(unet.out_channels),
                                        downscale=int(getattr(vae, "downscale", 8)) if vae is not None else 8),

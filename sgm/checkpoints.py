@@ -332,11 +332,15 @@ class Checkpoint:
     zero_terminal_snr: bool = False
 
     def model_sampling(self, prediction: Prediction | None = None) -> Any:
-        """The noise schedule this model was trained on (``sgm.denoisers.DiscreteModelSampling``)."""
-        from sgm.denoisers import DiscreteModelSampling
+        """The noise schedule this model was trained on (``sgm.denoisers.DiscreteModelSampling``).
 
-        return DiscreteModelSampling(prediction=prediction or self.prediction,
-                                     zero_terminal_snr=self.zero_terminal_snr)
+        ``prediction`` overrides the file's; an eps override drops the zero-terminal-SNR
+        rescale (undefined for eps).
+        """
+        from sgm.denoisers import model_sampling_for
+
+        prediction = prediction or self.prediction
+        return model_sampling_for(prediction, zero_terminal_snr=self.zero_terminal_snr and prediction == "v")
 
     def encode_text(self, prompts: list[str], **kwargs: Any) -> Any:
         """Encode prompts with this checkpoint's text encoders (see ``sgm.text_encoders``)."""

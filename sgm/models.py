@@ -69,8 +69,7 @@ class DiffusionModel:
             raise ValueError(f"{checkpoint.path} has no UNet weights; load a full checkpoint")
         return cls(
             checkpoint.unet,
-            checkpoint.model_sampling(prediction) if hasattr(checkpoint, "model_sampling")
-            else DiscreteModelSampling(prediction=prediction or checkpoint.prediction),
+            checkpoint.model_sampling(prediction),
             scale_factor=checkpoint.scale_factor,
             family=checkpoint.family,
         )
