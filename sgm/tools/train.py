@@ -16,6 +16,10 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(",") if part.strip())
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(part) for part in text.split(",") if part.strip())
+
+
 def _common(parser: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float) -> None:
     parser.add_argument("--data", default="shapes", help="'shapes' or a folder of images with .txt captions")
     parser.add_argument("--out", required=True, help="run folder (log, samples, resumable checkpoint)")
@@ -59,6 +63,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                     "(.safetensors), e.g. to fine-tune")
     vae.add_argument("--decoder-only", action="store_true",
                      help="freeze the encoder (keeps the latent space of a UNet already trained on it)")
+    vae.add_argument("--sampled-latents", metavar="MODEL",
+                     help="with --decoder-only: decode part of each batch from latents this text-to-image model "
+                          "file re-samples (img2img from a random noise level, see sgm.training.sampled_latents), "
+                          "so the decoder learns to render what the UNet generates; its VAE encoder must be --init's")
+    vae.add_argument("--sampled-fraction", type=float, default=0.5, help="share of each batch (--sampled-latents)")
+    vae.add_argument("--sampled-sigma", type=_floats, default=(0.3, 4.0), metavar="MIN,MAX",
+                     help="noise levels the re-sampling starts from (--sampled-latents)")
+    vae.add_argument("--sampled-cfg", type=float, default=4.0, help="guidance scale of the re-sampling")
     vae.add_argument("--crop-size", type=int, default=None,
                      help="train on random crops of this size (shapes): a convolutional VAE learns edges "
                           "and colours as well from parts, at a fraction of the compute")
@@ -139,12 +151,35 @@ def _run_vae(args: argparse.Namespace) -> int:
         from sgm.tools.train_diffusion import load_vae_from_run
 
         model.load_state_dict(load_vae_from_run(args.init).state_dict())
+    sampled_latents = None
+    if args.sampled_latents:
+        sampled_latents = _sampled_latents(args, model)
     task = VAETask(model, VAELossConfig(mse_weight=args.mse_weight, kl_weight=args.kl_weight,
                                                  adversarial_weight=args.adversarial_weight,
                                                  adversarial_start=args.adversarial_start,
                                                  edge_weight=args.edge_weight), preview,
-                   decoder_only=args.decoder_only)
+                   decoder_only=args.decoder_only, sampled_latents=sampled_latents)
     result = train(task, dataset, settings_from(args), args.out, resume=not args.no_resume,
                    device=torch.device(args.device), on_progress=ProgressBar())
     print(f"trained {result.step} steps in {result.seconds:.0f}s; checkpoint {result.checkpoint_path}")
     return 0
+
+
+def _sampled_latents(args: argparse.Namespace, model):
+    import torch
+
+    from sgm.training.sampled_latents import SampledLatents, SampledLatentsConfig
+
+    if not args.decoder_only:
+        raise SystemExit("--sampled-latents needs --decoder-only (the encoder must stay the model's)")
+    if len(args.sampled_sigma) != 2:
+        raise SystemExit(f"--sampled-sigma takes MIN,MAX, got {args.sampled_sigma}")
+    sampled = SampledLatents(args.sampled_latents, SampledLatentsConfig(
+        fraction=args.sampled_fraction, min_sigma=args.sampled_sigma[0], max_sigma=args.sampled_sigma[1],
+        cfg=args.sampled_cfg))
+    ours = model.state_dict()
+    for name, value in sampled.encoder_state().items():
+        if name not in ours or ours[name].shape != value.shape or not torch.equal(ours[name].float(), value.float()):
+            raise SystemExit(f"{args.sampled_latents}'s VAE encoder differs from the one being tuned ({name}); "
+                             "pass --init with the VAE (or run) that model was trained on")
+    return sampled

@@ -178,6 +178,22 @@ class DiffusionTask:
 
 
 @torch.no_grad()
+def guided_denoiser(unet: UNetModel, sampling: DiscreteModelSampling, context: torch.Tensor,
+                    uncond: torch.Tensor, cfg: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """denoiser(x, sigma) -> the classifier-free-guided denoised latent (one UNet call at 2B)."""
+    both = torch.cat([uncond, context])
+
+    def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        scalings = sampling.scalings(sigma, x.ndim)
+        x_in, sigma_in = torch.cat([x, x]), torch.cat([sigma, sigma])
+        output = unet(x_in * torch.cat([scalings.c_in, scalings.c_in]), sampling.timestep(sigma_in), context=both)
+        denoised = sampling.denoised_from_output(x_in, sigma_in, output.float())
+        uncond_d, cond_d = denoised.chunk(2)
+        return uncond_d + cfg * (cond_d - uncond_d)
+
+    return denoiser
+
+
 def generate(unet: UNetModel, vae: AutoencoderKL, encode: Callable[[list[str]], torch.Tensor],
              sampling: DiscreteModelSampling, prompts: list[str], *, scale_factor: float,
              generator: torch.Generator, latent_size: int, steps: int = 20, cfg: float = 4.0,
@@ -189,18 +205,7 @@ def generate(unet: UNetModel, vae: AutoencoderKL, encode: Callable[[list[str]], 
     from sgm.samplers import SAMPLERS
     from sgm.schedules import compute_sigmas
 
-    context = encode(prompts)  # (B, T, C)
-    uncond = encode([""] * len(prompts))
-    both = torch.cat([uncond, context])
-
-    def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        scalings = sampling.scalings(sigma, x.ndim)
-        x_in, sigma_in = torch.cat([x, x]), torch.cat([sigma, sigma])
-        output = unet(x_in * torch.cat([scalings.c_in, scalings.c_in]), sampling.timestep(sigma_in), context=both)
-        denoised = sampling.denoised_from_output(x_in, sigma_in, output.float())
-        uncond_d, cond_d = denoised.chunk(2)
-        return uncond_d + cfg * (cond_d - uncond_d)
-
+    denoiser = guided_denoiser(unet, sampling, encode(prompts), encode([""] * len(prompts)), cfg)
     sigmas = compute_sigmas(scheduler, sampling, steps)
     channels = unet.in_channels
     noise = torch.randn((len(prompts), channels, latent_size, latent_size), generator=generator)

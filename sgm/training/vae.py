@@ -12,13 +12,16 @@ The discriminator is the PatchGAN of pix2pix (Isola et al. 2017) with hinge loss
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sgm.autoencoder import AutoencoderKL
+
+if TYPE_CHECKING:
+    from sgm.training.sampled_latents import SampledLatents
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,15 @@ class VAETask:
     """Trains an ``AutoencoderKL`` (and optionally a discriminator) on image batches."""
 
     def __init__(self, vae: AutoencoderKL, loss_config: VAELossConfig = VAELossConfig(),
-                 preview: torch.Tensor | None = None, decoder_only: bool = False) -> None:
+                 preview: torch.Tensor | None = None, decoder_only: bool = False,
+                 sampled_latents: SampledLatents | None = None) -> None:
+        if sampled_latents is not None and not decoder_only:
+            raise ValueError("sampled latents need a frozen encoder (the diffusion model's latent space): "
+                             "add --decoder-only")
         self.vae = vae
+        # Part of each batch decodes latents re-sampled by a diffusion model (see
+        # sgm.training.sampled_latents) instead of the encoder's own.
+        self.sampled_latents = sampled_latents
         # decoder_only: the encoder (hence the latent space a UNet was trained on) stays
         # fixed while the decoder keeps improving reconstructions.
         self.decoder_only = decoder_only
@@ -122,7 +132,15 @@ class VAETask:
 
     def loss(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         images = batch["image"]  # (B, 3, H, W) in [-1, 1]
-        reconstruction, posterior = self.vae(images, generator)
+        sampled = 0
+        if self.sampled_latents is None:
+            reconstruction, posterior = self.vae(images, generator)
+        else:
+            posterior = self.vae.encode_posterior(images)
+            latents = posterior.sample(generator)
+            sampled = max(1, round(self.sampled_latents.config.fraction * len(images)))
+            resampled = self.sampled_latents(latents[:sampled].detach(), list(batch["caption"][:sampled]), generator)
+            reconstruction = self.vae.decode(torch.cat([resampled.to(latents.dtype), latents[sampled:]]))
         reconstruction = reconstruction.float()
         error = reconstruction - images
         if self.loss_config.edge_weight > 0:
@@ -136,6 +154,8 @@ class VAETask:
         loss = l1 + self.loss_config.mse_weight * mse + self.loss_config.kl_weight * kl
         metrics = {"l1": float(l1.detach()), "mse": float(mse.detach()), "kl": float(kl.detach()),
                    "psnr": float(psnr(reconstruction.detach(), images).mean())}
+        if sampled:
+            metrics["psnr_sampled"] = float(psnr(reconstruction[:sampled].detach(), images[:sampled]).mean())
         if self.discriminator is not None and self.step >= self.loss_config.adversarial_start:
             for p in self.discriminator.parameters():
                 p.requires_grad_(False)
