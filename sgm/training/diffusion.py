@@ -177,7 +177,6 @@ class DiffusionTask:
         pass
 
 
-@torch.no_grad()
 def guided_denoiser(unet: UNetModel, sampling: DiscreteModelSampling, context: torch.Tensor,
                     uncond: torch.Tensor, cfg: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """denoiser(x, sigma) -> the classifier-free-guided denoised latent (one UNet call at 2B)."""
@@ -194,6 +193,7 @@ def guided_denoiser(unet: UNetModel, sampling: DiscreteModelSampling, context: t
     return denoiser
 
 
+@torch.no_grad()
 def generate(unet: UNetModel, vae: AutoencoderKL, encode: Callable[[list[str]], torch.Tensor],
              sampling: DiscreteModelSampling, prompts: list[str], *, scale_factor: float,
              generator: torch.Generator, latent_size: int, steps: int = 20, cfg: float = 4.0,
