@@ -82,13 +82,19 @@ class SampledLatents:
 
         if len(captions) != latents.shape[0]:
             raise ValueError(f"{latents.shape[0]} latents for {len(captions)} captions")
+        device = latents.device
+        if next(self.unet.parameters()).device != device:  # follow the training device
+            self.unet.to(device)
+            if isinstance(self.checkpoint.conditioner, torch.nn.Module):
+                self.checkpoint.conditioner.to(device)
         start = self.starts[int(torch.randint(len(self.starts), (1,), generator=generator))]
         sigmas = self.sigmas[start:]
         clean = latents.float() * self.scale_factor
-        noise = torch.randn(clean.shape, generator=generator, dtype=clean.dtype)
+        # Noise from the (CPU) training generator, so a run is reproducible on any device.
+        noise = torch.randn(clean.shape, generator=generator, dtype=clean.dtype).to(device)
         x = self.sampling.noise_scaling(sigmas[:1], noise, clean, max_denoise=False)
-        context = self.checkpoint.encode_text(list(captions))[0]
-        uncond = self.checkpoint.encode_text([""] * len(captions))[0]
+        context = self.checkpoint.encode_text(list(captions))[0].to(device)
+        uncond = self.checkpoint.encode_text([""] * len(captions))[0].to(device)
         denoiser = guided_denoiser(self.unet, self.sampling, context, uncond, self.config.cfg)
         sampled = sample_euler(denoiser, x, sigmas)
         return (sampled.float() / self.scale_factor).to(latents.dtype)
