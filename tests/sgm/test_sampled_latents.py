@@ -18,12 +18,7 @@ from sgm.unet import UNetModel
 CAPTIONS = ["a small red circle on the left", "a large blue square on the right"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _vae(seed: int = 0) -> AutoencoderKL:

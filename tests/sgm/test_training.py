@@ -18,14 +18,7 @@ from sgm.training.vae import VAETask, psnr
 from sgm.unet import UNetModel
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine: one thread avoids OpenMP barrier stalls
-    # (measured 5x faster under load); restored so other tests keep their setting.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_vae() -> AutoencoderKL:
