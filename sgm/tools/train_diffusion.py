@@ -12,10 +12,14 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def configure_diffusion(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--vae", required=True,
+    parser.add_argument("--vae",
                         help="the VAE run's checkpoint-latest.pt (its EMA weights are used), or a model file "
-                             "(.safetensors) whose VAE to reuse")
-    parser.add_argument("--prediction", choices=("eps", "v"), default="eps")
+                             "(.safetensors) whose VAE to reuse (default with --init: the init model's VAE)")
+    parser.add_argument("--init", metavar="MODEL",
+                        help="fine-tune this model file (.safetensors written by this tool): its UNet, text "
+                             "encoder, latent scaling, prediction and noise schedule; the architecture options "
+                             "below are then ignored")
+    parser.add_argument("--prediction", choices=("eps", "v"), default=None, help="default: eps (or --init's)")
     parser.add_argument("--weighting", choices=("min-snr", "edm", "uniform"), default="min-snr")
     parser.add_argument("--min-snr-gamma", type=float, default=5.0)
     parser.add_argument("--min-snr-floor", type=float, default=0.0,
@@ -26,6 +30,12 @@ def configure_diffusion(parser: argparse.ArgumentParser) -> None:
                         help="rescale the noise schedule so the last timestep is pure noise (needs --prediction v); "
                              "stops small latents from leaking layout into the training noise")
     parser.add_argument("--caption-dropout", type=float, default=0.1)
+    parser.add_argument("--timestep-bias-fraction", type=float, default=0.0,
+                        help="share of each batch whose timesteps are drawn from --timestep-bias-range instead "
+                             "(e.g. 0.5 with 0,150 spends half the steps on the low noise levels that draw "
+                             "small details)")
+    parser.add_argument("--timestep-bias-range", type=_ints, default=(0, 1000), metavar="LOW,HIGH",
+                        help="timesteps [LOW, HIGH) of the 1000-step schedule for --timestep-bias-fraction")
     parser.add_argument("--model-channels", type=int, default=32)
     parser.add_argument("--channel-mult", type=_ints, default=(1, 2, 4))
     parser.add_argument("--num-res-blocks", type=int, default=1)
@@ -88,7 +98,8 @@ def measure_scale_factor(vae, dataset, count: int = 256) -> float:
     return float(1.0 / latents.float().std())
 
 
-def _build(args: argparse.Namespace, dataset, vae, scale_factor: float):
+def _build(args: argparse.Namespace, dataset, vae, scale_factor: float, init=None):
+    """The DiffusionTask: a fresh UNet and text encoder, or ``init``'s (a loaded Checkpoint)."""
     from sgm.data import ShapesDataset
     from sgm.data import shapes as shapes_module
     from sgm.tiny_text import TinyTextConfig, TinyTextEncoder, vocabulary_of
@@ -101,20 +112,51 @@ def _build(args: argparse.Namespace, dataset, vae, scale_factor: float):
     else:
         vocabulary = vocabulary_of(dataset.captions)
         preview = list(dict.fromkeys(dataset.captions))[:8]
-    text = TinyTextEncoder(TinyTextConfig(vocabulary, max_length=args.text_max_length, width=args.text_width,
-                                          layers=args.text_layers, heads=max(1, args.text_width // 32)))
-    unet = UNetModel(
-        in_channels=vae.embed_dim, model_channels=args.model_channels, out_channels=vae.embed_dim,
-        num_res_blocks=args.num_res_blocks, attention_resolutions=args.attention_resolutions,
-        channel_mult=args.channel_mult, num_head_channels=args.num_head_channels, context_dim=args.text_width,
-        use_checkpoint=args.gradient_checkpointing,
-    )
-    config = DiffusionConfig(prediction=args.prediction, weighting=args.weighting, min_snr_gamma=args.min_snr_gamma,
+    prediction, zero_terminal_snr = args.prediction or "eps", args.zero_terminal_snr
+    if init is not None:
+        unet, text = init.unet.train(), init.conditioner.encoder.train()
+        if args.gradient_checkpointing:
+            for module in unet.modules():
+                if hasattr(module, "use_checkpoint"):
+                    module.use_checkpoint = True
+        prediction, zero_terminal_snr = init.prediction, init.zero_terminal_snr
+    else:
+        text = TinyTextEncoder(TinyTextConfig(vocabulary, max_length=args.text_max_length, width=args.text_width,
+                                              layers=args.text_layers, heads=max(1, args.text_width // 32)))
+        unet = UNetModel(
+            in_channels=vae.embed_dim, model_channels=args.model_channels, out_channels=vae.embed_dim,
+            num_res_blocks=args.num_res_blocks, attention_resolutions=args.attention_resolutions,
+            channel_mult=args.channel_mult, num_head_channels=args.num_head_channels, context_dim=args.text_width,
+            use_checkpoint=args.gradient_checkpointing,
+        )
+    config = DiffusionConfig(prediction=prediction, weighting=args.weighting, min_snr_gamma=args.min_snr_gamma,
                              min_snr_floor=args.min_snr_floor,
                              noise_offset=args.noise_offset, caption_dropout=args.caption_dropout,
-                             scale_factor=scale_factor, zero_terminal_snr=args.zero_terminal_snr)
+                             scale_factor=scale_factor, zero_terminal_snr=zero_terminal_snr,
+                             timestep_bias_fraction=args.timestep_bias_fraction,
+                             timestep_bias_range=tuple(args.timestep_bias_range))
     return DiffusionTask(unet, vae, text, config, preview_prompts=preview,
                          latent_size=args.image_size // vae.downscale)
+
+
+def load_init_model(args: argparse.Namespace):
+    """``--init``'s Checkpoint, checked: a tiny-text model whose schedule the options do not contradict."""
+    import torch
+
+    from sgm.checkpoints import load_checkpoint
+    from sgm.tiny_text import TinyTextConditioner
+
+    init = load_checkpoint(args.init, dtype=torch.float32)
+    if init.unet is None or init.vae is None or not isinstance(init.conditioner, TinyTextConditioner):
+        raise SystemExit(f"--init {args.init}: needs a model written by 'train diffusion' (UNet, VAE and tiny "
+                         f"text encoder); for other checkpoints ({init.family}) train a LoRA with 'train lora'")
+    if args.prediction is not None and args.prediction != init.prediction:
+        raise SystemExit(f"--prediction {args.prediction} contradicts --init {args.init}, a {init.prediction}-"
+                         "prediction model; drop --prediction (a fine-tune keeps the model's objective)")
+    if args.zero_terminal_snr and not init.zero_terminal_snr:
+        raise SystemExit(f"--zero-terminal-snr contradicts --init {args.init}, trained on SD's schedule; drop "
+                         "--zero-terminal-snr (a fine-tune keeps the model's noise schedule)")
+    return init
 
 
 def run_diffusion(args: argparse.Namespace) -> int:
@@ -126,9 +168,12 @@ def run_diffusion(args: argparse.Namespace) -> int:
     from sgm.tools.train import ProgressBar, settings_from
     from sgm.training.loop import CHECKPOINT_NAME, load_ema_into, train
 
+    if args.vae is None and args.init is None:
+        raise SystemExit("train diffusion needs --vae (a VAE run or model file) or --init (a model to fine-tune)")
     dataset = build_dataset(args.data, args.image_size, seed=args.seed, flip_probability=args.flip,
                             random_crop=args.random_crop)
-    vae = load_vae_from_run(args.vae)
+    init = load_init_model(args) if args.init else None
+    vae = load_vae_from_run(args.vae) if args.vae else init.vae.eval()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     training_data = dataset
@@ -137,10 +182,10 @@ def run_diffusion(args: argparse.Namespace) -> int:
     scale_path = out / "scale_factor.json"
     if scale_path.exists():  # a resumed run must keep the latent scaling it started with
         scale_factor = float(json.loads(scale_path.read_text())["scale_factor"])
-    else:
-        scale_factor = measure_scale_factor(vae, dataset)
+    else:  # a fine-tune keeps the scaling its UNet learned
+        scale_factor = init.scale_factor if init is not None else measure_scale_factor(vae, dataset)
         scale_path.write_text(json.dumps({"scale_factor": scale_factor}))
-    task = _build(args, dataset, vae, scale_factor)
+    task = _build(args, dataset, vae, scale_factor, init)
     if not args.export_only:
         result = train(task, training_data, settings_from(args), out, resume=not args.no_resume,
                        device=torch.device(args.device), on_progress=ProgressBar())
@@ -148,7 +193,7 @@ def run_diffusion(args: argparse.Namespace) -> int:
     if args.export:
         load_ema_into(task, out / CHECKPOINT_NAME)
         path = export_model(task, args.export, family=args.family, training={
-            "command": " ".join(sys.argv[1:]), "vae_run": args.vae})
+            "command": " ".join(sys.argv[1:]), "vae_run": args.vae, "init": args.init})
         print(f"exported {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 

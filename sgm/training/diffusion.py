@@ -64,6 +64,19 @@ class DiffusionConfig:
     # read position from it and, at sampling time, puts the shape wherever the seed's noise
     # happens to have a blob. Needs v-prediction.
     zero_terminal_snr: bool = False
+    # Timestep bias: this share of each batch draws its timesteps uniformly from
+    # [timestep_bias_range[0], timestep_bias_range[1]) instead (a fine-tune that spends its
+    # steps on low noise levels, where small details are drawn). It changes how often a
+    # level is trained, not the per-sample loss weight.
+    timestep_bias_fraction: float = 0.0
+    timestep_bias_range: tuple[int, int] = (0, 1000)
+
+    def __post_init__(self) -> None:
+        low, high = self.timestep_bias_range
+        if not 0.0 <= self.timestep_bias_fraction <= 1.0:
+            raise ValueError(f"timestep_bias_fraction must be in [0, 1], got {self.timestep_bias_fraction}")
+        if not 0 <= low < high:
+            raise ValueError(f"timestep_bias_range must be LOW,HIGH with 0 <= LOW < HIGH, got {low},{high}")
 
 
 def loss_weight(config: DiffusionConfig, alpha_bar: torch.Tensor) -> torch.Tensor:
@@ -84,11 +97,21 @@ def loss_weight(config: DiffusionConfig, alpha_bar: torch.Tensor) -> torch.Tenso
 
 def sample_timesteps(config: DiffusionConfig, sampling: DiscreteModelSampling, batch: int,
                      generator: torch.Generator) -> torch.Tensor:
-    """(B,) int64 training timesteps: uniform, or EDM's log-normal sigma snapped to the table."""
+    """(B,) int64 training timesteps: uniform, or EDM's log-normal sigma snapped to the table;
+    then ``timestep_bias_fraction`` of them redrawn uniformly from ``timestep_bias_range``."""
     if config.weighting == "edm":
         log_sigma = config.edm_p_mean + config.edm_p_std * torch.randn(batch, generator=generator)
-        return sampling.timestep(log_sigma.exp()).long()
-    return torch.randint(0, sampling.num_timesteps, (batch,), generator=generator)
+        t = sampling.timestep(log_sigma.exp()).long()
+    else:
+        t = torch.randint(0, sampling.num_timesteps, (batch,), generator=generator)
+    if config.timestep_bias_fraction > 0:
+        low, high = config.timestep_bias_range
+        if high > sampling.num_timesteps:
+            raise ValueError(f"timestep bias range {low},{high} exceeds the schedule's "
+                             f"{sampling.num_timesteps} timesteps; use HIGH <= {sampling.num_timesteps}")
+        biased = torch.rand(batch, generator=generator) < config.timestep_bias_fraction
+        t = torch.where(biased, torch.randint(low, high, (batch,), generator=generator), t)
+    return t
 
 
 class DiffusionTask:

@@ -267,3 +267,67 @@ def test_a_model_file_can_supply_the_vae_of_a_diffusion_run(tmp_path) -> None:
     images = torch.rand(2, 3, 16, 16) * 2 - 1
     with torch.no_grad():
         assert torch.allclose(vae.encode(images), task.vae.encode(images), atol=1e-6)
+
+
+def test_timestep_bias_redraws_its_share_of_the_batch_from_the_range() -> None:
+    from sgm.denoisers import DiscreteModelSampling
+    from sgm.training.diffusion import sample_timesteps
+
+    sampling = DiscreteModelSampling()
+    generator = torch.Generator().manual_seed(0)
+
+    def share_below_50(fraction: float) -> float:
+        config = DiffusionConfig(timestep_bias_fraction=fraction, timestep_bias_range=(0, 50))
+        t = sample_timesteps(config, sampling, 4000, generator)
+        assert t.dtype == torch.int64 and int(t.min()) >= 0 and int(t.max()) < 1000
+        return float((t < 50).float().mean())
+
+    assert share_below_50(0.0) < 0.07  # uniform: 5 %
+    assert share_below_50(1.0) == 1.0
+    assert 0.48 < share_below_50(0.5) < 0.57  # half redrawn + 5 % of the rest
+    with pytest.raises(ValueError, match="timestep_bias_fraction"):
+        DiffusionConfig(timestep_bias_fraction=1.5)
+    with pytest.raises(ValueError, match="LOW < HIGH"):
+        DiffusionConfig(timestep_bias_fraction=0.5, timestep_bias_range=(50, 50))
+    with pytest.raises(ValueError, match="exceeds the schedule"):
+        sample_timesteps(DiffusionConfig(timestep_bias_fraction=0.5, timestep_bias_range=(0, 1200)),
+                         sampling, 4, generator)
+
+
+def _fine_tune(init: str, out, *extra: str) -> int:
+    import main
+
+    return main.main(["train", "diffusion", "--init", init, "--out", str(out), "--steps", "2", "--batch-size", "2",
+                      "--image-size", "16", "--warmup-steps", "0", "--ema-decay", "0", "--threads", "1",
+                      "--log-every", "1", "--export", str(out / "tuned.safetensors"), *extra])
+
+
+def test_train_diffusion_init_fine_tunes_a_model_file_and_keeps_its_schedule(tmp_path) -> None:
+    from sgm.checkpoints import load_checkpoint, read_state_dict
+    from sgm.tools.train_diffusion import export_model
+
+    vae = _tiny_vae()
+    base = _tiny_diffusion_task(vae, prediction="v", weighting="uniform")
+    base.config = DiffusionConfig(prediction="v", weighting="uniform", scale_factor=0.5, zero_terminal_snr=True)
+    init = str(export_model(base, str(tmp_path / "base.safetensors"), family="tiny-shapes", training={}))
+    original, _ = read_state_dict(init)
+
+    # lr 0: the fine-tune starts from the file's weights exactly (not a fresh UNet of the default size).
+    assert _fine_tune(init, tmp_path / "frozen", "--lr", "0") == 0
+    frozen, _ = read_state_dict(tmp_path / "frozen" / "tuned.safetensors")
+    assert frozen.keys() == original.keys()
+    assert all(torch.equal(frozen[k], original[k]) for k in original)
+
+    assert _fine_tune(init, tmp_path / "tuned", "--lr", "1e-3", "--timestep-bias-fraction", "0.5",
+                      "--timestep-bias-range", "0,100") == 0
+    tuned_path = tmp_path / "tuned" / "tuned.safetensors"
+    tuned, metadata = read_state_dict(tuned_path)
+    unet_keys = [k for k in original if k.startswith("model.diffusion_model.")]
+    assert any(not torch.equal(tuned[k], original[k]) for k in unet_keys)
+    assert all(torch.equal(tuned[k], original[k]) for k in original if k.startswith("first_stage_model."))
+    loaded = load_checkpoint(tuned_path, dtype=torch.float32)
+    assert (loaded.prediction, loaded.zero_terminal_snr, loaded.scale_factor) == ("v", True, 0.5)
+    assert json.loads(metadata["latentflow.config"])["training"]["init"] == init
+
+    with pytest.raises(SystemExit, match="contradicts"):
+        _fine_tune(init, tmp_path / "wrong", "--prediction", "eps")
