@@ -28,8 +28,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     parser.add_argument("--sampler", default="euler", choices=SAMPLER_NAMES, metavar="NAME",
                         help=f"sampler (default euler; one of {', '.join(SAMPLER_NAMES)})")
-    parser.add_argument("--scheduler", default="karras", choices=SCHEDULER_NAMES, metavar="NAME",
-                        help=f"noise schedule (default karras; one of {', '.join(SCHEDULER_NAMES)})")
+    parser.add_argument("--scheduler", default="sgm_uniform", choices=SCHEDULER_NAMES, metavar="NAME",
+                        help=f"noise schedule (default sgm_uniform; one of {', '.join(SCHEDULER_NAMES)})")
     parser.add_argument("--cfg", type=float, default=4.0,
                         help="guidance scale (default 4, what the embedded model is evaluated with)")
     parser.add_argument("--seed", type=int, default=None, help="noise seed (default: random, printed)")

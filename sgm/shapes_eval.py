@@ -189,7 +189,7 @@ class CheckpointEval:
     seconds_per_image: float  # one image, batch 1, ``steps`` steps with CFG, warm
     steps: int
     cfg: float
-    scheduler: str = "karras"
+    scheduler: str = "sgm_uniform"
     sampler: str = "euler"
     # The analyser on the VAE's reconstructions of the PSNR images: the ceiling that the
     # decoder puts on any generated image's accuracy.
@@ -199,7 +199,7 @@ class CheckpointEval:
 def evaluate_checkpoint(path: str, *, count: int = 96, steps: int = 20, cfg: float = 4.0, batch_size: int = 8,
                         seed: int = 0, psnr_images: int = 64,
                         on_batch: Callable[[int, int], None] | None = None,
-                        grid_path: str | None = None, scheduler: str = "karras",
+                        grid_path: str | None = None, scheduler: str = "sgm_uniform",
                         sampler: str = "euler") -> CheckpointEval:
     """Load a tiny-shapes model file and measure accuracy, VAE PSNR and speed."""
     import time

@@ -20,7 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=4.0)
     parser.add_argument("--sampler", default="euler", help="sampler name (as in KSampler)")
-    parser.add_argument("--scheduler", default="karras", help="noise schedule (as in KSampler)")
+    parser.add_argument("--scheduler", default="sgm_uniform", help="noise schedule (as in KSampler)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--psnr-images", type=int, default=64)

@@ -71,6 +71,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     vae.add_argument("--sampled-sigma", type=_floats, default=(0.3, 4.0), metavar="MIN,MAX",
                      help="noise levels the re-sampling starts from (--sampled-latents)")
     vae.add_argument("--sampled-cfg", type=float, default=4.0, help="guidance scale of the re-sampling")
+    vae.add_argument("--sampled-scheduler", default="sgm_uniform", metavar="NAME",
+                     help="the 20-step schedule the re-sampling follows (default sgm_uniform, as 'sample' uses)")
     vae.add_argument("--crop-size", type=int, default=None,
                      help="train on random crops of this size (shapes): a convolutional VAE learns edges "
                           "and colours as well from parts, at a fraction of the compute")
@@ -174,9 +176,12 @@ def _sampled_latents(args: argparse.Namespace, model):
         raise SystemExit("--sampled-latents needs --decoder-only (the encoder must stay the model's)")
     if len(args.sampled_sigma) != 2:
         raise SystemExit(f"--sampled-sigma takes MIN,MAX, got {args.sampled_sigma}")
-    sampled = SampledLatents(args.sampled_latents, SampledLatentsConfig(
-        fraction=args.sampled_fraction, min_sigma=args.sampled_sigma[0], max_sigma=args.sampled_sigma[1],
-        cfg=args.sampled_cfg))
+    try:
+        sampled = SampledLatents(args.sampled_latents, SampledLatentsConfig(
+            fraction=args.sampled_fraction, min_sigma=args.sampled_sigma[0], max_sigma=args.sampled_sigma[1],
+            cfg=args.sampled_cfg, scheduler=args.sampled_scheduler))
+    except ValueError as error:  # an unknown scheduler, or no step of it in the sigma range
+        raise SystemExit(f"--sampled-latents: {error}") from None
     ours = model.state_dict()
     for name, value in sampled.encoder_state().items():
         if name not in ours or ours[name].shape != value.shape or not torch.equal(ours[name].float(), value.float()):

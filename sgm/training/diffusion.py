@@ -220,7 +220,7 @@ def guided_denoiser(unet: UNetModel, sampling: DiscreteModelSampling, context: t
 def generate(unet: UNetModel, vae: AutoencoderKL, encode: Callable[[list[str]], torch.Tensor],
              sampling: DiscreteModelSampling, prompts: list[str], *, scale_factor: float,
              generator: torch.Generator, latent_size: int, steps: int = 20, cfg: float = 4.0,
-             scheduler: str = "karras", sampler: str = "euler") -> torch.Tensor:
+             scheduler: str = "sgm_uniform", sampler: str = "euler") -> torch.Tensor:
     """Sampling with classifier-free guidance: prompts -> images (B, 3, H, W) in [-1, 1].
 
     A self-contained preview for training runs (the engine's graph does the same with any sampler).

@@ -24,7 +24,7 @@ import torch
 class SampledLatentsConfig:
     fraction: float = 0.5  # share of each batch whose latents are re-sampled
     steps: int = 20  # length of the sampling schedule whose tail is run (as at sampling time)
-    scheduler: str = "karras"
+    scheduler: str = "sgm_uniform"
     min_sigma: float = 0.3
     max_sigma: float = 4.0
     cfg: float = 4.0

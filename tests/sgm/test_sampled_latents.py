@@ -41,7 +41,7 @@ def test_resampling_is_seeded_starts_in_range_and_moves_latents_with_the_noise_l
     latents = torch.randn(2, 4, 8, 8)
 
     def resample(low: float, high: float, seed: int = 0, captions=CAPTIONS) -> torch.Tensor:
-        sampled = SampledLatents(path, SampledLatentsConfig(min_sigma=low, max_sigma=high))
+        sampled = SampledLatents(path, SampledLatentsConfig(min_sigma=low, max_sigma=high, scheduler="karras"))
         assert all(low <= float(sampled.sigmas[i]) <= high for i in sampled.starts)
         return sampled(latents, list(captions), torch.Generator().manual_seed(seed))
 
@@ -59,7 +59,9 @@ def test_resampling_is_seeded_starts_in_range_and_moves_latents_with_the_noise_l
 def test_a_range_without_schedule_sigmas_is_refused_with_the_schedule(tmp_path) -> None:
     path = _model_file(tmp_path, _vae())
     with pytest.raises(ValueError, match=r"no sigma of the 20-step karras schedule lies in \[100.0, 200.0\]"):
-        SampledLatents(path, SampledLatentsConfig(min_sigma=100.0, max_sigma=200.0))
+        SampledLatents(path, SampledLatentsConfig(min_sigma=100.0, max_sigma=200.0, scheduler="karras"))
+    # The default follows 'sample' (sgm_uniform), whose last sigma before 0 is 0.225 on SD's schedule.
+    assert float(SampledLatents(path, SampledLatentsConfig(min_sigma=0.2, max_sigma=0.25)).sigmas[-2]) > 0.2
     with pytest.raises(ValueError, match="fraction"):
         SampledLatentsConfig(fraction=0.0)
 
@@ -96,12 +98,12 @@ def test_vae_task_decodes_the_resampled_share_of_the_batch_and_trains_only_the_d
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in vae.decoder.parameters())
 
 
-def _train_vae(init: str, model: str, out) -> int:
+def _train_vae(init: str, model: str, out, *extra: str) -> int:
     import main
 
     return main.main(["train", "vae", "--init", init, "--decoder-only", "--sampled-latents", model,
                       "--sampled-sigma", "0.3,4", "--out", str(out), "--steps", "2", "--batch-size", "2",
-                      "--image-size", "16", "--ch-mult", "1,1", "--log-every", "1", "--threads", "1"])
+                      "--image-size", "16", "--ch-mult", "1,1", "--log-every", "1", "--threads", "1", *extra])
 
 
 def test_train_vae_with_sampled_latents_runs_and_checks_the_encoder(tmp_path) -> None:
@@ -112,3 +114,5 @@ def test_train_vae_with_sampled_latents_runs_and_checks_the_encoder(tmp_path) ->
     other = _model_file(tmp_path, _vae(seed=5), "other.safetensors")
     with pytest.raises(SystemExit, match="VAE encoder differs"):
         _train_vae(other, model, tmp_path / "run2")
+    with pytest.raises(SystemExit, match="unknown scheduler 'karas'"):
+        _train_vae(model, model, tmp_path / "run3", "--sampled-scheduler", "karas")
