@@ -126,11 +126,12 @@ def test_lora_at_strength_zero_equals_no_lora_and_unloading_restores_the_base(ex
 def test_batch_items_follow_the_seed_rule_and_keep_it_when_picked(executor: Executor) -> None:
     batch = sampled(executor, latent_document(batch=2, seed=11))
     single = sampled(executor, latent_document(batch=1, seed=12))
-    assert torch.allclose(batch[1:], single, atol=1e-5)  # item i of seed s == seed s + i
+    # item i of seed s == seed s + i (to float rounding: batch 2 and 1 take different BLAS blocking)
+    assert torch.allclose(batch[1:], single, rtol=1e-4, atol=1e-4)
     doc = latent_document(batch=2, seed=11)
     doc["nodes"]["11"] = {"type": "LatentFromBatch", "inputs": {"latent": ["4", 0], "batch_index": 1, "length": 1}}
     doc["nodes"]["5"]["inputs"]["latent"] = ["11", 0]
-    assert torch.allclose(sampled(executor, doc), single, atol=1e-5)
+    assert torch.allclose(sampled(executor, doc), single, rtol=1e-4, atol=1e-4)
 
 
 def test_custom_sampler_nodes_match_ksampler(executor: Executor) -> None:
@@ -272,7 +273,7 @@ def test_txt2img_graph_reproduces_the_training_preview_sampler(executor: Executo
         reference = generate(checkpoint.unet, checkpoint.vae, lambda p: checkpoint.encode_text(p)[0],
                              checkpoint.model_sampling(), [prompt],
                              scale_factor=checkpoint.scale_factor, generator=torch.Generator().manual_seed(5),
-                             latent_size=64 // checkpoint.vae.downscale, steps=3, cfg=4.0)
+                             latent_size=64 // checkpoint.vae.downscale, steps=3, cfg=4.0, scheduler="karras")
     reference = ((reference.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
     assert image.shape == reference.shape
     assert torch.allclose(image, reference, atol=1e-5)
