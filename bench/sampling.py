@@ -5,7 +5,7 @@
 
 Both sides run classifier-free guidance with cond and uncond batched (UNet batch 2) and
 the same random weights (diffusers' UNet2DConditionModel initialised with a fixed seed,
-converted into our UNetModel with sgm.convert). For each sampler it reports seconds per
+converted into our UNetModel with sgm.io.convert). For each sampler it reports seconds per
 step and in total, the time spent inside UNet forward calls, and the overhead outside
 them (sampler + guidance + scheduler bookkeeping) as a percentage of the total. Not a test:
 it prints a table.
@@ -24,13 +24,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sgm.checkpoints import build_unet, infer_unet_config  # noqa: E402
-from sgm.conditioning import Condition  # noqa: E402
-from sgm.convert import unet_diffusers_to_original  # noqa: E402
-from sgm.denoisers import DiscreteModelSampling  # noqa: E402
-from sgm.guiders import GuidedDenoiser  # noqa: E402
-from sgm.sampling import sample  # noqa: E402
-from sgm.schedules import compute_sigmas  # noqa: E402
+from sgm.io.checkpoints import build_unet, infer_unet_config  # noqa: E402
+from sgm.text.conditioning import Condition  # noqa: E402
+from sgm.io.convert import unet_diffusers_to_original  # noqa: E402
+from sgm.sampling.denoisers import DiscreteModelSampling  # noqa: E402
+from sgm.sampling.guiders import GuidedDenoiser  # noqa: E402
+from sgm.sampling.sample import sample  # noqa: E402
+from sgm.sampling.schedules import compute_sigmas  # noqa: E402
 
 BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 

@@ -4,7 +4,7 @@
 
 Random weights (no downloads) at the released sizes: CLIP-L (SD 1.x; 768 wide, 12 layers)
 and OpenCLIP ViT-bigG (SDXL's second tower; 1280 wide, 32 layers). Both sides get the
-same weights (ours through sgm.convert_text + build_conditioner, i.e. the single-file
+same weights (ours through sgm.io.convert_text + build_conditioner, i.e. the single-file
 path) and do the whole job: tokenize the prompts, then run the tower (transformers with
 its fast tokenizer and ``output_hidden_states`` for bigG's penultimate layer), under
 ``torch.inference_mode`` with the machine's default thread count: transformers fp32, ours
@@ -25,10 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sgm.convert_text import text_diffusers_to_original  # noqa: E402
+from sgm.io.convert_text import text_diffusers_to_original  # noqa: E402
 from sgm.devices import default_dtype  # noqa: E402
-from sgm.text_encoders import build_conditioner  # noqa: E402
-from sgm.tokenizer import BPE_FILE_NAME, ClipTokenizer, find_clip_merges  # noqa: E402
+from sgm.text.encoders import build_conditioner  # noqa: E402
+from sgm.text.tokenizer import BPE_FILE_NAME, ClipTokenizer, find_clip_merges  # noqa: E402
 
 PROMPTS = [
     "a photo of an astronaut riding a horse on mars, highly detailed, 8k",

@@ -31,10 +31,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from sgm.autoencoder import AutoencoderKL  # noqa: E402
-from sgm.convert import unet_diffusers_to_original, vae_diffusers_to_original  # noqa: E402
+from sgm.nets.autoencoder import AutoencoderKL  # noqa: E402
+from sgm.io.convert import unet_diffusers_to_original, vae_diffusers_to_original  # noqa: E402
 from sgm.devices import default_device, default_dtype, prepare_module, use_channels_last  # noqa: E402
-from sgm.unet import UNetModel  # noqa: E402
+from sgm.nets.unet import UNetModel  # noqa: E402
 
 SD15_UNET = dict(in_channels=4, model_channels=320, out_channels=4, num_res_blocks=2,
                  attention_resolutions=[4, 2, 1], channel_mult=[1, 2, 4, 4], num_heads=8, context_dim=768)
@@ -160,7 +160,7 @@ def _policy(device: torch.device, dtype: torch.dtype) -> str:
 
 def bench_load() -> dict:
     """Write an SD1.5-size fp16 file, then load it in a fresh process and report its peak RSS."""
-    from sgm.checkpoints import save_checkpoint
+    from sgm.io.checkpoints import save_checkpoint
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "sd15-random.safetensors"
@@ -191,7 +191,7 @@ def _status_bytes(field: str) -> int:
 
 def load_child(path: str) -> None:
     # VmHWM, not ru_maxrss: on Linux ru_maxrss survives exec and would report the parent's peak.
-    from sgm.checkpoints import load_checkpoint
+    from sgm.io.checkpoints import load_checkpoint
 
     before = _status_bytes("VmHWM")
     start = time.perf_counter()

@@ -1,7 +1,7 @@
 """Loader nodes: checkpoints, VAEs, UNets, text encoders and LoRAs from ``models/``.
 
 Choices list the files in the installation's model folders. Files are loaded through the
-runtime's :class:`sgm.model_cache.ModelCache` (once per file version, shared by every
+runtime's :class:`sgm.io.model_cache.ModelCache` (once per file version, shared by every
 workflow); each loader's cache fingerprint is the file's modification time, so an edited
 file reloads.
 """
@@ -58,7 +58,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
     ) -> Out(model="MODEL", clip="CLIP", vae="VAE"):
         """Load a single-file checkpoint (SD 1.x, 2.x, SDXL, inpainting, or our own models):
         its diffusion model, text encoder and VAE. Architecture and family come from the file."""
-        from sgm.checkpoints import load_checkpoint as load
+        from sgm.io.checkpoints import load_checkpoint as load
 
         path = runtime.resolve_model(CHECKPOINTS, ckpt_name, "LoadCheckpoint", "ckpt_name")
         checkpoint = runtime.load_model(path, "checkpoint", "LoadCheckpoint",
@@ -79,7 +79,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
     ) -> Out(vae="VAE"):
         """Load a standalone VAE (original or diffusers keys) to decode/encode with instead of
         the checkpoint's own."""
-        from sgm.checkpoints import load_vae as load
+        from sgm.io.checkpoints import load_vae as load
 
         path = runtime.resolve_model(VAES, vae_name, "LoadVAE", "vae_name")
         vae = runtime.load_model(path, "vae", "LoadVAE", lambda dtype: load(path, device="cpu", dtype=dtype))
@@ -93,12 +93,12 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         prediction: Choice(choices=("eps", "v"), tooltip="what the model predicts (v for SD 2.x 768-v)") = "eps",
     ) -> Out(model="MODEL"):
         """Load a diffusion model (UNet) on its own, original or diffusers keys."""
-        from sgm.checkpoints import load_unet as load
+        from sgm.io.checkpoints import load_unet as load
 
         path = runtime.resolve_model(UNETS, unet_name, "LoadUNet", "unet_name")
         unet = runtime.load_model(path, "unet", "LoadUNet", lambda dtype: load(path, device="cpu", dtype=dtype))
         family = unet_family(unet)
-        from sgm.denoisers import model_sampling_for
+        from sgm.sampling.denoisers import model_sampling_for
 
         return ModelValue(unet, model_sampling_for(prediction), family, unet_name,
                           LatentFormat(channels=int(unet.out_channels)))
@@ -114,7 +114,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
     ) -> Out(clip="CLIP"):
         """Load one or two text encoders (transformers or released single-file keys) as the
         family's text conditioner."""
-        from sgm.text_encoders import build_conditioner
+        from sgm.text.encoders import build_conditioner
 
         names = [text_encoder_name] + ([text_encoder_name_2] if text_encoder_name_2 != NONE else [])
         paths = [runtime.resolve_model(TEXT_ENCODERS, n, "LoadTextEncoder", i)
@@ -138,7 +138,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         """Apply a LoRA (kohya or diffusers keys) to the model and text encoder with separate
         strengths. The base weights are never changed for good: the LoRA is applied while
         sampling / encoding and removed afterwards, so no reload is needed to drop it."""
-        from sgm.lora import match_lora, read_lora
+        from sgm.io.lora import match_lora, read_lora
 
         path = runtime.resolve_model(LORAS, lora_name, "LoadLoRA", "lora_name")
         state_dict = runtime.load_model(path, "lora", "LoadLoRA", lambda dtype: read_lora(path), prepare=False)
@@ -175,8 +175,8 @@ def unet_family(unet: Any) -> str:
 
 def text_state_dict_for(family: str, paths: list[Path]) -> dict[str, Any]:
     """Text tensors in single-file layout (with prefixes) from one or two encoder files."""
-    from sgm.checkpoints import TEXT_PREFIXES, read_state_dict
-    from sgm.convert_text import text_diffusers_to_original
+    from sgm.io.checkpoints import TEXT_PREFIXES, read_state_dict
+    from sgm.io.convert_text import text_diffusers_to_original
 
     parts = [read_state_dict(p)[0] for p in paths]
     if any(k.startswith(TEXT_PREFIXES) for k in parts[0]):

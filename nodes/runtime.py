@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    from sgm.model_cache import ModelCache
+    from sgm.io.model_cache import ModelCache
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 class Runtime:
-    """Settings plus the lazily created :class:`sgm.model_cache.ModelCache`."""
+    """Settings plus the lazily created :class:`sgm.io.model_cache.ModelCache`."""
 
     def __init__(self, settings: Any, device: str | None = None) -> None:
         self.settings = settings
@@ -33,7 +33,7 @@ class Runtime:
     def models(self) -> "ModelCache":
         with self._lock:
             if self._models is None:
-                from sgm.model_cache import ModelCache
+                from sgm.io.model_cache import ModelCache
 
                 self._models = ModelCache(device=self._device)
             return self._models
@@ -61,7 +61,7 @@ class Runtime:
         if self.models.device.type != "cpu":
             return value  # moved (and laid out) for the device when a node uses it
         from sgm.devices import prepare_module
-        from sgm.model_cache import modules_of
+        from sgm.io.model_cache import modules_of
 
         for module in modules_of(value):
             prepare_module(module, "cpu", dtype if dtype is not None else next(module.parameters()).dtype)

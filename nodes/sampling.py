@@ -1,7 +1,7 @@
 """Sampling nodes: the one-node ``KSampler`` and its parts (guider, schedule, sampler).
 
-The work is ``sgm.guiders.GuidedDenoiser`` + ``sgm.schedules.compute_sigmas`` +
-``sgm.sampling.sample``; these nodes only connect them to the values between nodes,
+The work is ``sgm.sampling.guiders.GuidedDenoiser`` + ``sgm.sampling.schedules.compute_sigmas`` +
+``sgm.sampling.sample.sample``; these nodes only connect them to the values between nodes,
 report each step as progress (with a cheap latent preview) and stop when the run is
 cancelled.
 """
@@ -13,7 +13,7 @@ from engine.api import Bool, Cancelled, Choice, Context, Float, Int, NodeContext
 from nodes.runtime import Runtime
 from nodes.values import LatentValue, ModelValue
 
-# The names of sgm.samplers.SAMPLERS and sgm.schedules.SCHEDULERS (a test keeps them equal),
+# The names of sgm.sampling.samplers.SAMPLERS and sgm.sampling.schedules.SCHEDULERS (a test keeps them equal),
 # spelled out so that listing and validating nodes does not import torch.
 SAMPLER_NAMES = (
     "euler", "euler_ancestral", "heun", "heunpp2", "dpm_2", "dpm_2_ancestral", "lms",
@@ -52,7 +52,7 @@ def _prepare_conditions(conditions: tuple[Any, ...], model: ModelValue, height: 
     for models that take none."""
     if not model.needs_vector:
         return [c if c.y is None else replace(c, y=None) for c in conditions]
-    from sgm.sdxl_conditioning import sdxl_refiner_vector, sdxl_vector
+    from sgm.text.sdxl_conditioning import sdxl_refiner_vector, sdxl_vector
 
     out = []
     for cond in conditions:
@@ -91,7 +91,7 @@ def _model_latent(latent: LatentValue, model: ModelValue) -> Any:
 def _inpaint_concat(latent: LatentValue, samples: Any) -> Any:
     import torch
 
-    from sgm.guiders import make_inpaint_concat
+    from sgm.sampling.guiders import make_inpaint_concat
 
     if latent.noise_mask is None:  # txt2img with an inpainting model: repaint everything
         mask = torch.ones(1, 1, *samples.shape[-2:])
@@ -101,7 +101,7 @@ def _inpaint_concat(latent: LatentValue, samples: Any) -> Any:
 
 
 def _preview(denoised: Any, family: str) -> Any:
-    from sgm.latent_preview import latent_preview_image
+    from sgm.sampling.latent_preview import latent_preview_image
 
     if denoised.shape[1] != 4:
         return None
@@ -116,9 +116,9 @@ def run_sampler(runtime: Runtime, guider: GuiderValue, sampler: SamplerValue, si
     """Sample ``latent`` along ``sigmas``: the shared body of KSampler and Sampler."""
     import torch
 
-    from sgm.guiders import GuidedDenoiser
-    from sgm.lora import patched
-    from sgm.sampling import SamplingCancelled, sample
+    from sgm.sampling.guiders import GuidedDenoiser
+    from sgm.io.lora import patched
+    from sgm.sampling.sample import SamplingCancelled, sample
 
     model = guider.model
     samples = _model_latent(latent, model)
@@ -179,7 +179,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         ctx: Context = None,
     ) -> Out(latent="LATENT"):
         """Denoise a latent with a model, prompts, sampler and schedule: the common case in one node."""
-        from sgm.schedules import compute_sigmas
+        from sgm.sampling.schedules import compute_sigmas
 
         sigmas = compute_sigmas(scheduler, model.model_sampling, steps, denoise)
         guider = GuiderValue(model, tuple(positive), tuple(negative), float(cfg))
@@ -203,7 +203,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         denoise: Float(min=0.0, max=1.0, step=0.01) = 1.0,
     ) -> Out(sigmas="SIGMAS"):
         """The noise levels to step through; denoise < 1 keeps the tail (img2img)."""
-        from sgm.schedules import compute_sigmas
+        from sgm.sampling.schedules import compute_sigmas
 
         return compute_sigmas(scheduler, model.model_sampling, steps, denoise)
 
@@ -217,7 +217,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         """Pick a sampling algorithm; eta and s_noise apply to the samplers that take them."""
         import inspect
 
-        from sgm.samplers import SAMPLERS
+        from sgm.sampling.samplers import SAMPLERS
 
         accepted = inspect.signature(SAMPLERS[sampler_name]).parameters
         options = tuple((k, float(v)) for k, v in (("eta", eta), ("s_noise", s_noise)) if k in accepted)

@@ -1,7 +1,7 @@
-"""Text conditioning nodes: prompts -> CONDITIONING (a list of ``sgm.conditioning.Condition``).
+"""Text conditioning nodes: prompts -> CONDITIONING (a list of ``sgm.text.conditioning.Condition``).
 
 Prompt weighting (``(word:1.2)``), long prompts and ``embedding:name`` are handled by the
-text conditioner (``sgm.text_encoders``). LoRA patches recorded on CLIP are applied only
+text conditioner (``sgm.text.encoders``). LoRA patches recorded on CLIP are applied only
 while encoding.
 """
 
@@ -21,7 +21,7 @@ def encode_prompt(runtime: Runtime, clip: ClipValue, text: str, node_id: str) ->
             "has none); load one with LoadTextEncoder and link it here")
     import torch
 
-    from sgm.lora import patched
+    from sgm.io.lora import patched
 
     towers = clip.towers()
     modules = {f"te{i}": tower for i, tower in enumerate(towers)}
@@ -48,7 +48,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
                    tooltip="the prompt; (word:1.2) weights words, embedding:name uses an embedding") = "",
     ) -> Out(conditioning="CONDITIONING"):
         """Encode a prompt with the model's text encoder into conditioning for the sampler."""
-        from sgm.conditioning import Condition
+        from sgm.text.conditioning import Condition
 
         context, pooled = encode_prompt(runtime, clip, text, "TextEncode")
         return [Condition(context=context, pooled=pooled, extra={"prompt": text})]
@@ -68,8 +68,8 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
     ) -> Out(conditioning="CONDITIONING"):
         """Encode a prompt for SDXL with its size and crop conditioning (SDXL paper, sec. 2.2);
         the refiner uses the aesthetic score instead of the target size."""
-        from sgm.conditioning import Condition
-        from sgm.sdxl_conditioning import sdxl_refiner_vector, sdxl_vector
+        from sgm.text.conditioning import Condition
+        from sgm.text.sdxl_conditioning import sdxl_refiner_vector, sdxl_vector
 
         context, pooled = encode_prompt(runtime, clip, text, "TextEncodeSDXL")
         if pooled is None:
@@ -138,7 +138,7 @@ def conditioning_nodes() -> list[NodeSpec]:
     ) -> Out(conditioning="CONDITIONING"):
         """Restrict the conditioning to a rectangle of the image (combine it with a full-frame
         prompt); strength weights it against overlapping conditions."""
-        from sgm.conditioning import Area
+        from sgm.text.conditioning import Area
 
         area = Area(x=x // 8, y=y // 8, width=max(1, width // 8), height=max(1, height // 8))
         return [replace(cond, area=area, strength=float(strength)) for cond in conditioning]

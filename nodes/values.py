@@ -3,7 +3,7 @@
 All are frozen: a node that "changes" one returns a new value (``dataclasses.replace``);
 the cache hands the same object to every consumer. Weights are shared, never copied:
 LoRA patches are *recorded* on MODEL / CLIP and applied only while a node samples or
-encodes (see ``sgm.lora.patched``), which restores the base weights afterwards.
+encodes (see ``sgm.io.lora.patched``), which restores the base weights afterwards.
 
 Tensors in LATENT / IMAGE / MASK values live on the CPU in float32; nodes move them to the
 model's device for the work.
@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # torch stays out of `python main.py validate`
     import torch
     from torch import nn
 
-    from sgm.lora import LoraTarget
+    from sgm.io.lora import LoraTarget
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class LatentFormat:
 
 @dataclass(frozen=True, eq=False)
 class LoraPatch:
-    """One LoRA applied at ``strength`` (the targets come from ``sgm.lora.match_lora``)."""
+    """One LoRA applied at ``strength`` (the targets come from ``sgm.io.lora.match_lora``)."""
 
     name: str
     targets: tuple["LoraTarget", ...]
@@ -44,7 +44,7 @@ class ModelValue:
     """MODEL: the diffusion UNet, its noise levels and family, plus recorded LoRA patches."""
 
     unet: "nn.Module"
-    model_sampling: Any  # sgm.denoisers.ModelSampling
+    model_sampling: Any  # sgm.sampling.denoisers.ModelSampling
     family: str
     name: str
     latent_format: LatentFormat = field(default_factory=LatentFormat)

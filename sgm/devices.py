@@ -17,6 +17,9 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 _BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+# oneDNN reorders a bf16 convolution weight into its blocked layout only with these (on an
+# AVX2-only CPU the reorder fails: "bf16 path needs the cpu support avx512bw, avx512vl and avx512dq").
+_PACK_CPU_FLAGS = ("avx512bw", "avx512vl", "avx512dq")
 
 
 @functools.lru_cache(maxsize=1)
@@ -70,13 +73,22 @@ def use_channels_last(device: torch.device | str, dtype: torch.dtype) -> bool:
     return False
 
 
+def can_pack_weights() -> bool:
+    """True where oneDNN can prepack bf16 convolution weights on this CPU (AVX512BW/VL/DQ)."""
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+        and all(flag in cpu_flags() for flag in _PACK_CPU_FLAGS)
+    )
+
+
 def use_packed_weights(device: torch.device | str, dtype: torch.dtype) -> bool:
     """Prepacked oneDNN convolution weights: CPU bf16 with native bf16 units only."""
     return (
         torch.device(device).type == "cpu"
         and dtype == torch.bfloat16
         and cpu_has_native_bf16()
-        and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+        and can_pack_weights()
     )
 
 
@@ -97,6 +109,11 @@ def prepare_module(
     dtype = dtype if dtype is not None else default_dtype(device)
     channels_last = use_channels_last(device, dtype) if channels_last is None else channels_last
     pack_weights = use_packed_weights(device, dtype) if pack_weights is None else pack_weights
+    if pack_weights and (device.type != "cpu" or not can_pack_weights()):
+        # Packing only changes speed, never results: where the CPU cannot do it, run plain.
+        logger.warning("not packing convolution weights on %s: oneDNN needs a CPU with %s",
+                       device, ", ".join(_PACK_CPU_FLAGS))
+        pack_weights = False
     module.to(device=device, dtype=dtype)
     if channels_last:
         module.to(memory_format=torch.channels_last)

@@ -10,7 +10,7 @@
 ``DiffusionModel.sample`` takes and returns latents in the VAE's space (what
 ``AutoencoderKL.encode`` returns and ``decode`` takes); the family's ``scale_factor`` is
 applied inside. It runs exactly the code the nodes run: ``compute_sigmas`` ->
-``GuidedDenoiser`` -> ``sgm.sampling.sample``.
+``GuidedDenoiser`` -> ``sgm.sampling.sample.sample``.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from sgm.autoencoder import AutoencoderKL
-from sgm.conditioning import Condition
-from sgm.denoisers import DiscreteModelSampling, ModelSampling, Prediction
-from sgm.guiders import GuidedDenoiser
-from sgm.samplers import StepCallback
-from sgm.sampling import CancelCheck, sample
-from sgm.schedules import compute_sigmas
+from sgm.nets.autoencoder import AutoencoderKL
+from sgm.text.conditioning import Condition
+from sgm.sampling.denoisers import DiscreteModelSampling, ModelSampling, Prediction
+from sgm.sampling.guiders import GuidedDenoiser
+from sgm.sampling.samplers import StepCallback
+from sgm.sampling.sample import CancelCheck, sample
+from sgm.sampling.schedules import compute_sigmas
 
 __all__ = ["AutoencoderKL", "DiffusionModel"]
 
@@ -64,7 +64,7 @@ class DiffusionModel:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Any, *, prediction: Prediction | None = None) -> "DiffusionModel":
-        """From ``sgm.checkpoints.load_checkpoint(path)``; ``prediction`` overrides the file's."""
+        """From ``sgm.io.checkpoints.load_checkpoint(path)``; ``prediction`` overrides the file's."""
         if checkpoint.unet is None:
             raise ValueError(f"{checkpoint.path} has no UNet weights; load a full checkpoint")
         return cls(

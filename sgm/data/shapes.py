@@ -3,7 +3,7 @@
 Every image is a pure function of ``(seed, index)``: the attributes (colour, shape, size,
 position, background) are drawn from ``numpy.random.default_rng([seed, index])``, so any
 worker process can produce any item, a resumed run continues the exact stream, and the
-analyser in :mod:`sgm.shapes_eval` can be checked against the ground truth.
+analyser in :mod:`sgm.training.shapes_eval` can be checked against the ground truth.
 
 Captions read "a small red circle at the top left on a blue background". A fixed set of
 attribute combinations (:func:`held_out_combos`) never appears in training; the eval

@@ -27,8 +27,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from sgm.checkpoints import CheckpointError
-    from sgm.convert import DTYPES, KeyMappingError, convert
+    from sgm.io.checkpoints import CheckpointError
+    from sgm.io.convert import KeyMappingError
+    from sgm.io.convert_files import DTYPES, convert
 
     dst = Path(args.dst)
     if dst.exists() and not args.overwrite:

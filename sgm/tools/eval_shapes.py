@@ -32,7 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from sgm.shapes_eval import evaluate_checkpoint
+    from sgm.training.shapes_eval import evaluate_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -6,9 +6,7 @@ import argparse
 import json
 import sys
 
-
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.split(",") if part.strip())
+from sgm.tools.train_common import ProgressBar, ints, latent_cache, load_vae_from_run, settings_from
 
 
 def configure_diffusion(parser: argparse.ArgumentParser) -> None:
@@ -34,12 +32,12 @@ def configure_diffusion(parser: argparse.ArgumentParser) -> None:
                         help="share of each batch whose timesteps are drawn from --timestep-bias-range instead "
                              "(e.g. 0.5 with 0,150 spends half the steps on the low noise levels that draw "
                              "small details)")
-    parser.add_argument("--timestep-bias-range", type=_ints, default=(0, 1000), metavar="LOW,HIGH",
+    parser.add_argument("--timestep-bias-range", type=ints, default=(0, 1000), metavar="LOW,HIGH",
                         help="timesteps [LOW, HIGH) of the 1000-step schedule for --timestep-bias-fraction")
     parser.add_argument("--model-channels", type=int, default=32)
-    parser.add_argument("--channel-mult", type=_ints, default=(1, 2, 4))
+    parser.add_argument("--channel-mult", type=ints, default=(1, 2, 4))
     parser.add_argument("--num-res-blocks", type=int, default=1)
-    parser.add_argument("--attention-resolutions", type=_ints, default=(4,),
+    parser.add_argument("--attention-resolutions", type=ints, default=(4,),
                         help="downsampling factors with cross-attention (the middle block always has it)")
     parser.add_argument("--num-head-channels", type=int, default=32)
     parser.add_argument("--text-width", type=int, default=64, help="tiny text encoder width = UNet context_dim")
@@ -53,39 +51,6 @@ def configure_diffusion(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export-only", action="store_true",
                         help="only export --out's latest checkpoint (EMA weights) to --export; no training")
     parser.add_argument("--family", default="tiny-shapes", help="latentflow.family written into the export")
-
-
-def configure_lora(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="model file whose UNet gets the adapters")
-    parser.add_argument("--rank", type=int, default=4)
-    parser.add_argument("--alpha", type=float, default=4.0)
-    parser.add_argument("--caption-dropout", type=float, default=0.0)
-    parser.add_argument("--latent-cache", type=int, default=0, help="encode this many items once (0: every batch)")
-    parser.add_argument("--export", required=True, help="the .safetensors LoRA file to write")
-
-
-def load_vae_from_run(path: str):
-    """An AutoencoderKL from a VAE training checkpoint (EMA weights if any) or from a model file's VAE."""
-    import torch
-
-    if str(path).endswith(".safetensors"):
-        from sgm.checkpoints import load_vae
-
-        return load_vae(path, dtype=torch.float32).eval()
-    from sgm.autoencoder import AutoencoderKL
-    from sgm.checkpoints import infer_vae_config
-    from sgm.training.loop import load_training_checkpoint
-
-    state = load_training_checkpoint(path)
-    weights = dict(state["modules"]["vae"])
-    if state.get("ema") is not None:
-        for name, value in state["ema"]["shadow"].items():
-            weights[name.removeprefix("vae.")] = value
-    config = infer_vae_config(weights)
-    config["resolution"] = 64  # only relative attention resolutions matter
-    vae = AutoencoderKL(**config)
-    vae.load_state_dict(weights)
-    return vae.to(torch.float32).eval()
 
 
 def measure_scale_factor(vae, dataset, count: int = 256) -> float:
@@ -102,9 +67,9 @@ def _build(args: argparse.Namespace, dataset, vae, scale_factor: float, init=Non
     """The DiffusionTask: a fresh UNet and text encoder, or ``init``'s (a loaded Checkpoint)."""
     from sgm.data import ShapesDataset
     from sgm.data import shapes as shapes_module
-    from sgm.tiny_text import TinyTextConfig, TinyTextEncoder, vocabulary_of
+    from sgm.text.tiny_text import TinyTextConfig, TinyTextEncoder, vocabulary_of
     from sgm.training.diffusion import DiffusionConfig, DiffusionTask
-    from sgm.unet import UNetModel
+    from sgm.nets.unet import UNetModel
 
     if isinstance(dataset, ShapesDataset):
         vocabulary = vocabulary_of(spec.caption() for spec in shapes_module.all_combos())
@@ -143,8 +108,8 @@ def load_init_model(args: argparse.Namespace):
     """``--init``'s Checkpoint, checked: a tiny-text model whose schedule the options do not contradict."""
     import torch
 
-    from sgm.checkpoints import load_checkpoint
-    from sgm.tiny_text import TinyTextConditioner
+    from sgm.io.checkpoints import load_checkpoint
+    from sgm.text.tiny_text import TinyTextConditioner
 
     init = load_checkpoint(args.init, dtype=torch.float32)
     if init.unet is None or init.vae is None or not isinstance(init.conditioner, TinyTextConditioner):
@@ -165,7 +130,6 @@ def run_diffusion(args: argparse.Namespace) -> int:
     import torch
 
     from sgm.data import build_dataset
-    from sgm.tools.train import ProgressBar, settings_from
     from sgm.training.loop import CHECKPOINT_NAME, load_ema_into, train
 
     if args.vae is None and args.init is None:
@@ -178,7 +142,7 @@ def run_diffusion(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     training_data = dataset
     if args.latent_cache:
-        training_data = _latent_cache(args, dataset, vae, out / "latents.pt")
+        training_data = latent_cache(args, dataset, vae, out / "latents.pt")
     scale_path = out / "scale_factor.json"
     if scale_path.exists():  # a resumed run must keep the latent scaling it started with
         scale_factor = float(json.loads(scale_path.read_text())["scale_factor"])
@@ -198,31 +162,10 @@ def run_diffusion(args: argparse.Namespace) -> int:
     return 0
 
 
-def _latent_cache(args: argparse.Namespace, dataset, vae, path):
-    """Load the run's latent cache, or encode ``--latent-cache`` items and save it for resumes."""
-    import torch
-
-    from sgm.data.datasets import LatentCacheDataset
-
-    if path.exists():
-        return LatentCacheDataset.from_state_dict(torch.load(path, weights_only=True), seed=args.seed)
-
-    def on_batch(done: int, total: int) -> None:
-        sys.stderr.write(f"\rencoding latents {done}/{total}")
-        sys.stderr.flush()
-
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-        cache = LatentCacheDataset.build(dataset, vae.encode_posterior, args.latent_cache, seed=args.seed,
-                                         on_batch=on_batch)
-    sys.stderr.write("\n")
-    torch.save(cache.state_dict(), path)
-    return cache
-
-
 def export_model(task, path: str, *, family: str, training: dict[str, object]):
     """Write the UNet, VAE and tiny text encoder as one single-file checkpoint with its config."""
-    from sgm.checkpoints import save_checkpoint
-    from sgm.tiny_text import TinyTextConditioner
+    from sgm.io.checkpoints import save_checkpoint
+    from sgm.text.tiny_text import TinyTextConditioner
 
     conditioner = TinyTextConditioner(task.text_encoder, family)
     config = {
@@ -236,9 +179,3 @@ def export_model(task, path: str, *, family: str, training: dict[str, object]):
     metadata = {"latentflow.family": family, "latentflow.config": json.dumps(config), **conditioner.metadata()}
     return save_checkpoint(path, unet=task.unet, vae=task.vae, text_state_dict=conditioner.state_dict(),
                            metadata=metadata)
-
-
-def run_lora(args: argparse.Namespace) -> int:
-    from sgm.tools.train_lora import run_lora as run
-
-    return run(args)

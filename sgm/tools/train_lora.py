@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import argparse
 
+from sgm.tools.train_common import ProgressBar, latent_cache, settings_from
+
+
+def configure_lora(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="model file whose UNet gets the adapters")
+    parser.add_argument("--rank", type=int, default=4)
+    parser.add_argument("--alpha", type=float, default=4.0)
+    parser.add_argument("--caption-dropout", type=float, default=0.0)
+    parser.add_argument("--latent-cache", type=int, default=0, help="encode this many items once (0: every batch)")
+    parser.add_argument("--export", required=True, help="the .safetensors LoRA file to write")
+
 
 def run_lora(args: argparse.Namespace) -> int:
     import torch
 
-    from sgm.checkpoints import load_checkpoint
+    from sgm.io.checkpoints import load_checkpoint
     from sgm.data import build_dataset
-    from sgm.tools.train import ProgressBar, settings_from
-    from sgm.tools.train_diffusion import _latent_cache
     from sgm.training.diffusion import DiffusionConfig
     from sgm.training.lora import LoRAAdapters, LoRATask, save_lora
     from sgm.training.loop import CHECKPOINT_NAME, load_ema_into, train
@@ -26,7 +35,7 @@ def run_lora(args: argparse.Namespace) -> int:
                             random_crop=args.random_crop)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    training_data = _latent_cache(args, dataset, checkpoint.vae, out / "latents.pt") if args.latent_cache else dataset
+    training_data = latent_cache(args, dataset, checkpoint.vae, out / "latents.pt") if args.latent_cache else dataset
     torch.manual_seed(args.seed)  # adapter initialisation
     adapters = LoRAAdapters(checkpoint.unet, rank=args.rank, alpha=args.alpha)
     # The base model's noise schedule; on a zero-terminal-SNR model the pure-noise steps keep

@@ -1,7 +1,7 @@
 """Diffusion training on VAE latents: eps or v objective, min-SNR or EDM weighting.
 
 Noise levels are Stable Diffusion's discrete "scaled linear" schedule
-(``sgm.denoisers.DiscreteModelSampling``), the one every sampler in ``sgm`` assumes, so
+(``sgm.sampling.denoisers.DiscreteModelSampling``), the one every sampler in ``sgm`` assumes, so
 a trained model samples through the same code as SD checkpoints. For timestep ``t``
 with alpha_bar_t and noise ``n``:
 
@@ -35,10 +35,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from sgm.autoencoder import AutoencoderKL, DiagonalGaussian
-from sgm.denoisers import DiscreteModelSampling
-from sgm.tiny_text import TinyTextEncoder, WordTokenizer
-from sgm.unet import UNetModel
+from sgm.nets.autoencoder import AutoencoderKL, DiagonalGaussian
+from sgm.sampling.denoisers import DiscreteModelSampling
+from sgm.text.tiny_text import TinyTextEncoder, WordTokenizer
+from sgm.nets.unet import UNetModel
 
 Weighting = Literal["min-snr", "edm", "uniform"]
 
@@ -225,8 +225,8 @@ def generate(unet: UNetModel, vae: AutoencoderKL, encode: Callable[[list[str]], 
 
     A self-contained preview for training runs (the engine's graph does the same with any sampler).
     """
-    from sgm.samplers import SAMPLERS
-    from sgm.schedules import compute_sigmas
+    from sgm.sampling.samplers import SAMPLERS
+    from sgm.sampling.schedules import compute_sigmas
 
     denoiser = guided_denoiser(unet, sampling, encode(prompts), encode([""] * len(prompts)), cfg)
     sigmas = compute_sigmas(scheduler, sampling, steps)

@@ -13,10 +13,10 @@ Adapted modules: every ``transformer_blocks.N.attn1`` / ``attn2`` projection ``t
 
 Saved key layout (kohya / sd-scripts): ``<stem>.lora_down.weight`` (r, in),
 ``<stem>.lora_up.weight`` (out, r) and ``<stem>.alpha`` (a 0-d float tensor), where ``<stem>``
-comes from :func:`sgm.lora.kohya_unet_names`: the **diffusers** module path with ``_``
+comes from :func:`sgm.io.lora.kohya_unet_names`: the **diffusers** module path with ``_``
 (``lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q``) wherever the
 ldm layout maps onto diffusers (SD 1.x / 2.x and our tiny UNets), else the ldm path with ``_``
-(``lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q``). ``sgm.lora.match_lora``
+(``lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q``). ``sgm.io.lora.match_lora``
 reads both forms back, as do A1111 and ComfyUI.
 """
 
@@ -87,7 +87,7 @@ class LoRAAdapters(nn.Module):
 
     def kohya_state_dict(self, unet: nn.Module) -> dict[str, torch.Tensor]:
         """Tensors in the kohya layout (see the module docstring)."""
-        from sgm.lora import kohya_unet_names
+        from sgm.io.lora import kohya_unet_names
 
         stems = kohya_unet_names(unet)
         tensors: dict[str, torch.Tensor] = {}

@@ -45,8 +45,8 @@ class SampledLatents:
     """
 
     def __init__(self, model_path: str, config: SampledLatentsConfig = SampledLatentsConfig()) -> None:
-        from sgm.checkpoints import load_checkpoint
-        from sgm.schedules import compute_sigmas
+        from sgm.io.checkpoints import load_checkpoint
+        from sgm.sampling.schedules import compute_sigmas
 
         checkpoint = load_checkpoint(model_path, dtype=torch.float32)
         if checkpoint.unet is None or checkpoint.conditioner is None:
@@ -77,7 +77,7 @@ class SampledLatents:
 
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor, captions: list[str], generator: torch.Generator) -> torch.Tensor:
-        from sgm.samplers import sample_euler
+        from sgm.sampling.samplers import sample_euler
         from sgm.training.diffusion import guided_denoiser
 
         if len(captions) != latents.shape[0]:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sgm.autoencoder import AutoencoderKL
+from sgm.nets.autoencoder import AutoencoderKL
 
 if TYPE_CHECKING:
     from sgm.training.sampled_latents import SampledLatents

@@ -1,11 +1,11 @@
-"""sgm.lora: key layouts onto our module names, the update formula, exact unloading."""
+"""sgm.io.lora: key layouts onto our module names, the update formula, exact unloading."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sgm.lora import LoraError, kohya_unet_name, kohya_unet_names, match_lora, patched, unet_module_names
+from sgm.io.lora import LoraError, kohya_unet_name, kohya_unet_names, match_lora, patched, unet_module_names
 from tests.sgm.model_factories import tiny_unet
 from tests.workflows.model_files import _tower
 

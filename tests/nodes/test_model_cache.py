@@ -1,4 +1,4 @@
-"""sgm.model_cache: one load per file version, reload on change, out-of-memory retry."""
+"""sgm.io.model_cache: one load per file version, reload on change, out-of-memory retry."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sgm.model_cache import ModelCache, ModelMemoryError, modules_of
+from sgm.io.model_cache import ModelCache, ModelMemoryError, modules_of
 
 
 def model_file(tmp_path: Path, name: str = "model.safetensors") -> Path:

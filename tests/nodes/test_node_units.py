@@ -15,7 +15,7 @@ from nodes.builtin import build_nodes
 from nodes.memory import result_size
 from nodes.runtime import Runtime
 from nodes.values import LatentValue, VaeValue
-from sgm.conditioning import Area, Condition
+from sgm.text.conditioning import Area, Condition
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,8 +38,8 @@ def condition(seed: int, tokens: int = 77, pooled: bool = True) -> Condition:
 
 def test_sampler_and_scheduler_choices_match_the_library() -> None:
     from nodes.sampling import SAMPLER_NAMES, SCHEDULER_NAMES
-    from sgm.samplers import SAMPLERS
-    from sgm.schedules import SCHEDULERS
+    from sgm.sampling.samplers import SAMPLERS
+    from sgm.sampling.schedules import SCHEDULERS
 
     assert set(SAMPLER_NAMES) == set(SAMPLERS)
     assert set(SCHEDULER_NAMES) == set(SCHEDULERS)

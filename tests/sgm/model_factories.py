@@ -9,7 +9,7 @@ Our models (no diffusers needed):
   tiny_unet(family, ...)              that UNetModel with random weights
   tiny_vae(...) / TINY_VAE_CONFIG     AutoencoderKL with 4 levels (f = 8, like the real one)
   write_tiny_checkpoint(path, ...)    a single-file .safetensors with original key names
-                                      that ``sgm.checkpoints.load_checkpoint`` loads
+                                      that ``sgm.io.checkpoints.load_checkpoint`` loads
 
 Diffusers references (parity tests only):
   tiny_diffusers_unet(family), tiny_diffusers_vae(), write_diffusers_folder(path, ...)
@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from sgm.autoencoder import AutoencoderKL
-from sgm.checkpoints import save_checkpoint
-from sgm.unet import UNetModel
+from sgm.nets.autoencoder import AutoencoderKL
+from sgm.io.checkpoints import save_checkpoint
+from sgm.nets.unet import UNetModel
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 TINY_CONTEXT_DIM = 32
@@ -196,7 +196,7 @@ def write_diffusers_folder(
 
 def sdxl_vector(pooled: torch.Tensor, time_ids: torch.Tensor) -> torch.Tensor:
     """SDXL's ``y``: pooled text (B, P) and 6 size/crop values (B, 6) -> (B, P + 6*256)."""
-    from sgm.unet import timestep_embedding
+    from sgm.nets.unet import timestep_embedding
 
     features = timestep_embedding(time_ids.flatten(), 256).reshape(time_ids.shape[0], -1)
     return torch.cat([pooled, features], dim=1)

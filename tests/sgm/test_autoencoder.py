@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sgm.autoencoder import AutoencoderKL, DiagonalGaussian, tiled_apply
+from sgm.nets.autoencoder import AutoencoderKL, DiagonalGaussian, tiled_apply
 from tests.sgm.model_factories import tiny_vae
 
 

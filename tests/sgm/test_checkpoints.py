@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sgm import devices
-from sgm.checkpoints import (
+from sgm.io.checkpoints import (
     CheckpointError,
     UNET_PREFIX,
     assign_weights,
@@ -23,8 +23,8 @@ from sgm.checkpoints import (
     read_state_dict,
     save_checkpoint,
 )
-from sgm.convert import unet_original_to_diffusers, vae_original_to_diffusers
-from sgm.unet import UNetModel
+from sgm.io.convert import unet_original_to_diffusers, vae_original_to_diffusers
+from sgm.nets.unet import UNetModel
 from tests.sgm.model_factories import TINY_CONTEXT_DIM, tiny_unet, tiny_vae, write_tiny_checkpoint
 
 REAL_UNETS = {
@@ -124,7 +124,7 @@ def test_text_weights_go_to_build_conditioner(tmp_path: Path, monkeypatch: pytes
         calls.append((sorted(text_state_dict), family, model_path, dtype))
         return FakeConditioner()
 
-    monkeypatch.setitem(sys.modules, "sgm.text_encoders", types.SimpleNamespace(build_conditioner=build_conditioner))
+    monkeypatch.setitem(sys.modules, "sgm.text.encoders", types.SimpleNamespace(build_conditioner=build_conditioner))
     checkpoint = load_checkpoint(path, dtype=torch.float32)
     assert calls == [(sorted(text), "sd1", path, torch.float32)]
     assert checkpoint.encode_text(["a cat"]) == "encoded ['a cat']"
@@ -236,6 +236,25 @@ def test_device_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     assert module.weight.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_packed_weights_fall_back_to_plain_convolutions_where_the_cpu_cannot_pack(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx", "avx2", "fma"}))  # AVX2-only EPYC
+    assert not devices.can_pack_weights() and not devices.use_packed_weights("cpu", torch.bfloat16)
+    model = devices.prepare_module(tiny_unet("sd1"), "cpu", torch.bfloat16, channels_last=True, pack_weights=True)
+    plain = devices.prepare_module(tiny_unet("sd1"), "cpu", torch.bfloat16, channels_last=True, pack_weights=False)
+    assert not any(isinstance(m, devices.PackedConv2d) for m in model.modules())
+    context = torch.randn(1, 3, TINY_CONTEXT_DIM, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        out = model(x, torch.tensor([9.0]), context)
+        assert out.shape == (1, 4, 8, 8) and torch.equal(out, plain(x, torch.tensor([9.0]), context))
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx512bw", "avx512vl", "avx512dq", "amx_bf16"}))
+    assert devices.can_pack_weights() == (torch.backends.mkldnn.is_available()
+                                          and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
+
+
+@pytest.mark.skipif(not devices.can_pack_weights(),
+                    reason="oneDNN prepacks bf16 convolution weights only on CPUs with AVX512BW/VL/DQ")
 def test_packed_conv_weights_give_identical_results_and_follow_weight_edits() -> None:
     import copy
 

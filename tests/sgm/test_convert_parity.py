@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sgm.checkpoints import load_checkpoint, read_state_dict
-from sgm.convert import convert
+from sgm.io.checkpoints import load_checkpoint, read_state_dict
+from sgm.io.convert_files import convert
 from tests.sgm.model_factories import (
     TINY_CONTEXT_DIM,
     TINY_POOLED_DIM,

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from sgm.conditioning import Area, Condition
-from sgm.denoisers import DiscreteModelSampling
-from sgm.guiders import GuidedDenoiser, make_inpaint_concat
+from sgm.text.conditioning import Area, Condition
+from sgm.sampling.denoisers import DiscreteModelSampling
+from sgm.sampling.guiders import GuidedDenoiser, make_inpaint_concat
 
 SD = DiscreteModelSampling()
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from sgm.conditioning import Condition
-from sgm.denoisers import DiscreteModelSampling
-from sgm.guiders import GuidedDenoiser
-from sgm.latent_preview import latent_preview_image, latent_to_rgb
+from sgm.text.conditioning import Condition
+from sgm.sampling.denoisers import DiscreteModelSampling
+from sgm.sampling.guiders import GuidedDenoiser
+from sgm.sampling.latent_preview import latent_preview_image, latent_to_rgb
 from sgm.models import AutoencoderKL, DiffusionModel
-from sgm.sampling import sample
-from sgm.schedules import compute_sigmas
+from sgm.sampling.sample import sample
+from sgm.sampling.schedules import compute_sigmas
 from tests.sgm.model_factories import TINY_CONTEXT_DIM, tiny_unet, tiny_vae
 
 
@@ -66,7 +66,7 @@ def test_facade_errors_and_unconditional_guidance(parts: tuple[DiffusionModel, A
 
 
 def test_from_checkpoint_takes_prediction_from_the_file(tmp_path: Path) -> None:
-    from sgm.checkpoints import load_checkpoint
+    from sgm.io.checkpoints import load_checkpoint
     from tests.sgm.model_factories import write_tiny_checkpoint
 
     path = write_tiny_checkpoint(tmp_path / "tiny_v.safetensors", "sd1", prediction="v")

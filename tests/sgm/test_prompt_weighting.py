@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sgm.prompt_weighting import (
+from sgm.text.prompt_weighting import (
     PromptPart,
     embedding_for_width,
     find_embedding,

@@ -8,12 +8,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sgm.autoencoder import AutoencoderKL
-from sgm.tiny_text import TinyTextConfig, TinyTextEncoder, vocabulary_of
+from sgm.nets.autoencoder import AutoencoderKL
+from sgm.text.tiny_text import TinyTextConfig, TinyTextEncoder, vocabulary_of
 from sgm.training.diffusion import DiffusionConfig, DiffusionTask
 from sgm.training.sampled_latents import SampledLatents, SampledLatentsConfig
 from sgm.training.vae import VAETask
-from sgm.unet import UNetModel
+from sgm.nets.unet import UNetModel
 
 CAPTIONS = ["a small red circle on the left", "a large blue square on the right"]
 

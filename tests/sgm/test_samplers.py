@@ -14,9 +14,9 @@ from dataclasses import FrozenInstanceError
 import pytest
 import torch
 
-from sgm.denoisers import DiscreteModelSampling
-from sgm.samplers import SAMPLERS, StepInfo, sample_ddim, sample_dpmpp_2m, sample_euler
-from sgm.schedules import karras
+from sgm.sampling.denoisers import DiscreteModelSampling
+from sgm.sampling.samplers import SAMPLERS, StepInfo, sample_ddim, sample_dpmpp_2m, sample_euler
+from sgm.sampling.schedules import karras
 
 MU, S = 0.5, 0.5
 SD = DiscreteModelSampling()
@@ -260,7 +260,7 @@ def test_parity_with_diffusers_ddim_eta1_same_noise_stream() -> None:
 
 
 def test_brownian_noise_is_one_path_with_standard_normal_increments() -> None:
-    from sgm.samplers import BrownianNoise
+    from sgm.sampling.samplers import BrownianNoise
 
     x = torch.zeros(2, 1, 16, 16)
     noise = BrownianNoise(x, 0.03, 14.6, [torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)])

@@ -1,16 +1,16 @@
-"""sgm.sampling.sample: seed rule, img2img, inpainting mask, progress and cancellation."""
+"""sgm.sampling.sample.sample: seed rule, img2img, inpainting mask, progress and cancellation."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sgm.conditioning import Condition
-from sgm.denoisers import DiscreteModelSampling
-from sgm.guiders import GuidedDenoiser
-from sgm.samplers import StepInfo
-from sgm.sampling import SamplingCancelled, make_noise, sample
-from sgm.schedules import compute_sigmas
+from sgm.text.conditioning import Condition
+from sgm.sampling.denoisers import DiscreteModelSampling
+from sgm.sampling.guiders import GuidedDenoiser
+from sgm.sampling.samplers import StepInfo
+from sgm.sampling.sample import SamplingCancelled, make_noise, sample
+from sgm.sampling.schedules import compute_sigmas
 from tests.sgm.test_guiders import PointwiseUNet
 
 SD = DiscreteModelSampling()

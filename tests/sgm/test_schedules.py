@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from sgm.denoisers import (
+from sgm.sampling.denoisers import (
     ContinuousModelSampling,
     DiscreteModelSampling,
     eps_scalings,
     v_scalings,
 )
-from sgm.schedules import SCHEDULERS, beta_ppf, compute_sigmas, karras
+from sgm.sampling.schedules import SCHEDULERS, beta_ppf, compute_sigmas, karras
 
 SD = DiscreteModelSampling()
 

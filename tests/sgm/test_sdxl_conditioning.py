@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sgm.convert_text import text_diffusers_to_original
-from sgm.sdxl_conditioning import fourier_embedding, sdxl_refiner_vector, sdxl_vector
-from sgm.text_encoders import build_conditioner
-from sgm.tokenizer import BPE_FILE_NAME, ClipTokenizer
+from sgm.io.convert_text import text_diffusers_to_original
+from sgm.text.sdxl_conditioning import fourier_embedding, sdxl_refiner_vector, sdxl_vector
+from sgm.text.encoders import build_conditioner
+from sgm.text.tokenizer import BPE_FILE_NAME, ClipTokenizer
 
 MERGES = Path(__file__).resolve().parents[3] / "shared" / "data" / "clip" / BPE_FILE_NAME
 WIDTH, LAYERS, PROJECTION = 128, 3, 96
@@ -164,7 +164,7 @@ def test_refiner_matches_diffusers_img2img_pipeline(tokenizers) -> None:
 
 @torch.no_grad()
 def test_encode_condition_builds_the_family_vector(tokenizers) -> None:
-    from sgm.text_encoders import encode_condition
+    from sgm.text.encoders import encode_condition
 
     ours_tok = tokenizers[0]
     te1, te2 = make_text_model(20, act="quick_gelu"), make_text_model(21, act="gelu", projection=PROJECTION)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sgm.data import shapes
-from sgm.shapes_eval import analyse, evaluate, score
+from sgm.training.shapes_eval import analyse, evaluate, score
 
 # The shipped model's smoke eval: the first SMOKE_COUNT held-out captions, seed 0, 20 euler steps sgm_uniform,
 # cfg 4. Measured on these exact images when the model was committed (SHIPPED_MEASURED);
@@ -78,7 +78,7 @@ def test_the_shipped_model_draws_held_out_captions() -> None:
 
     import torch
 
-    from sgm.shapes_eval import evaluate_checkpoint
+    from sgm.training.shapes_eval import evaluate_checkpoint
 
     path = Path(__file__).resolve().parents[2] / "models" / "checkpoints" / "tiny-shapes.safetensors"
     assert path.is_file(), f"the embedded model {path} is missing; it ships with the repository"

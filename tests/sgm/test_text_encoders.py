@@ -1,7 +1,7 @@
 """Our text encoders against transformers' CLIPTextModel(WithProjection) at reduced width.
 
-Random weights, fp32; the towers are converted with sgm.convert_text and loaded through
-sgm.text_encoders.build_conditioner, i.e. the path a single-file checkpoint takes.
+Random weights, fp32; the towers are converted with sgm.io.convert_text and loaded through
+sgm.text.encoders.build_conditioner, i.e. the path a single-file checkpoint takes.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sgm.convert_text import text_diffusers_to_original, text_original_to_diffusers, with_text_model_prefix
-from sgm.text_encoders import build_conditioner
-from sgm.tokenizer import BPE_FILE_NAME, ClipTokenizer
+from sgm.io.convert_text import text_diffusers_to_original, text_original_to_diffusers, with_text_model_prefix
+from sgm.text.encoders import build_conditioner
+from sgm.text.tokenizer import BPE_FILE_NAME, ClipTokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -249,7 +249,7 @@ def test_load_checkpoint_encodes_with_tokenizer_folder_beside_it(
     family: str, tokenizer: ClipTokenizer, tmp_path: Path
 ) -> None:
     # The public path: a single file (our save path) + a diffusers tokenizer/ folder beside it.
-    from sgm.checkpoints import load_checkpoint
+    from sgm.io.checkpoints import load_checkpoint
     from tests.sgm.model_factories import write_tiny_checkpoint
 
     te1 = make_text_model(8, act="quick_gelu", layers=2)
@@ -337,7 +337,7 @@ def test_converted_folder_loads_in_transformers_with_our_config(
     # from_pretrained: the conditioning must be what our loader computes from the file.
     from safetensors.torch import save_file
 
-    from sgm.convert_text import diffusers_text_config
+    from sgm.io.convert_text import diffusers_text_config
 
     te1 = make_text_model(16, act="gelu" if family == "sd2" else "quick_gelu", layers=2)
     te2 = make_text_model(17, act="gelu", projection=64, layers=2) if family == "sdxl" else None
@@ -367,7 +367,7 @@ def test_converted_folder_loads_in_transformers_with_our_config(
 
 
 def test_diffusers_text_config_of_a_narrow_tower_has_at_least_one_head() -> None:
-    from sgm.convert_text import diffusers_text_config
+    from sgm.io.convert_text import diffusers_text_config
 
     def tower(width: int) -> dict[str, torch.Tensor]:
         return {"text_model.embeddings.token_embedding.weight": torch.zeros(10, width),

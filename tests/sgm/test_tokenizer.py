@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sgm.tokenizer import (
+from sgm.text.tokenizer import (
     BPE_FILE_NAME,
     CHUNK,
     VOCAB_SIZE,
@@ -155,7 +155,7 @@ def test_finds_merges_in_installed_distribution_without_importing(
 
 
 def test_missing_merges_error_says_where_and_how(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("sgm.tokenizer.MERGES_DISTRIBUTIONS", (("surely-not-installed-xyz", "x/y.gz"),))
+    monkeypatch.setattr("sgm.text.tokenizer.MERGES_DISTRIBUTIONS", (("surely-not-installed-xyz", "x/y.gz"),))
     with pytest.raises(MergesNotFoundError) as info:
         find_clip_merges(tmp_path / "missing.txt.gz", model_path=tmp_path / "m.safetensors")
     message = str(info.value)

@@ -7,15 +7,15 @@ import json
 import pytest
 import torch
 
-from sgm.autoencoder import AutoencoderKL
+from sgm.nets.autoencoder import AutoencoderKL
 from sgm.data import ShapesDataset
 from sgm.data.datasets import LatentCacheDataset
-from sgm.tiny_text import TinyTextConfig, TinyTextEncoder, vocabulary_of
+from sgm.text.tiny_text import TinyTextConfig, TinyTextEncoder, vocabulary_of
 from sgm.training.common import EMA, Precision, TrainSettings, learning_rate
 from sgm.training.diffusion import DiffusionConfig, DiffusionTask, loss_weight
 from sgm.training.loop import EarlyStop, load_training_checkpoint, train
 from sgm.training.vae import VAETask, psnr
-from sgm.unet import UNetModel
+from sgm.nets.unet import UNetModel
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -159,7 +159,7 @@ def test_psnr_of_identical_and_offset_images() -> None:
 
 
 def test_trained_lora_saved_in_kohya_layout_reloads_to_the_same_outputs(tmp_path) -> None:
-    from sgm.lora import match_lora, patched, read_lora
+    from sgm.io.lora import match_lora, patched, read_lora
     from sgm.training.lora import LoRAAdapters, LoRATask, attention_projection_names, save_lora
 
     vae = _tiny_vae()
@@ -198,7 +198,7 @@ def test_trained_lora_saved_in_kohya_layout_reloads_to_the_same_outputs(tmp_path
 
 
 def test_word_tokenizer_frames_words_and_marks_unknown_ones(caplog) -> None:
-    from sgm.tiny_text import BOS, EOS, PAD, UNK, WordTokenizer
+    from sgm.text.tiny_text import BOS, EOS, PAD, UNK, WordTokenizer
 
     tokenizer = WordTokenizer(("a", "red", "circle"), max_length=6)
     with caplog.at_level("WARNING"):
@@ -208,7 +208,7 @@ def test_word_tokenizer_frames_words_and_marks_unknown_ones(caplog) -> None:
 
 
 def test_exported_model_loads_through_load_checkpoint(tmp_path) -> None:
-    from sgm.checkpoints import load_checkpoint
+    from sgm.io.checkpoints import load_checkpoint
     from sgm.tools.train_diffusion import export_model
 
     task = _tiny_diffusion_task(_tiny_vae())
@@ -227,7 +227,7 @@ def test_exported_model_loads_through_load_checkpoint(tmp_path) -> None:
 
 def test_zero_terminal_snr_model_exports_its_schedule_and_samples_on_it(tmp_path) -> None:
     """A v + zero-terminal-SNR run: the file says so, and every consumer samples on that schedule."""
-    from sgm.checkpoints import load_checkpoint
+    from sgm.io.checkpoints import load_checkpoint
     from sgm.models import DiffusionModel
     from sgm.tools.train_diffusion import export_model
 
@@ -248,7 +248,7 @@ def test_zero_terminal_snr_model_exports_its_schedule_and_samples_on_it(tmp_path
 
 
 def test_zero_terminal_snr_with_eps_prediction_is_refused_by_the_loader(tmp_path) -> None:
-    from sgm.checkpoints import CheckpointError, load_checkpoint
+    from sgm.io.checkpoints import CheckpointError, load_checkpoint
     from sgm.tools.train_diffusion import export_model
 
     task = _tiny_diffusion_task(_tiny_vae())  # eps
@@ -259,7 +259,8 @@ def test_zero_terminal_snr_with_eps_prediction_is_refused_by_the_loader(tmp_path
 
 
 def test_a_model_file_can_supply_the_vae_of_a_diffusion_run(tmp_path) -> None:
-    from sgm.tools.train_diffusion import export_model, load_vae_from_run
+    from sgm.tools.train_common import load_vae_from_run
+    from sgm.tools.train_diffusion import export_model
 
     task = _tiny_diffusion_task(_tiny_vae())
     path = export_model(task, str(tmp_path / "m.safetensors"), family="tiny-shapes", training={})
@@ -270,7 +271,7 @@ def test_a_model_file_can_supply_the_vae_of_a_diffusion_run(tmp_path) -> None:
 
 
 def test_timestep_bias_redraws_its_share_of_the_batch_from_the_range() -> None:
-    from sgm.denoisers import DiscreteModelSampling
+    from sgm.sampling.denoisers import DiscreteModelSampling
     from sgm.training.diffusion import sample_timesteps
 
     sampling = DiscreteModelSampling()
@@ -303,7 +304,7 @@ def _fine_tune(init: str, out, *extra: str) -> int:
 
 
 def test_train_diffusion_init_fine_tunes_a_model_file_and_keeps_its_schedule(tmp_path) -> None:
-    from sgm.checkpoints import load_checkpoint, read_state_dict
+    from sgm.io.checkpoints import load_checkpoint, read_state_dict
     from sgm.tools.train_diffusion import export_model
 
     vae = _tiny_vae()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sgm.unet import UNetModel, timestep_embedding
+from sgm.nets.unet import UNetModel, timestep_embedding
 from tests.sgm.model_factories import TINY_CONTEXT_DIM, tiny_unet, tiny_unet_config
 
 

@@ -1,6 +1,6 @@
 """A temporary installation with tiny random-weight checkpoints of every family.
 
-``make_installation(root)`` writes, through our own save path (``sgm.checkpoints.save_checkpoint``
+``make_installation(root)`` writes, through our own save path (``sgm.io.checkpoints.save_checkpoint``
 via ``tests.sgm.model_factories.write_tiny_checkpoint``):
 
   models/checkpoints/<CHECKPOINTS[family]>   a tiny checkpoint of each family, under the name
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sgm.clip_models import ClipTextConfig, ClipTextModel, OpenClipTextModel
-from sgm.tokenizer import END_TOKEN, START_TOKEN, bytes_to_unicode
+from sgm.nets.clip_models import ClipTextConfig, ClipTextModel, OpenClipTextModel
+from sgm.text.tokenizer import END_TOKEN, START_TOKEN, bytes_to_unicode
 from tests.sgm.model_factories import randomize_, write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +102,7 @@ def write_tiny_shapes_standin(path: Path, seed: int = 0, config: dict[str, objec
 
     ``config``: extra ``latentflow.config`` hints (e.g. prediction and zero_terminal_snr).
     """
-    from sgm.tiny_text import TinyTextConditioner, TinyTextConfig, TinyTextEncoder
+    from sgm.text.tiny_text import TinyTextConditioner, TinyTextConfig, TinyTextEncoder
 
     torch.manual_seed(seed)
     encoder = TinyTextEncoder(TinyTextConfig(vocab=SHAPES_VOCAB, max_length=16, width=32, layers=1, heads=2))
@@ -117,7 +117,7 @@ def write_kohya_lora(path: Path, unet: torch.nn.Module, towers: list[torch.nn.Mo
     """A kohya-layout LoRA on every attention projection of ``unet`` (and the first text tower's q/v)."""
     from safetensors.torch import save_file
 
-    from sgm.lora import kohya_unet_names
+    from sgm.io.lora import kohya_unet_names
 
     generator = torch.Generator().manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
@@ -169,7 +169,7 @@ def make_installation(root: Path, *, use_embedded: bool = True) -> Path:
         (checkpoints / EMBEDDED.name).symlink_to(EMBEDDED)
     else:
         write_tiny_shapes_standin(checkpoints / EMBEDDED.name)
-    from sgm.checkpoints import load_checkpoint
+    from sgm.io.checkpoints import load_checkpoint
 
     for key in ("sd1", "tiny-shapes"):
         loaded = load_checkpoint(checkpoints / CHECKPOINTS[key])

@@ -176,8 +176,8 @@ def test_progress_reports_every_step_and_cancel_stops_the_run(executor: Executor
 def test_separate_unet_vae_and_text_encoder_files_equal_the_checkpoint(executor: Executor, settings: Any) -> None:
     from safetensors.torch import save_file
 
-    from sgm.checkpoints import UNET_PREFIX, VAE_PREFIX, read_state_dict, strip_prefix
-    from sgm.convert_text import text_original_to_diffusers
+    from sgm.io.checkpoints import UNET_PREFIX, VAE_PREFIX, read_state_dict, strip_prefix
+    from sgm.io.convert_text import text_original_to_diffusers
     from tests.workflows.model_files import write_byte_tokenizer
 
     models = Path(settings.models_dir)
@@ -235,9 +235,9 @@ def test_inpainting_keeps_the_unmasked_latent_and_areas_change_the_result(execut
 
 def test_out_of_memory_while_sampling_retries_once_then_fails_the_run_clearly(
         executor: Executor, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sgm.sampling
+    import sgm.sampling.sample
 
-    real_sample = sgm.sampling.sample
+    real_sample = sgm.sampling.sample.sample
     failures = {"left": 1}
 
     def flaky_sample(*args: Any, **kwargs: Any) -> Any:
@@ -246,7 +246,7 @@ def test_out_of_memory_while_sampling_retries_once_then_fails_the_run_clearly(
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real_sample(*args, **kwargs)
 
-    monkeypatch.setattr(sgm.sampling, "sample", flaky_sample)
+    monkeypatch.setattr(sgm.sampling.sample, "sample", flaky_sample)
     run(executor, document(seed=31))  # the retry succeeded
     assert failures["left"] == 0
 
@@ -261,7 +261,7 @@ def test_out_of_memory_while_sampling_retries_once_then_fails_the_run_clearly(
 def test_txt2img_graph_reproduces_the_training_preview_sampler(executor: Executor, settings: Any) -> None:
     """The embedded model (or its stand-in) through the nodes equals sgm.training's own
     Euler + CFG sampler with the same seed: the graph adds nothing and loses nothing."""
-    from sgm.checkpoints import load_checkpoint
+    from sgm.io.checkpoints import load_checkpoint
     from sgm.training.diffusion import generate
 
     prompt = "a large yellow star in the center on a purple background"

@@ -1,7 +1,7 @@
 """Shared pieces of every sampler: the step callback type, CPU noise, ODE helpers.
 
-Split from ``sgm.samplers`` so that ``sgm.samplers_extra`` can use them without an import
-cycle; ``sgm.samplers`` re-exports everything here.
+Split from ``sgm.sampling.samplers`` so that ``sgm.sampling.samplers_extra`` can use them without an import
+cycle; ``sgm.sampling.samplers`` re-exports everything here.
 """
 
 from __future__ import annotations

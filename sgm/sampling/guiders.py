@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sgm.conditioning import Area, Condition
-from sgm.denoisers import ModelSampling
+from sgm.text.conditioning import Area, Condition
+from sgm.sampling.denoisers import ModelSampling
 
 
 @dataclass(frozen=True)

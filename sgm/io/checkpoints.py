@@ -19,58 +19,23 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from sgm.autoencoder import AutoencoderKL
+from sgm.nets.autoencoder import AutoencoderKL
 from sgm.devices import default_dtype
-from sgm.unet import UNetModel
+from sgm.io.state_dict import (
+    TEXT_PREFIXES,
+    UNET_PREFIX,
+    VAE_PREFIX,
+    CheckpointError,
+    detect_family,
+    read_state_dict,
+    strip_prefix,
+)
+from sgm.nets.unet import UNetModel
 
 logger = logging.getLogger(__name__)
 
-UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
-TEXT_PREFIXES = ("cond_stage_model.", "conditioner.embedders.")
 SCALE_FACTORS = {"sdxl": 0.13025, "sd": 0.18215}
 Prediction = Literal["eps", "v"]
-_PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-
-
-class CheckpointError(ValueError):
-    """A file whose layout or keys do not fit what the loader expects (message says what was found)."""
-
-
-def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors of a checkpoint file (memory-mapped for safetensors) and its metadata.
-
-    Pickle formats go through ``torch.load(weights_only=True)`` (no code execution); a
-    Lightning-style ``{"state_dict": ...}`` wrapper is unwrapped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = dict(handle.metadata() or {})
-            # safetensors >= 0.6 returns tensors backed by the file mapping (copy-on-write).
-            return {key: handle.get_tensor(key) for key in handle.keys()}, metadata
-    if path.suffix in _PICKLE_SUFFIXES:
-        try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) serialization cannot be memory-mapped
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
-            loaded = loaded["state_dict"]
-        if not isinstance(loaded, dict):
-            raise CheckpointError(f"{path}: expected a dict of tensors, found {type(loaded).__name__}")
-        return {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}, {}
-    raise CheckpointError(
-        f"{path}: unsupported file type {path.suffix!r}; expected .safetensors or one of {_PICKLE_SUFFIXES}"
-    )
-
-
-def strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The tensors under ``prefix`` with the prefix removed (a new dict; tensors shared)."""
-    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
 def _config_hints(metadata: dict[str, str]) -> dict[str, Any]:
@@ -188,58 +153,6 @@ def infer_vae_config(state_dict: dict[str, torch.Tensor], hints: dict[str, Any] 
     return config
 
 
-# ---------------------------------------------------------------------------- family
-
-
-def detect_family(state_dict: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
-    """The model family from metadata (``latentflow.family``), text-encoder keys, then UNet shapes."""
-    if metadata.get("latentflow.family"):
-        return metadata["latentflow.family"]
-    keys = state_dict.keys()
-
-    def has(prefix: str) -> bool:
-        return any(k.startswith(prefix) for k in keys)
-
-    in_channels = state_dict[UNET_PREFIX + "input_blocks.0.0.weight"].shape[1] if UNET_PREFIX + "input_blocks.0.0.weight" in state_dict else 4
-    if has("conditioner.embedders.0.transformer."):
-        base = "sdxl"
-    elif has("conditioner.embedders.0.model."):
-        base = "sdxl-refiner"
-    elif has("cond_stage_model.transformer."):
-        base = "sd1"
-    elif has("cond_stage_model.model."):
-        base = "sd2"
-    elif UNET_PREFIX + "label_emb.0.0.weight" in state_dict:
-        context = next((v.shape[1] for k, v in state_dict.items() if k.endswith("attn2.to_k.weight")), None)
-        base = "sdxl-refiner" if context == 1280 else "sdxl"
-    elif any(k.startswith(UNET_PREFIX) and k.endswith("proj_in.weight") and v.ndim == 2 for k, v in state_dict.items()):
-        base = "sd2"
-    elif has(UNET_PREFIX):
-        base = "sd1"
-    elif has(VAE_PREFIX):
-        return "vae"  # a VAE-only file (e.g. a fine-tuned SD VAE in a full-checkpoint layout)
-    else:
-        raise CheckpointError(
-            f"unknown checkpoint layout: no {UNET_PREFIX!r}, text-encoder or known keys "
-            f"(first keys: {sorted(keys)[:8]}); set metadata latentflow.family to load a custom model"
-        )
-    if in_channels == 9:
-        return f"{base}-inpaint"
-    if base == "sd2" and in_channels == 4 and _looks_v_prediction(state_dict):
-        return "sd2-v"
-    return base
-
-
-def _looks_v_prediction(state_dict: dict[str, torch.Tensor]) -> bool:
-    # SD 2.x 768-v and 512-base share every shape. Fine-tuning toward v moves the late
-    # decoder LayerNorm biases far from zero; measured on the released files, the std of
-    # this bias is ~0.2 for 768-v and ~0.03 for 512-base, so 0.09 separates them.
-    bias = state_dict.get(UNET_PREFIX + "output_blocks.11.1.transformer_blocks.0.norm1.bias")
-    if bias is None or bias.is_meta:  # meta: shapes only (architecture probing)
-        return False
-    return float(bias.float().std(unbiased=False)) > 0.09
-
-
 def detect_prediction(state_dict: dict[str, torch.Tensor], metadata: dict[str, str], family: str) -> Prediction:
     hint = _config_hints(metadata).get("prediction")
     spec = metadata.get("modelspec.prediction_type", "")
@@ -332,22 +245,22 @@ class Checkpoint:
     zero_terminal_snr: bool = False
 
     def model_sampling(self, prediction: Prediction | None = None) -> Any:
-        """The noise schedule this model was trained on (``sgm.denoisers.DiscreteModelSampling``).
+        """The noise schedule this model was trained on (``sgm.sampling.denoisers.DiscreteModelSampling``).
 
         ``prediction`` overrides the file's; an eps override drops the zero-terminal-SNR
         rescale (undefined for eps).
         """
-        from sgm.denoisers import model_sampling_for
+        from sgm.sampling.denoisers import model_sampling_for
 
         prediction = prediction or self.prediction
         return model_sampling_for(prediction, zero_terminal_snr=self.zero_terminal_snr and prediction == "v")
 
     def encode_text(self, prompts: list[str], **kwargs: Any) -> Any:
-        """Encode prompts with this checkpoint's text encoders (see ``sgm.text_encoders``)."""
+        """Encode prompts with this checkpoint's text encoders (see ``sgm.text.encoders``)."""
         if self.conditioner is None:
             raise RuntimeError(
                 f"{self.path.name} ({self.family}) has no text encoder loaded: the file carries no "
-                "cond_stage_model./conditioner.embedders. weights, or sgm.text_encoders is not installed; "
+                "cond_stage_model./conditioner.embedders. weights, or sgm.text.encoders is not installed; "
                 "load a full checkpoint or pair this model with a separate text encoder"
             )
         return self.conditioner.encode_text(prompts, **kwargs)
@@ -358,7 +271,7 @@ def _build_conditioner(
     device: torch.device | str, dtype: torch.dtype | None,
 ) -> Any | None:
     try:
-        from sgm.text_encoders import build_conditioner
+        from sgm.text.encoders import build_conditioner
     except ImportError as error:
         logger.warning("text encoders not loaded (%s); Checkpoint.encode_text will be unavailable", error)
         return None
@@ -416,7 +329,7 @@ def load_vae(path: str | Path, *, device: torch.device | str = "cpu", dtype: tor
     if any(k.startswith(VAE_PREFIX) for k in state_dict):
         state_dict = strip_prefix(state_dict, VAE_PREFIX)
     if any(k.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for k in state_dict):
-        from sgm.convert import vae_diffusers_to_original
+        from sgm.io.convert import vae_diffusers_to_original
 
         state_dict = vae_diffusers_to_original(state_dict)
     # Training checkpoints of the VAE carry a discriminator and LPIPS under loss.*.
@@ -434,7 +347,7 @@ def load_unet(
     if any(k.startswith(UNET_PREFIX) for k in state_dict):
         state_dict = strip_prefix(state_dict, UNET_PREFIX)
     if "conv_in.weight" in state_dict and "time_embedding.linear_1.weight" in state_dict:
-        from sgm.convert import unet_diffusers_to_original
+        from sgm.io.convert import unet_diffusers_to_original
 
         state_dict = unet_diffusers_to_original(state_dict)
     if family is None:

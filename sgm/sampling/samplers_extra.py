@@ -1,6 +1,6 @@
 """More samplers: DPM-Solver (fast / adaptive), iPNDM, DEIS, UniPC.
 
-Same contract as ``sgm.samplers``: ``sample_NAME(model, x, sigmas, *, callback, generator,
+Same contract as ``sgm.sampling.samplers``: ``sample_NAME(model, x, sigmas, *, callback, generator,
 **options)``; ``model(x, sigma (B,)) -> denoised``; VE variables x = x0 + sigma n. Where an
 algorithm is stated in log-SNR time we use lambda = -log sigma (the half log-SNR of the
 VP process with alpha = 1 / sqrt(1 + sigma^2)); its data-prediction formulas are the VP ones
@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from sgm.sampler_common import (
+from sgm.sampling.sampler_common import (
     Denoiser,
     NoiseGenerator,
     Sampler,

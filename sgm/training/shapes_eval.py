@@ -206,7 +206,7 @@ def evaluate_checkpoint(path: str, *, count: int = 96, steps: int = 20, cfg: flo
 
     import torch
 
-    from sgm.checkpoints import load_checkpoint
+    from sgm.io.checkpoints import load_checkpoint
     from sgm.data.datasets import ShapesDataset
     from sgm.data.transforms import to_pixels
     from sgm.training.common import grid_image

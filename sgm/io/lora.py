@@ -16,7 +16,7 @@ Key layouts read here (the names in front of the suffix are module paths with ``
   ``processor.to_q_lora.down`` forms too), ``text_encoder.`` / ``text_encoder_2.``.
 
 Module paths are mapped onto our (ldm / released-checkpoint) names with the UNet mapping of
-``sgm.convert`` and the CLIP layouts of ``sgm.clip_models``; OpenCLIP's fused attention
+``sgm.io.convert`` and the CLIP layouts of ``sgm.nets.clip_models``; OpenCLIP's fused attention
 input (``in_proj_weight``) receives q, k and v LoRAs as row slices.
 
 Applying is reversible: :func:`patched` adds the deltas to the weights in place, keeping
@@ -91,7 +91,7 @@ class LoraMatch:
 
 def read_lora(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a LoRA file (safetensors, or pickle through ``weights_only=True``)."""
-    from sgm.checkpoints import read_state_dict
+    from sgm.io.state_dict import read_state_dict
 
     state_dict, _metadata = read_state_dict(path)
     return state_dict
@@ -112,7 +112,7 @@ def _weighted_modules(module: nn.Module) -> list[str]:
 def unet_module_names(unet: nn.Module) -> dict[str, str]:
     """Lookup of every adaptable UNet module: ldm and diffusers paths, dotted and
     underscored, -> our (ldm) module path."""
-    from sgm.convert import KeyMappingError, unet_original_to_diffusers
+    from sgm.io.convert import KeyMappingError, unet_original_to_diffusers
 
     names = _weighted_modules(unet)
     lookup: dict[str, str] = {}
@@ -140,7 +140,7 @@ def kohya_unet_names(unet: nn.Module) -> dict[str, str]:
     Uses the diffusers path where the ldm layout maps onto it (what sd-scripts writes for
     SD 1.x / 2.x), else our own path.
     """
-    from sgm.convert import KeyMappingError, unet_original_to_diffusers
+    from sgm.io.convert import KeyMappingError, unet_original_to_diffusers
 
     names = _weighted_modules(unet)
     placeholders = {f"{name}.weight": torch.empty(0) for name in names}

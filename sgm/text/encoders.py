@@ -1,6 +1,6 @@
 """Text conditioning for SD 1.x / 2.x / SDXL: prompts -> (context, pooled).
 
-Per family (the tower modules live in ``sgm.clip_models``; key names are the released ones):
+Per family (the tower modules live in ``sgm.nets.clip_models``; key names are the released ones):
 
 ============  ==========================================  =============  ==========  ==========
 family        encoders (single-file prefix)               context layer  final norm  pooled
@@ -43,22 +43,29 @@ from typing import Literal
 import torch
 from torch import nn
 
-from sgm.clip_models import (
+from sgm.nets.clip_models import (
     ClipTextModel,
     OpenClipTextModel,
     _TextTower,
     infer_clip_config,
     infer_open_clip_config,
 )
-from sgm.conditioning import Condition
-from sgm.convert_text import base_family
-from sgm.prompt_weighting import embedding_for_width, find_embedding, load_embedding, parse_prompt
-from sgm.sdxl_conditioning import sdxl_refiner_vector, sdxl_vector
-from sgm.tokenizer import CHUNK, WINDOW, ClipTokenizer, chunk_words, load_clip_tokenizer, split_words
+from sgm.text.conditioning import Condition
+from sgm.text.prompt_weighting import embedding_for_width, find_embedding, load_embedding, parse_prompt
+from sgm.text.sdxl_conditioning import sdxl_refiner_vector, sdxl_vector
+from sgm.text.tokenizer import CHUNK, WINDOW, ClipTokenizer, chunk_words, load_clip_tokenizer, split_words
 
 logger = logging.getLogger(__name__)
 
 TEXT_ENCODER_HOOK = "latentflow.text_encoder"
+# Builders named in files written before the library was split into wings (sgm.text, ...).
+_MOVED_HOOKS = {"sgm.tiny_text:build_conditioner": "sgm.text.tiny_text:build_conditioner"}
+
+
+def base_family(family: str) -> str:
+    """``sd2-v`` -> ``sd2``, ``sd1-inpaint`` -> ``sd1``, ``sdxl-inpaint`` -> ``sdxl``."""
+    base = family.removesuffix("-inpaint")
+    return "sd2" if base == "sd2-v" else base
 # Keys the released files carry that no text encoding uses.
 _IGNORED_SUFFIXES = ("transformer.text_model.embeddings.position_ids", "model.logit_scale", "model.attn_mask")
 
@@ -322,6 +329,7 @@ def build_conditioner(
                 f"-inpaint/-v variants); a custom model must name its builder in metadata "
                 f"{TEXT_ENCODER_HOOK!r} as 'pkg.module:function'"
             )
+        hook = _MOVED_HOOKS.get(hook, hook)
         module_name, _, function_name = hook.partition(":")
         if not function_name:
             raise ValueError(f"metadata {TEXT_ENCODER_HOOK!r} = {hook!r} must look like 'pkg.module:function'")

@@ -11,13 +11,13 @@ also re-inject noise.
 
 Noise comes only from ``generator``: a CPU ``torch.Generator``, or one generator per batch
 item (``Sequence[torch.Generator]``) so that item i of a batch is bit-identical to a
-single-image run with the same generator (see ``sgm.sampling`` for the seed rule). Noise
+single-image run with the same generator (see ``sgm.sampling.sample`` for the seed rule). Noise
 is always drawn on the CPU in float32 and then moved, so a seed gives the same image on
 CPU and GPU.
 
 Progress is reported through ``callback(StepInfo)``, once per step, never printed.
 Further samplers (dpm_fast, dpm_adaptive, ipndm, deis, uni_pc) live in
-``sgm.samplers_extra``; the ``SAMPLERS`` table there lists every one by name.
+``sgm.sampling.samplers_extra``; the ``SAMPLERS`` table there lists every one by name.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from sgm.sampler_common import (  # noqa: F401  (re-exported: the samplers' public helpers)
+from sgm.sampling.sampler_common import (  # noqa: F401  (re-exported: the samplers' public helpers)
     BrownianNoise,
     Denoiser,
     NoiseGenerator,
@@ -532,7 +532,7 @@ CORE_SAMPLERS: dict[str, Sampler] = {
 
 
 def _all_samplers() -> dict[str, Sampler]:
-    from sgm.samplers_extra import EXTRA_SAMPLERS
+    from sgm.sampling.samplers_extra import EXTRA_SAMPLERS
 
     return {**CORE_SAMPLERS, **EXTRA_SAMPLERS}
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from sgm.denoisers import ModelSampling
+from sgm.sampling.denoisers import ModelSampling
 
 Schedule = Callable[..., torch.Tensor]
 

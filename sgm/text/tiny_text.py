@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "cond_stage_model."
 METADATA_KEY = "latentflow.tiny_text"
-HOOK = "sgm.tiny_text:build_conditioner"
+HOOK = "sgm.text.tiny_text:build_conditioner"
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
 PAD, UNK, BOS, EOS = range(4)
 _WORD = re.compile(r"[a-z0-9]+")

@@ -27,6 +27,8 @@ from collections.abc import Mapping
 
 import torch
 
+from sgm.text.encoders import base_family
+
 Tensors = Mapping[str, torch.Tensor]
 
 _HF = "text_model."
@@ -43,12 +45,6 @@ _LAYER_RENAMES = {
     "mlp.fc2.": "mlp.c_proj.",
 }
 _DROPPED_ORIGINAL = ("model.logit_scale",)
-
-
-def base_family(family: str) -> str:
-    """``sd2-v`` -> ``sd2``, ``sd1-inpaint`` -> ``sd1``, ``sdxl-inpaint`` -> ``sdxl``."""
-    base = family.removesuffix("-inpaint")
-    return "sd2" if base == "sd2-v" else base
 
 
 def text_prefixes(family: str) -> tuple[str | None, str | None]:

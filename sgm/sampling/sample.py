@@ -18,8 +18,8 @@ from typing import Any, Callable, Protocol
 import torch
 import torch.nn.functional as F
 
-from sgm.denoisers import ModelSampling
-from sgm.samplers import SAMPLERS, Sampler, StepCallback, StepInfo
+from sgm.sampling.denoisers import ModelSampling
+from sgm.sampling.samplers import SAMPLERS, Sampler, StepCallback, StepInfo
 
 CancelCheck = Callable[[], bool]
 
@@ -29,7 +29,7 @@ class SamplingCancelled(RuntimeError):
 
 
 class GuidedModel(Protocol):
-    """A denoiser that knows its noise levels (``sgm.guiders.GuidedDenoiser``)."""
+    """A denoiser that knows its noise levels (``sgm.sampling.guiders.GuidedDenoiser``)."""
 
     model_sampling: ModelSampling
 

@@ -1,0 +1,1 @@
+"""Model files: state dicts, single-file checkpoints, format conversion, LoRA files, the model cache."""

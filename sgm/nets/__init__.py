@@ -1,0 +1,1 @@
+"""The networks: UNet, autoencoder, attention blocks, CLIP text transformers (torch only)."""

@@ -1,0 +1,1 @@
+"""Denoising: model sampling (denoisers), schedules, guiders, samplers and the ``sample`` entry point."""

@@ -1,0 +1,1 @@
+"""Prompts to conditioning: tokenizer, text encoders, prompt weighting, SDXL vectors, ``Condition``."""
