@@ -5,6 +5,7 @@ The bottom of ``sgm.io``: checkpoint loading and format conversion both build on
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -36,10 +37,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             # safetensors >= 0.6 returns tensors backed by the file mapping (copy-on-write).
             return {key: handle.get_tensor(key) for key in handle.keys()}, metadata
     if path.suffix in _PICKLE_SUFFIXES:
-        try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) serialization cannot be memory-mapped
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = _load_pickle(path)
         if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
             loaded = loaded["state_dict"]
         if not isinstance(loaded, dict):
@@ -48,6 +46,27 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     raise CheckpointError(
         f"{path}: unsupported file type {path.suffix!r}; expected .safetensors or one of {_PICKLE_SUFFIXES}"
     )
+
+
+def _load_pickle(path: Path) -> object:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never code."""
+    import pickle
+
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) serialization cannot be memory-mapped
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's text advises weights_only=False, i.e. running the file's code: never do that.
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"{path.name} contains code{what}, not only weights, and was not loaded; convert it from a trusted "
+            "source or use a .safetensors file") from None
+    except (EOFError, ValueError, RuntimeError, OSError) as error:
+        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint ({type(error).__name__}: "
+                              f"{str(error)[:200]}); re-download it or use a .safetensors file") from None
 
 
 def strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
