@@ -11,6 +11,8 @@ import argparse
 import importlib
 import os
 import sys
+from dataclasses import dataclass
+from functools import partial
 
 # OpenMP threads that spin while waiting make small models ~100x slower whenever another
 # process holds a core (measured: 1.2 s vs 16 ms per tiny-UNet call on 2 cores). Passive
@@ -33,11 +35,64 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_settings(**overrides):
-    """Installation folders: the repository's by default, overridable by CLI flags."""
+@dataclass(frozen=True)
+class FolderOptions:
+    """ComfyUI's folder options, given before or after the subcommand."""
+
+    base_directory: Path | None = None  # moves models/, input/, output/, user/, temp/, custom_nodes/
+    input_directory: Path | None = None
+    output_directory: Path | None = None
+    extra_model_paths: tuple[Path, ...] = ()  # --extra-model-paths-config files, after ROOT's own
+
+
+def build_settings(folders: FolderOptions = FolderOptions(), **overrides):
+    """Installation folders: the repository's by default, moved by ``folders`` (the global
+    options), then by a subcommand's own flags (``overrides``, e.g. ``run --output-dir``).
+
+    ``extra_model_paths.yaml`` next to main.py is read when it exists, then every
+    ``--extra-model-paths-config`` file; a bad one stops here with a message naming it."""
+    from engine.model_paths import ModelPathsError
     from engine.settings import Settings
 
-    return Settings.for_root(ROOT, **overrides)
+    default_config = ROOT / "extra_model_paths.yaml"
+    configs = ((default_config,) if default_config.is_file() else ()) + folders.extra_model_paths
+    values = {"input_dir": folders.input_directory, "output_dir": folders.output_directory,
+              "workflows_dir": ROOT / "workflows", "extra_model_paths": configs}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    settings = Settings.for_root(folders.base_directory or ROOT, **values)
+    try:
+        settings.model_paths  # read the YAML files now, so a mistake is reported before any work
+    except ModelPathsError as error:
+        raise SystemExit(f"error: {error}") from None
+    return settings
+
+
+def add_folder_options(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """ComfyUI's folder options; ``prefix`` keeps a subcommand's copy apart from the global one."""
+    parser.add_argument("--base-directory", dest=f"{prefix}base_directory", type=Path, metavar="DIR",
+                        help="folder holding models/, input/, output/, user/ and custom_nodes/ "
+                             "(default: the installation)")
+    parser.add_argument("--input-directory", dest=f"{prefix}input_directory", type=Path, metavar="DIR",
+                        help="where input images and uploads are (default: input/ in the base directory)")
+    parser.add_argument("--output-directory", dest=f"{prefix}output_directory", type=Path, metavar="DIR",
+                        help="where output nodes write files (default: output/ in the base directory)")
+    parser.add_argument("--extra-model-paths-config", dest=f"{prefix}extra_model_paths_config", type=Path,
+                        action="append", default=[], metavar="FILE",
+                        help="extra_model_paths.yaml in ComfyUI's format: more model folders, e.g. an "
+                             "A1111 or ComfyUI install's (repeatable; extra_model_paths.yaml next to "
+                             "main.py is read anyway)")
+
+
+def folder_options(args: argparse.Namespace) -> FolderOptions:
+    """The global folder options, those given after the subcommand winning."""
+    def pick(name: str) -> Path | None:
+        late = getattr(args, f"late_{name}", None)
+        chosen = late if late is not None else getattr(args, name, None)
+        return chosen.absolute() if chosen is not None else None
+
+    configs = [*getattr(args, "extra_model_paths_config", []), *getattr(args, "late_extra_model_paths_config", [])]
+    return FolderOptions(pick("base_directory"), pick("input_directory"), pick("output_directory"),
+                         tuple(c.absolute() for c in configs))
 
 
 def build_registry(custom_nodes: Path | None = ROOT / "custom_nodes", entry_points: bool = True,
@@ -70,7 +125,8 @@ def build_registry(custom_nodes: Path | None = ROOT / "custom_nodes", entry_poin
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     """The CLI parser; only the ``selected`` command's module is imported (all for --help)."""
-    parser = argparse.ArgumentParser(prog="main.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="main.py", description=__doc__.splitlines()[0], allow_abbrev=False)
+    add_folder_options(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
@@ -81,6 +137,8 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
             continue
         configure = getattr(module, f"configure_{name}", None) or module.configure
         configure(sub_parser)
+        add_folder_options(sub_parser.add_argument_group("folders (also accepted before the command)"),
+                           prefix="late_")
         sub_parser.set_defaults(_module=module_name, build_registry=build_registry,
                                 build_settings=build_settings)
     return parser
@@ -95,11 +153,22 @@ def _command_module(module_name: str):
         raise
 
 
+def _command_name(argv: list[str]) -> str | None:
+    """The subcommand's name: the first argument that is neither an option nor the value
+    of a global folder option (``main.py --base-directory DIR run ...``)."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    add_folder_options(pre)
+    _, rest = pre.parse_known_args(argv)
+    return next((a for a in rest if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    selected = next((a for a in argv if not a.startswith("-")), None)
+    selected = _command_name(argv)
     parser = build_parser(selected if selected in COMMANDS else None)
     args = parser.parse_args(argv)
+    # every command builds its settings through this, so the folder options reach them all
+    args.build_settings = partial(build_settings, folder_options(args))
     module = importlib.import_module(args._module)
     runner = getattr(module, f"run_{args.command}", None) or module.run
     return int(runner(args) or 0)

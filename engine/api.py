@@ -72,6 +72,10 @@ class Widget:
     type: str = ""
     default: Any = None
     tooltip: str = ""
+    # Listed under "optional" in /object_info: may be left out even without a default (the
+    # function's own default applies); ComfyUI's optional widgets, e.g. CLIPLoader's device.
+    optional: bool = False
+    advanced: bool = False  # ComfyUI's frontend folds it away with the "advanced" inputs
 
     def check(self, value: Any) -> str | None:
         """Why ``value`` is not acceptable, or None when it is."""
@@ -83,6 +87,8 @@ class Widget:
             options["default"] = self.default
         if self.tooltip:
             options["tooltip"] = self.tooltip
+        if self.advanced:
+            options["advanced"] = True
         return options
 
 
@@ -142,6 +148,7 @@ class Text(Widget):
     default: str | None = None
     multiline: bool = False
     max_length: int | None = None
+    dynamic_prompts: bool = False  # ComfyUI's frontend expands {a|b} choices before queueing
 
     def check(self, value: Any) -> str | None:
         if not isinstance(value, str):
@@ -154,6 +161,8 @@ class Text(Widget):
         options = super().spec_options()
         if self.multiline:
             options["multiline"] = True
+        if self.dynamic_prompts:
+            options["dynamicPrompts"] = True
         return options
 
 
@@ -176,6 +185,13 @@ class Choice(Widget):
     type: str = COMBO
     choices: Sequence[str] | Callable[[], Sequence[str]] = ()
     default: str | None = None
+    image_upload: bool = False  # the choices are input images: editors offer an upload button
+
+    def spec_options(self) -> dict[str, Any]:
+        options = super().spec_options()
+        if self.image_upload:
+            options["image_upload"] = True
+        return options
 
     def options(self) -> list[str]:
         choices = self.choices() if callable(self.choices) else self.choices
@@ -310,6 +326,12 @@ class NodeSpec:
     pure: bool = True
     fingerprint: Callable[..., Any] | None = None
     context_param: str | None = None
+    # Catalogue-only marks (see ``node``): ComfyUI's "deprecated" flag, its hidden inputs
+    # (name -> kind, e.g. ("prompt", "PROMPT")), and ``compat`` naming the interface a
+    # compatibility node reproduces ("comfyui"), so editors can list those apart.
+    deprecated: bool = False
+    hidden: tuple[tuple[str, str], ...] = ()
+    compat: str | None = None
 
     def input(self, name: str) -> InputSpec | None:
         for spec in self.inputs:
@@ -346,12 +368,17 @@ def node(
     pure: bool = True,
     fingerprint: Callable[..., Any] | None = None,
     description: str | None = None,
+    deprecated: bool = False,
+    hidden: Mapping[str, str] | None = None,
+    compat: str | None = None,
 ) -> Callable[[Callable[..., Any]], NodeSpec]:
     """Turn a typed function into a :class:`NodeSpec`.
 
     ``output=True`` marks a node with side effects (SaveImage); ``pure=False`` makes it
     re-run every time; ``fingerprint(**literal_inputs)`` instead re-runs it only when the
-    returned value changes (e.g. a file's modification time).
+    returned value changes (e.g. a file's modification time). ``deprecated``, ``hidden``
+    (ComfyUI's hidden inputs, e.g. ``{"prompt": "PROMPT"}``; ours come through the
+    :class:`Context`) and ``compat`` only mark the node in the catalogue.
     """
 
     def decorate(function: Callable[..., Any]) -> NodeSpec:
@@ -369,6 +396,9 @@ def node(
             pure=pure,
             fingerprint=fingerprint,
             description=description if description is not None else inspect.getdoc(function) or "",
+            deprecated=deprecated,
+            hidden=tuple((hidden or {}).items()),
+            compat=compat,
         )
 
     return decorate
@@ -423,12 +453,14 @@ def _build_spec(function: Callable[..., Any], *, node_id: str, scope: dict[str, 
             )
         elif isinstance(annotation, Widget):
             default = param.default if has_default else annotation.default
-            if default is not None:
+            # Choices computed on demand (model folders, the sampler table) are not read here:
+            # defining a node must stay cheap and import nothing heavy.
+            if default is not None and not callable(getattr(annotation, "choices", None)):
                 problem = annotation.check(default)
                 if problem:
                     raise NodeDefinitionError(f"{where}: default of input {name!r}: {problem}")
             inputs.append(
-                InputSpec(name, annotation.type, annotation, required=default is None,
+                InputSpec(name, annotation.type, annotation, required=default is None and not annotation.optional,
                           default=default, tooltip=annotation.tooltip)
             )
         else:

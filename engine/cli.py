@@ -11,38 +11,42 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+from engine.comfyui_graph import GraphProblem, is_ui_graph, ui_graph_to_document
 from engine.registry import NodeRegistry
 from engine.runner import (
     JsonlEventWriter, OverrideError, apply_overrides, combinations, parse_set, parse_sweep,
 )
 from engine.scheduler import Event, Executor, RunResult
-from engine.validation import ValidationReport, validate_document
+from engine.validation import ValidationError, ValidationReport, validate_document
 from engine.workflow import read_workflow_file
 
 
 def configure_run(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("workflow", help="workflow .json (ours or a ComfyUI API prompt), or a PNG saved by SaveImage")
+    parser.add_argument("workflow", help="workflow .json (ours, a ComfyUI API prompt or a ComfyUI UI-format "
+                        "workflow), or a PNG saved by SaveImage (ours or ComfyUI's)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.INPUT=VALUE",
                         help="override an input (repeatable); VALUE is JSON or plain text")
     parser.add_argument("--sweep", dest="sweeps", action="append", default=[], metavar="NODE.INPUT=V1,V2,...",
                         help="run every combination of these values in one process, sharing the cache")
     parser.add_argument("--events", metavar="FILE.jsonl", help="write one JSON object per event")
-    parser.add_argument("--output-dir", default="output", help="where output nodes write files (default: output/)")
-    parser.add_argument("--custom-nodes", default="custom_nodes", help="plugin folder (default: custom_nodes/)")
+    parser.add_argument("--output-dir", help="where output nodes write files (default: output/ in the base directory)")
+    parser.add_argument("--custom-nodes", help="plugin folder (default: custom_nodes/ in the base directory)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or table")
 
 
 def configure_validate(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("workflow", help="workflow .json or a PNG saved by SaveImage")
-    parser.add_argument("--custom-nodes", default="custom_nodes")
+    parser.add_argument("workflow", help="workflow .json (ours, a ComfyUI API prompt or UI-format workflow) "
+                                         "or a PNG saved by SaveImage (ours or ComfyUI's)")
+    parser.add_argument("--custom-nodes", help="plugin folder (default: custom_nodes/ in the base directory)")
     parser.add_argument("--json", action="store_true", help="print the problems as JSON")
 
 
 def configure_nodes(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--custom-nodes", default="custom_nodes")
+    parser.add_argument("--custom-nodes", help="plugin folder (default: custom_nodes/ in the base directory)")
     parser.add_argument("--json", action="store_true", help="print the catalogue in /object_info shape")
 
 
@@ -56,23 +60,43 @@ def _registry(args: argparse.Namespace) -> NodeRegistry:
         raise SystemExit("internal error: main.py did not provide build_registry")
     settings = args.build_settings(output_dir=Path(args.output_dir)) if getattr(args, "output_dir", None) \
         else args.build_settings()
-    registry = factory(custom_nodes=Path(args.custom_nodes), settings=settings)
+    custom_nodes = Path(args.custom_nodes) if args.custom_nodes else settings.custom_nodes_dir
+    registry = factory(custom_nodes=custom_nodes, settings=settings)
     registry.settings = settings  # type: ignore[attr-defined]
     for failure in registry.failures:
         print(f"warning: plugin {failure.source} failed to load: {failure.message}", file=sys.stderr)
     return registry
 
 
-def _load(path: str) -> Any:
+def _load(path: str, registry: NodeRegistry) -> tuple[Any, list[GraphProblem]]:
+    """The workflow in ``path`` as our document (or an API prompt), and what its conversion
+    from ComfyUI's UI format could not map (empty for other formats)."""
     try:
-        return read_workflow_file(path)
+        document = read_workflow_file(path)
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
+    if is_ui_graph(document):
+        return ui_graph_to_document(document, registry.object_info())
+    return document, []
+
+
+def with_conversion_problems(report: ValidationReport, problems: list[GraphProblem]) -> ValidationReport:
+    """``report`` with the UI-graph conversion's problems first. An unknown node type is
+    reported once: validation's error (with its suggestions) gains what the conversion lost."""
+    lost = {p.node_id: p.details for p in problems if p.code == "unknown_type" and p.details}
+    validated_unknown = {v.node_id for v in report.problems if v.code == "unknown_type"}
+    merged = [replace(v, message=f"{v.message}; {lost[v.node_id]}") if v.code == "unknown_type" and v.node_id in lost
+              else v for v in report.problems]
+    converted = [ValidationError(p.code, p.message, p.node_id, p.node_type, p.input, hint=p.hint,
+                                 severity=p.severity)
+                 for p in problems if not (p.code == "unknown_type" and p.node_id in validated_unknown)]
+    return ValidationReport(report.workflow, tuple(converted + merged))
 
 
 def run_validate(args: argparse.Namespace) -> int:
     registry = _registry(args)
-    report = validate_document(_load(args.workflow), registry)
+    document, conversion_problems = _load(args.workflow, registry)
+    report = with_conversion_problems(validate_document(document, registry), conversion_problems)
     if args.json:
         print(json.dumps([p.to_dict() for p in report.problems], indent=2))
     else:
@@ -107,15 +131,15 @@ def run_nodes(args: argparse.Namespace) -> int:
 
 def run_run(args: argparse.Namespace) -> int:
     registry = _registry(args)
-    document = _load(args.workflow)
+    document, conversion_problems = _load(args.workflow, registry)
     try:
         sets = [parse_set(s) for s in args.sets]
         sweeps = [parse_sweep(s) for s in args.sweeps]
     except OverrideError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    output_dir = Path(args.output_dir)
     settings = registry.settings  # type: ignore[attr-defined]
+    output_dir = Path(settings.output_dir)
     from engine.cache import ResultCache
 
     executor = Executor(registry, ResultCache.for_registry(registry, settings),
@@ -130,7 +154,7 @@ def run_run(args: argparse.Namespace) -> int:
             except OverrideError as error:
                 print(f"error: {error}", file=sys.stderr)
                 return 2
-            report = validate_document(concrete, registry)
+            report = with_conversion_problems(validate_document(concrete, registry), conversion_problems)
             for warning in report.warnings:
                 if not args.quiet:
                     print(warning.format(), file=sys.stderr)

@@ -8,16 +8,19 @@ it to the client that submitted the work. Nothing here knows about HTTP or webso
 
 from __future__ import annotations
 
+import bisect
 import logging
+import sqlite3
 import threading
 import time
 import traceback
 import uuid
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Protocol
 
 from engine.scheduler import Event, RunResult
+from engine.store import PromptStore, StoredPrompt
 from engine.workflow import Workflow
 
 log = logging.getLogger(__name__)
@@ -34,22 +37,42 @@ class RunsWorkflows(Protocol):
 HistoryStatus = Literal["success", "error", "interrupted"]
 
 
+# extra_data keys that hold credentials: never listed in /queue or kept in history (as ComfyUI).
+SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
+
+
 @dataclass(frozen=True)
 class QueueItem:
-    """One submitted prompt. ``document`` is what the client sent (kept for SaveImage)."""
+    """One submitted prompt.
+
+    ``prompt`` is what the client sent, kept as sent (history and /queue show it);
+    ``document`` is the same workflow in our format (SaveImage embeds it), ``prompt`` when
+    omitted. ``number`` orders the queue: lower runs first, ties in submission order.
+    ``extra_data`` is the client's ``extra_data`` plus ``client_id`` (ComfyUI keeps it there).
+    """
 
     prompt_id: str
-    number: int
-    workflow: Workflow
-    document: Mapping[str, Any]
+    number: float
+    workflow: Workflow | None  # None only for history entries restored from the store
+    prompt: Mapping[str, Any]
     client_id: str | None = None
     extra_data: Mapping[str, Any] = field(default_factory=dict)
+    outputs: tuple[str, ...] = ()  # the output node ids this run executes
+    document: Mapping[str, Any] | None = None
     submitted_at: float = 0.0
+    sequence: int = 0
     cancel: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
+    @property
+    def workflow_document(self) -> Mapping[str, Any]:
+        return self.document if self.document is not None else self.prompt
+
+    def public_extra_data(self) -> dict[str, Any]:
+        return {k: v for k, v in self.extra_data.items() if k not in SENSITIVE_EXTRA_DATA_KEYS}
+
     def to_json(self) -> list[Any]:
-        """ComfyUI's queue entry: ``[number, prompt_id, prompt, extra_data, outputs]``."""
-        return [self.number, self.prompt_id, dict(self.document), dict(self.extra_data), []]
+        """ComfyUI's queue entry: ``[number, prompt_id, prompt, extra_data, outputs_to_execute]``."""
+        return [self.number, self.prompt_id, dict(self.prompt), self.public_extra_data(), list(self.outputs)]
 
 
 @dataclass(frozen=True)
@@ -90,34 +113,92 @@ class HistoryEntry:
 
 class QueueListener(Protocol):
     def __call__(self, item: QueueItem | None, event: Event | None) -> None:
-        """Called from the worker thread: ``event`` is an engine event of ``item``'s run;
-        ``event=None`` means the queue changed (size, running item) and status should be sent."""
+        """Called from the worker thread, three kinds of call:
+
+        - ``(item, event)``: an engine event of ``item``'s run;
+        - ``(None, None)``: the queue changed (size, running item): send the status;
+        - ``(item, None)``: ``item`` is done and its history entry is recorded (a client
+          told now finds it in the history)."""
 
 
 class QueueClosedError(RuntimeError):
     """The queue was stopped; no more work is accepted."""
 
 
+class QueueStoreError(RuntimeError):
+    """The prompt could not be written to the queue's store (disk full, unwritable file)."""
+
+
+class DuplicatePromptIdError(ValueError):
+    """A client-chosen prompt id names a prompt that is still pending or running."""
+
+
+class FreesMemory(Protocol):
+    """Optional on an executor: drop cached results and models (``POST /free``)."""
+
+    def free(self, *, unload_models: bool, free_memory: bool) -> None: ...
+
+
 class PromptQueue:
     """A FIFO of :class:`QueueItem` with one worker thread, interrupt and a bounded history."""
 
     def __init__(self, executor: RunsWorkflows, *, services: Mapping[str, Any] | None = None,
-                 listener: QueueListener | None = None, history_limit: int = 1000) -> None:
+                 listener: QueueListener | None = None, history_limit: int = 1000,
+                 store: PromptStore | None = None) -> None:
         if history_limit < 1:
             raise ValueError(f"history_limit must be >= 1, got {history_limit}")
         self.executor = executor
         self.services = dict(services or {})
         self.listener: QueueListener = listener or (lambda item, event: None)
         self.history_limit = history_limit
-        self._pending: deque[QueueItem] = deque()
+        self._pending: list[QueueItem] = []  # sorted by (number, sequence)
         self._running: QueueItem | None = None
         self._history: OrderedDict[str, HistoryEntry] = OrderedDict()
-        self._number = 0
+        self._number = 0  # the next automatic number (ComfyUI counts from 0)
+        self._sequence = 0
+        self._free_requested: dict[str, bool] = {}
         self._condition = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self.store = store  # None: in memory only (tests); see restore()
 
     # ------------------------------------------------------------------ lifecycle
+
+    def restore(self, parse: Callable[[StoredPrompt], Workflow]) -> tuple[int, int]:
+        """Load the store's history and queue again what was pending or running at the last stop.
+
+        ``parse`` validates a stored prompt against today's nodes and returns its workflow,
+        or raises ``ValueError`` saying why it cannot run any more (that prompt is then
+        recorded in the history as an error, not lost). Call before :meth:`start`.
+        Returns (history entries, prompts queued again).
+        """
+        if self.store is None:
+            return 0, 0
+        history = [(stored, record) for stored, record in self.store.history()]
+        unfinished = self.store.unfinished()
+        number, sequence = self.store.counters()
+        refused: list[HistoryEntry] = []
+        with self._condition:
+            for stored, record in history[-self.history_limit:]:
+                self._history[stored.prompt_id] = _entry_from_record(_item_from_stored(stored, None), record)
+            self._number, self._sequence = max(self._number, number), max(self._sequence, sequence)
+            for stored in unfinished:
+                try:
+                    workflow = parse(stored)
+                except ValueError as error:
+                    now = time.time()
+                    message = f"not queued again after a restart: {error}"
+                    refused.append(HistoryEntry(_item_from_stored(stored, None), "error", {}, (
+                        ("execution_error", {"message": message, "timestamp": now}),), now, now,
+                        error={"message": message}))
+                    continue
+                bisect.insort(self._pending, _item_from_stored(stored, workflow), key=_queue_order)
+        for entry in refused:
+            self._record(entry)
+        if unfinished:
+            log.info("queued again %d prompt(s) left from the last run (%d could not be)",
+                     len(unfinished) - len(refused), len(refused))
+        return len(history), len(unfinished) - len(refused)
 
     def start(self) -> None:
         with self._condition:
@@ -128,7 +209,10 @@ class PromptQueue:
             self._thread.start()
 
     def stop(self, timeout: float | None = 10.0) -> None:
-        """Stop accepting work, interrupt the running item, drop pending ones, join the worker."""
+        """Stop accepting work, interrupt the running item, drop pending ones, join the worker.
+
+        With a store, pending items and the interrupted running one stay there and are
+        queued again by the next :meth:`restore`."""
         with self._condition:
             self._closed = True
             self._pending.clear()
@@ -141,22 +225,39 @@ class PromptQueue:
 
     # ------------------------------------------------------------------ submit / inspect
 
-    def submit(self, workflow: Workflow, document: Mapping[str, Any], *, client_id: str | None = None,
-               extra_data: Mapping[str, Any] | None = None, prompt_id: str | None = None,
-               front: bool = False) -> QueueItem:
-        """Queue a validated workflow; returns at once with its id and queue number."""
+    def submit(self, workflow: Workflow, prompt: Mapping[str, Any], *, document: Mapping[str, Any] | None = None,
+               client_id: str | None = None, extra_data: Mapping[str, Any] | None = None,
+               prompt_id: str | None = None, number: float | None = None, front: bool = False,
+               outputs: tuple[str, ...] = ()) -> QueueItem:
+        """Queue a validated workflow; returns at once with its id and queue number.
+
+        Numbers follow ComfyUI: without ``number`` the item gets the next count (from 0),
+        negated when ``front`` so it runs before everything numbered automatically; an
+        explicit ``number`` is used as given and does not advance the count. A
+        ``prompt_id`` still pending or running is refused; one in the history is reused
+        (its entry is replaced when the new run finishes).
+        """
         with self._condition:
             if self._closed:
                 raise QueueClosedError("the queue is stopped and accepts no more work")
-            if prompt_id is not None and (prompt_id in self._history or self._find(prompt_id) is not None):
-                raise ValueError(f"prompt id {prompt_id!r} is already in use; omit it to get a fresh one")
-            self._number += 1
-            item = QueueItem(prompt_id or uuid.uuid4().hex, self._number, workflow, document, client_id,
-                             dict(extra_data or {}), time.time())
-            if front:
-                self._pending.appendleft(item)
-            else:
-                self._pending.append(item)
+            if prompt_id is not None and self._find(prompt_id) is not None:
+                raise DuplicatePromptIdError(
+                    f"prompt id {prompt_id!r} is already queued or running; send a fresh id or omit it")
+            if number is None:
+                number = -self._number if front else self._number
+                self._number += 1
+            self._sequence += 1
+            extra = dict(extra_data or {})
+            if client_id is not None:
+                extra["client_id"] = client_id
+            item = QueueItem(prompt_id or str(uuid.uuid4()), number, workflow, prompt, client_id, extra,
+                             tuple(outputs), document, time.time(), self._sequence)
+            if self.store is not None:  # stored before the client is answered: a crash loses nothing
+                try:
+                    self.store.add(_stored_from_item(item), next_number=self._number, next_sequence=self._sequence)
+                except (OSError, ValueError, sqlite3.Error) as error:
+                    raise QueueStoreError(f"the prompt could not be stored ({error}); nothing was queued") from error
+            bisect.insort(self._pending, item, key=_queue_order)
             self._condition.notify_all()
         self._notify(None, None)
         return item
@@ -185,7 +286,8 @@ class PromptQueue:
         wanted = set(prompt_ids)
         with self._condition:
             removed = [i.prompt_id for i in self._pending if i.prompt_id in wanted]
-            self._pending = deque(i for i in self._pending if i.prompt_id not in wanted)
+            self._pending = [i for i in self._pending if i.prompt_id not in wanted]
+            self._stored("remove", removed)
         if removed:
             self._notify(None, None)
         return removed
@@ -195,6 +297,7 @@ class PromptQueue:
         with self._condition:
             count = len(self._pending)
             self._pending.clear()
+            self._stored("clear_pending")
         if count:
             self._notify(None, None)
         return count
@@ -213,6 +316,16 @@ class PromptQueue:
         if prompt_id is not None:
             return bool(self.delete([prompt_id]))
         return False
+
+    def request_free(self, *, unload_models: bool = False, free_memory: bool = False) -> None:
+        """Ask the worker to drop cached results/models once the running prompt (if any) is
+        done (ComfyUI's ``POST /free``); the executor must have a ``free`` method."""
+        if not (unload_models or free_memory):
+            return
+        with self._condition:
+            self._free_requested["unload_models"] = self._free_requested.get("unload_models", False) or unload_models
+            self._free_requested["free_memory"] = self._free_requested.get("free_memory", False) or free_memory
+            self._condition.notify_all()
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Block until nothing is pending or running (for tests and shutdown)."""
@@ -246,32 +359,72 @@ class PromptQueue:
 
     def delete_history(self, prompt_ids: list[str]) -> list[str]:
         with self._condition:
-            return [i for i in prompt_ids if self._history.pop(i, None) is not None]
+            deleted = [i for i in prompt_ids if self._history.pop(i, None) is not None]
+            self._stored("delete_history", deleted)
+            return deleted
 
     def clear_history(self) -> None:
         with self._condition:
             self._history.clear()
+            self._stored("clear_history")
+
+    def _stored(self, method: str, *args: Any) -> None:
+        """Mirror a change in the store; a store failure is logged, never stops the queue."""
+        if self.store is None:
+            return
+        try:
+            getattr(self.store, method)(*args)
+        except (OSError, TypeError, ValueError, sqlite3.Error):
+            log.exception("queue store: %s failed", method)
 
     # ------------------------------------------------------------------ worker
 
     def _work(self) -> None:
         while True:
             with self._condition:
-                while not self._pending and not self._closed:
+                while not self._pending and not self._closed and not self._free_requested:
                     self._condition.wait()
                 if self._closed:
                     return
-                item = self._pending.popleft()
+                free, self._free_requested = self._free_requested, {}
+                item = self._pending.pop(0) if self._pending and not free else None
                 self._running = item
+            if free:
+                self._free(free)
+                continue
+            assert item is not None
+            self._stored("mark_running", item.prompt_id)
             self._notify(None, None)
             entry = self._execute(item)
             with self._condition:
-                self._history[item.prompt_id] = entry
-                while len(self._history) > self.history_limit:
-                    self._history.popitem(last=False)
+                # Stopped mid-run (server shutdown): the store keeps it running, so the next
+                # start queues it again instead of recording an interruption nobody asked for.
+                shutdown = self._closed and entry.status == "interrupted"
+            if not shutdown:
+                self._record(entry)
+            with self._condition:
                 self._running = None
                 self._condition.notify_all()
             self._notify(None, None)
+            self._notify(item, None)
+
+    def _record(self, entry: HistoryEntry) -> None:
+        with self._condition:
+            self._history.pop(entry.item.prompt_id, None)  # a reused id: the new run is the newest
+            self._history[entry.item.prompt_id] = entry
+            while len(self._history) > self.history_limit:
+                self._history.popitem(last=False)
+            self._stored("finish", entry.item.prompt_id, _entry_record(entry))
+
+    def _free(self, flags: Mapping[str, bool]) -> None:
+        free = getattr(self.executor, "free", None)
+        if free is None:
+            log.info("the executor keeps no memory to free; /free ignored")
+            return
+        try:
+            free(unload_models=flags.get("unload_models", False), free_memory=flags.get("free_memory", False))
+        except Exception:  # freeing memory must not stop the worker; it is logged
+            log.exception("freeing memory failed")
 
     def _execute(self, item: QueueItem) -> HistoryEntry:
         messages: list[tuple[str, Mapping[str, Any]]] = []
@@ -282,11 +435,16 @@ class PromptQueue:
                 messages.append((event.type, {**event.to_json(), "timestamp": time.time()}))
             self._notify(item, event)
 
-        services = {**self.services, "workflow_document": item.document, "prompt_id": item.prompt_id}
+        # What nodes see of the submission (ctx.services): SaveImage writes ``prompt`` (the API
+        # prompt as sent) and ``extra_pnginfo`` (ComfyUI's frontend puts the UI graph there
+        # under "workflow") into its PNGs; ``workflow_document`` is our format.
+        services = {**self.services, "workflow_document": item.workflow_document, "prompt_id": item.prompt_id,
+                    "prompt": item.prompt, "extra_data": item.public_extra_data(),
+                    "extra_pnginfo": item.extra_data.get("extra_pnginfo"), "client_id": item.client_id}
         try:
             result = self.executor.run(item.workflow, on_event=on_event, cancel=item.cancel,
                                        run_id=item.prompt_id, services=services)
-        except Exception as error:  # the engine itself failed: record it, keep the worker alive
+        except BaseException as error:  # the engine itself failed: record it, keep the worker alive
             message = f"{type(error).__name__}: {error}"
             text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
             event = Event("run_failed", item.prompt_id, data={"message": message, "traceback": text})
@@ -308,3 +466,35 @@ class PromptQueue:
             self.listener(item, event)
         except Exception:  # a broken listener must not stop the queue; it is logged
             log.exception("queue listener failed")
+
+
+def _queue_order(item: QueueItem) -> tuple[float, int]:
+    return (item.number, item.sequence)
+
+
+# ---------------------------------------------------------------------- store records
+
+
+def _stored_from_item(item: QueueItem) -> StoredPrompt:
+    return StoredPrompt(item.prompt_id, item.number, item.sequence, item.prompt, item.submitted_at, item.client_id,
+                        item.document, item.extra_data, item.outputs)
+
+
+def _item_from_stored(stored: StoredPrompt, workflow: Workflow | None) -> QueueItem:
+    return QueueItem(stored.prompt_id, stored.number, workflow, stored.prompt, stored.client_id,
+                     dict(stored.extra_data), tuple(stored.outputs), stored.document, stored.submitted_at,
+                     stored.sequence)
+
+
+def _entry_record(entry: HistoryEntry) -> dict[str, Any]:
+    """What a history entry holds beyond its prompt, as JSON for the store."""
+    return {"status": entry.status, "outputs": {k: dict(v) for k, v in entry.outputs.items()},
+            "messages": [[kind, dict(data)] for kind, data in entry.messages], "started_at": entry.started_at,
+            "finished_at": entry.finished_at, "executed": list(entry.executed), "cached": list(entry.cached),
+            "error": dict(entry.error) if entry.error else None}
+
+
+def _entry_from_record(item: QueueItem, record: Mapping[str, Any]) -> HistoryEntry:
+    return HistoryEntry(item, record["status"], record["outputs"],
+                        tuple((kind, data) for kind, data in record["messages"]), record["started_at"],
+                        record["finished_at"], tuple(record["executed"]), tuple(record["cached"]), record["error"])

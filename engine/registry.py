@@ -24,6 +24,8 @@ from engine.api import NodeSpec
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "latentflow.nodes"
+# Types ComfyUI's frontend draws as widgets unless the input spec says "forceInput".
+WIDGET_TYPE_NAMES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 
 
 class DuplicateNodeError(ValueError):
@@ -160,14 +162,27 @@ def node_info(spec: NodeSpec, source: str = "") -> dict[str, Any]:
             choices = getattr(item.widget, "options", None)
             entry: list[Any] = [choices(), options] if callable(choices) else [item.type, options]
         else:
-            entry = [item.type, {"tooltip": item.tooltip} if item.tooltip else {}]
-        (required if item.required or item.widget is not None else optional)[item.name] = entry
+            options = {"tooltip": item.tooltip} if item.tooltip else {}
+            if item.type in WIDGET_TYPE_NAMES:
+                options["forceInput"] = True  # ComfyUI's mark of a socket-only INT/FLOAT/STRING/...
+            entry = [item.type, options]
+        (required if _listed_required(item) else optional)[item.name] = entry
+    inputs: dict[str, Any] = {"required": required, "optional": optional}
+    order: dict[str, Any] = {
+        "required": [i.name for i in spec.inputs if _listed_required(i)],
+        "optional": [i.name for i in spec.inputs if not _listed_required(i)],
+    }
+    if spec.hidden:
+        inputs["hidden"] = dict(spec.hidden)
+        order["hidden"] = [name for name, _ in spec.hidden]
+    marks: dict[str, Any] = {}
+    if spec.deprecated:
+        marks["deprecated"] = True
+    if spec.compat:
+        marks["compat"] = spec.compat  # ours: editors may list compatibility nodes apart
     return {
-        "input": {"required": required, "optional": optional},
-        "input_order": {
-            "required": [i.name for i in spec.inputs if i.required or i.widget is not None],
-            "optional": [i.name for i in spec.inputs if not (i.required or i.widget is not None)],
-        },
+        "input": inputs,
+        "input_order": order,
         "output": [o.type for o in spec.outputs],
         "output_is_list": [False for _ in spec.outputs],
         "output_name": [o.name for o in spec.outputs],
@@ -178,7 +193,15 @@ def node_info(spec: NodeSpec, source: str = "") -> dict[str, Any]:
         "category": spec.category,
         "python_module": source,
         "version": spec.version,
+        **marks,
     }
+
+
+def _listed_required(item: Any) -> bool:
+    """Widgets are listed as required (they always have a value) unless marked optional."""
+    if item.widget is not None:
+        return not item.widget.optional
+    return item.required
 
 
 def _exported_nodes(module: Any, source: str, settings: Any = None) -> list[NodeSpec]:

@@ -8,6 +8,7 @@ topological order: linear in graph size, no recursion.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import heapq
 import json
@@ -125,6 +126,15 @@ class Executor:
             keys[node_id] = hashlib.blake2b(material.encode(), digest_size=16).hexdigest()
         return keys
 
+    def free(self, *, unload_models: bool = False, free_memory: bool = False) -> None:
+        """Drop every cached result (``POST /free``). Loaded models live in the cache as the
+        loader nodes' outputs, so dropping it is what unloads them; waits for a running run."""
+        if not (unload_models or free_memory):
+            return
+        with self._lock:
+            self.cache.clear()
+        gc.collect()
+
     def _spec(self, node_type: str) -> NodeSpec:
         spec = self.registry.get(node_type)
         if spec is None:
@@ -214,7 +224,9 @@ class Executor:
                 node_values, node_ui = _normalize_result(spec, spec.function(**kwargs))
             except Cancelled:
                 return self._finish_cancelled(emit, run_id, node_id, executed, cached_order, ui, timings, started)
-            except Exception as error:  # a failing node fails its run, never the process
+            # A failing node fails its run, never the process: SystemExit and KeyboardInterrupt
+            # raised by node code too (a plugin calling sys.exit() must not end the worker).
+            except (Exception, SystemExit, KeyboardInterrupt) as error:
                 failure = NodeFailure(
                     node_id, instance.type, f"{type(error).__name__}: {error}",
                     "".join(traceback.format_exception(type(error), error, error.__traceback__)),

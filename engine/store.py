@@ -71,6 +71,15 @@ class StoredPrompt:
     retries: int = 0
 
 
+_PROMPT_COLUMNS = ("prompt_id, number, sequence, prompt, submitted_at, client_id, document, extra_data, "
+                   "outputs, retries")
+
+
+def _stored(r: tuple[Any, ...]) -> StoredPrompt:
+    return StoredPrompt(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], None if r[6] is None else json.loads(r[6]),
+                        json.loads(r[7]), tuple(json.loads(r[8])), r[9])
+
+
 def _dumps(value: Any) -> str:
     # allow_nan=False: NaN/Infinity are not JSON; a client must never get them back.
     return json.dumps(value, allow_nan=False, separators=(",", ":"))
@@ -152,7 +161,7 @@ class PromptStore:
 
     def finish(self, prompt_id: str, history: Mapping[str, Any]) -> None:
         """Record the history entry of a finished prompt and trim the history to its bounds."""
-        text = _dumps(history)
+        text = json.dumps(history, allow_nan=False, separators=(",", ":"), default=repr)  # outputs may hold odd values
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             last = self._db.execute("SELECT COALESCE(MAX(finished_seq), 0) FROM prompts").fetchone()[0]
@@ -195,20 +204,17 @@ class PromptStore:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("UPDATE prompts SET state='pending', retries=retries+1 WHERE state='running'")
             rows = self._db.execute(
-                "SELECT prompt_id, number, sequence, prompt, submitted_at, client_id, document, extra_data, "
-                "outputs, retries FROM prompts WHERE state='pending' ORDER BY number, sequence").fetchall()
-        return [StoredPrompt(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5],
-                             None if r[6] is None else json.loads(r[6]), json.loads(r[7]),
-                             tuple(json.loads(r[8])), r[9]) for r in rows]
+                f"SELECT {_PROMPT_COLUMNS} FROM prompts WHERE state='pending' ORDER BY number, sequence").fetchall()
+        return [_stored(row) for row in rows]
 
     # ------------------------------------------------------------------ history
 
-    def history(self) -> list[tuple[str, dict[str, Any]]]:
-        """(prompt_id, history entry) of finished prompts, oldest first."""
+    def history(self) -> list[tuple[StoredPrompt, dict[str, Any]]]:
+        """(the prompt, its history record) of finished prompts, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT prompt_id, history FROM prompts WHERE state='done' ORDER BY finished_seq").fetchall()
-        return [(prompt_id, json.loads(text)) for prompt_id, text in rows]
+                f"SELECT {_PROMPT_COLUMNS}, history FROM prompts WHERE state='done' ORDER BY finished_seq").fetchall()
+        return [(_stored(row), json.loads(row[-1])) for row in rows]
 
     def delete_history(self, prompt_ids: Iterable[str]) -> None:
         with self._lock, self._db:

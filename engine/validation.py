@@ -1,14 +1,18 @@
 """Check a whole workflow before anything runs and report every problem at once.
 
 Each :class:`ValidationError` names the node, the input, what was expected, what came
-and how to fix it. The CLI prints them; the server returns them in its 400 response.
+and how to fix it. The CLI prints them; the server returns them in its 400 response,
+shaped as ComfyUI's (:func:`comfyui_error_body`): each problem also carries ComfyUI's
+error type name (``value_not_in_list``, ``required_input_missing``, ...) so ComfyUI
+clients and its frontend read our errors as their own.
 """
 
 from __future__ import annotations
 
 import difflib
+import traceback
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from dataclasses import asdict, dataclass
 from typing import Any, Literal, Mapping
 
 import jsonschema
@@ -26,6 +30,28 @@ from engine.workflow import (
 )
 
 
+# Our problem codes -> ComfyUI's error type names (execution.py's validate_prompt uses
+# these); where ComfyUI has no name for a check it does not make, ours is kept.
+COMFYUI_ERROR_TYPES: Mapping[str, str] = {
+    "schema": "invalid_prompt",
+    "unknown_type": "missing_node_type",
+    "missing_class_type": "missing_node_type",
+    "missing_input": "required_input_missing",
+    "not_linked": "invalid_input_type",
+    "bad_value": "invalid_input_type",  # refined per check: value_not_in_list, value_*_than_*
+    "missing_node": "bad_linked_input",
+    "missing_output": "bad_linked_input",
+    "type_mismatch": "return_type_mismatch",
+    "validation_exception": "exception_during_inner_validation",
+    "no_output": "prompt_no_outputs",
+    "cycle": "dependency_cycle",
+}
+
+# Stands in for the class_type a ComfyUI prompt node lacks (its frontend leaves it out
+# for node types it does not know); no node can have this id.
+MISSING_CLASS_TYPE = "<missing class_type>"
+
+
 @dataclass(frozen=True)
 class ValidationError:
     code: str  # machine-readable: schema, unknown_type, missing_input, ...
@@ -37,9 +63,33 @@ class ValidationError:
     actual: str | None = None
     hint: str | None = None
     severity: Literal["error", "warning"] = "error"
+    comfyui_type: str | None = None  # ComfyUI's error type when the code alone does not tell
+    details: str | None = None  # ComfyUI's short "details" text (input name, value, ...)
+    extra_info: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return {k: v for k, v in asdict(self).items() if v is not None and v != {}}
+
+    @property
+    def error_type(self) -> str:
+        """ComfyUI's name for this problem (``value_not_in_list``, ...)."""
+        return self.comfyui_type or COMFYUI_ERROR_TYPES.get(self.code, self.code)
+
+    def comfyui_error(self) -> dict[str, Any]:
+        """ComfyUI's error object ``{type, message, details, extra_info}``, plus our fields
+        (``code``, ``hint``, ``expected``, ``actual``) which its clients ignore."""
+        extra: dict[str, Any] = {}
+        if self.input is not None:
+            extra["input_name"] = self.input
+        extra.update(self.extra_info)
+        shaped: dict[str, Any] = {"type": self.error_type, "message": self.message,
+                                  "details": self.details if self.details is not None else (self.input or ""),
+                                  "extra_info": extra, "code": self.code}
+        for name in ("hint", "expected", "actual"):
+            value = getattr(self, name)
+            if value is not None:
+                shaped[name] = value
+        return shaped
 
     def format(self) -> str:
         where = []
@@ -61,6 +111,7 @@ class ValidationError:
 class ValidationReport:
     workflow: Workflow | None
     problems: tuple[ValidationError, ...]
+    outputs: tuple[str, ...] = ()  # the output node ids (what a run executes)
 
     @property
     def errors(self) -> list[ValidationError]:
@@ -89,8 +140,8 @@ def validate_document(document: Any, registry: NodeRegistry) -> ValidationReport
     """Validate a raw JSON document (our format or ComfyUI's API prompt)."""
     problems: list[ValidationError] = []
     source_format = "latentflow"
-    if is_comfyui_prompt(document):
-        document = comfyui_prompt_to_document(document)
+    if looks_like_api_prompt(document):
+        document = comfyui_prompt_to_document(_with_class_types(document))
         source_format = "comfyui-api"
     if not isinstance(document, dict):
         problems.append(ValidationError(
@@ -99,8 +150,26 @@ def validate_document(document: Any, registry: NodeRegistry) -> ValidationReport
         return ValidationReport(None, tuple(problems))
     problems.extend(_schema_problems(document))
     workflow = document_to_workflow(document, source_format)
-    problems.extend(validate_workflow(workflow, registry).problems)
-    return ValidationReport(workflow, tuple(problems))
+    report = validate_workflow(workflow, registry)
+    return ValidationReport(workflow, tuple(problems) + report.problems, report.outputs)
+
+
+def looks_like_api_prompt(document: Any) -> bool:
+    """ComfyUI's API prompt, including one whose nodes lack ``class_type`` (its frontend
+    leaves it out for unknown nodes): ``{id: {"inputs": {...}, ...}}`` with no ``nodes`` key."""
+    if is_comfyui_prompt(document):
+        return True
+    return (isinstance(document, dict) and bool(document) and "nodes" not in document
+            and "version" not in document
+            and all(isinstance(v, dict) and ("class_type" in v or "inputs" in v) for v in document.values()))
+
+
+def _with_class_types(prompt: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy in which nodes without a (string) ``class_type`` carry the placeholder, so they
+    are reported as one node-level problem each instead of breaking the whole prompt."""
+    return {node_id: entry if isinstance(entry.get("class_type"), str) and entry["class_type"]
+            else {**entry, "class_type": MISSING_CLASS_TYPE}
+            for node_id, entry in prompt.items()}
 
 
 @lru_cache(maxsize=1)
@@ -145,22 +214,38 @@ def validate_workflow(workflow: Workflow, registry: NodeRegistry) -> ValidationR
     known_types = registry.ids()
     for node_id, instance in workflow.nodes.items():
         spec = registry.get(instance.type)
+        if instance.type == MISSING_CLASS_TYPE:
+            problems.append(_missing_class_type(node_id, instance.ui.get("title")))
+            continue
         if spec is None:
             close = difflib.get_close_matches(instance.type, known_types, n=3, cutoff=0.5)
             lowered = {t.lower(): t for t in known_types}
             if instance.type.lower() in lowered and lowered[instance.type.lower()] not in close:
                 close.insert(0, lowered[instance.type.lower()])
+            title = instance.ui.get("title")
             problems.append(ValidationError(
                 "unknown_type", f"unknown node type {instance.type!r}", node_id, instance.type,
                 actual=instance.type,
                 hint=(f"did you mean {', '.join(repr(c) for c in close)}?" if close else
                       "run `python main.py nodes` for the catalogue, or install the plugin that provides it"),
+                details=f"Node ID '#{node_id}'",
+                extra_info={"node_id": node_id, "class_type": instance.type, "node_title": title or instance.type},
             ))
             continue
         problems.extend(_input_problems(workflow, node_id, spec, registry))
     problems.extend(_cycle_problems(workflow))
     problems.extend(_output_problems(workflow, registry))
-    return ValidationReport(workflow, tuple(problems))
+    outputs = tuple(n for n, i in workflow.nodes.items() if (s := registry.get(i.type)) and s.output_node)
+    return ValidationReport(workflow, tuple(problems), outputs)
+
+
+def _missing_class_type(node_id: str, title: Any) -> ValidationError:
+    name = f"{title!r} (#{node_id})" if title else f"#{node_id}"
+    return ValidationError(
+        "missing_class_type", f"node {name} has no class_type, so there is no node type to run it",
+        node_id, None, hint="the editor that sent it did not know this node type: install the node pack "
+        "that provides it, or remove the node", details=f"Node ID '#{node_id}'",
+        extra_info={"node_id": node_id, "class_type": None, "node_title": str(title) if title else None})
 
 
 def _input_problems(workflow: Workflow, node_id: str, spec: NodeSpec,
@@ -168,13 +253,15 @@ def _input_problems(workflow: Workflow, node_id: str, spec: NodeSpec,
     problems: list[ValidationError] = []
     instance = workflow.nodes[node_id]
     declared = {i.name for i in spec.inputs}
+    # ComfyUI ignores inputs a node does not declare; for its prompts that is a warning.
+    extra_severity: Literal["error", "warning"] = "warning" if workflow.source_format == "comfyui-api" else "error"
     for name in instance.inputs:
         if name not in declared:
             close = difflib.get_close_matches(name, sorted(declared), n=1)
             problems.append(ValidationError(
                 "unknown_input", f"{spec.id} has no input {name!r}", node_id, spec.id, name,
                 expected=", ".join(sorted(declared)) or "(no inputs)", actual=name,
-                hint=f"did you mean {close[0]!r}?" if close else "remove it",
+                hint=f"did you mean {close[0]!r}?" if close else "remove it", severity=extra_severity,
             ))
     for item in spec.inputs:
         if item.name not in instance.inputs:
@@ -194,17 +281,58 @@ def _input_problems(workflow: Workflow, node_id: str, spec: NodeSpec,
             problems.append(ValidationError(
                 "not_linked", f"input {item.name!r} takes a link from a node's {item.type} output, "
                 f"not a literal value", node_id, spec.id, item.name, expected=f"link to a {item.type} output",
-                actual=repr(value), hint="write [source_node_id, output_name_or_index]"))
+                actual=repr(value), hint="write [source_node_id, output_name_or_index]",
+                extra_info={"received_value": _jsonable(value)}))
         elif value is None and not item.required:
             continue
         else:
-            problem = item.widget.check(value)
-            if problem:
-                problems.append(ValidationError(
-                    "bad_value", problem, node_id, spec.id, item.name,
-                    expected=_describe_widget(item.widget), actual=repr(value),
-                    hint=_widget_hint(item.widget, value)))
+            problems.extend(_widget_problems(node_id, spec, item.name, item.widget, value))
     return problems
+
+
+def _widget_problems(node_id: str, spec: NodeSpec, name: str, widget: Any, value: Any) -> list[ValidationError]:
+    """The widget's own check, classified as ComfyUI classifies it."""
+    try:
+        problem = widget.check(value)
+        if not problem:
+            return []
+        expected, hint = _describe_widget(widget), _widget_hint(widget, value)
+        options = widget.options() if widget.type == COMBO else None
+    except Exception as error:  # a choice list that failed to load (a folder scan, a plugin bug)
+        return [ValidationError(
+            "validation_exception", f"checking input {name!r} failed: {type(error).__name__}: {error}",
+            node_id, spec.id, name, hint="the node's choices or checks raised; see the traceback",
+            details=str(error), extra_info={
+                "exception_message": str(error), "exception_type": type(error).__name__,
+                "traceback": traceback.format_exception(type(error), error, error.__traceback__)})]
+    kind, details = "invalid_input_type", f"{name}, {value!r}"
+    low, high = getattr(widget, "min", None), getattr(widget, "max", None)
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if options is not None and isinstance(value, str):
+        kind = "value_not_in_list"
+        details = f"{name}: {value!r} not in " + (f"(list of length {len(options)})" if len(options) > 20
+                                                  else str(options))
+    elif is_number and low is not None and value < low:
+        kind, details = "value_smaller_than_min", name
+    elif is_number and high is not None and value > high:
+        kind, details = "value_bigger_than_max", name
+    config: Any = None
+    if options is None or len(options) <= 20:  # ComfyUI leaves out long lists (file scans)
+        config = [options if options is not None else widget.type, widget.spec_options()]
+    return [ValidationError("bad_value", problem, node_id, spec.id, name, expected=expected, actual=repr(value),
+                            hint=hint, comfyui_type=kind, details=details,
+                            extra_info={"input_config": _jsonable(config), "received_value": _jsonable(value)})]
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` when it is plain JSON data, else its repr (error bodies must serialise)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return repr(value)
 
 
 def _link_problems(workflow: Workflow, node_id: str, spec: NodeSpec, name: str, expected_type: str,
@@ -214,7 +342,8 @@ def _link_problems(workflow: Workflow, node_id: str, spec: NodeSpec, name: str, 
         return [ValidationError(
             "missing_node", f"input {name!r} links to node {link.node_id!r}, which does not exist",
             node_id, spec.id, name, actual=repr(link.to_json()),
-            hint=f"existing nodes: {', '.join(sorted(workflow.nodes)[:20])}")]
+            hint=f"existing nodes: {', '.join(sorted(workflow.nodes)[:20])}",
+            extra_info={"linked_node": link.to_json(), "received_value": link.to_json()})]
     source_spec = registry.get(source.type)
     if source_spec is None:
         return []  # reported as unknown_type on the source node
@@ -224,14 +353,17 @@ def _link_problems(workflow: Workflow, node_id: str, spec: NodeSpec, name: str, 
         return [ValidationError(
             "missing_output", f"node {link.node_id} ({source.type}) has no output {link.output!r}",
             node_id, spec.id, name, expected=", ".join(names) or "(it has no outputs)",
-            actual=repr(link.output), hint="link to one of its outputs by name or index")]
+            actual=repr(link.output), hint="link to one of its outputs by name or index",
+            extra_info={"linked_node": link.to_json(), "received_value": link.to_json()})]
     actual_type = source_spec.outputs[index].type
     if not _types_compatible(actual_type, expected_type, is_widget):
         return [ValidationError(
             "type_mismatch", f"input {name!r} expects {expected_type} but node {link.node_id} "
             f"({source.type}) output {source_spec.outputs[index].name!r} is {actual_type}",
             node_id, spec.id, name, expected=expected_type, actual=actual_type,
-            hint=f"link an output of type {expected_type} instead")]
+            hint=f"link an output of type {expected_type} instead",
+            details=f"{name}, received_type({actual_type}) mismatch input_type({expected_type})",
+            extra_info={"received_type": actual_type, "linked_node": link.to_json()})]
     return []
 
 

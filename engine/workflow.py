@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import json
+import struct
+import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -123,13 +125,16 @@ def comfyui_prompt_to_document(prompt: Mapping[str, Any]) -> dict[str, Any]:
         for name, value in (raw_inputs if isinstance(raw_inputs, dict) else {}).items():
             if isinstance(value, list) and not _looks_like_link(value):
                 inputs[name] = {"value": value}
+            elif isinstance(value, dict) and set(value) == {"__value__"}:
+                inputs[name] = {"value": value["__value__"]}  # the frontend's wrapping of a literal list
             else:
                 inputs[name] = value
         # A malformed inputs value is kept as sent so the schema check reports it.
         node: dict[str, Any] = {"type": entry["class_type"],
                                 "inputs": inputs if isinstance(raw_inputs, dict) else raw_inputs}
-        title = (entry.get("_meta") or {}).get("title")
-        if title:
+        meta = entry.get("_meta")
+        title = meta.get("title") if isinstance(meta, dict) else None
+        if isinstance(title, str) and title:
             node["ui"] = {"title": title}
         nodes[str(node_id)] = node
     return {"version": FORMAT_VERSION, "nodes": nodes}
@@ -174,46 +179,99 @@ def _parse_input(value: Any) -> Any:
     return value
 
 
+MAX_WORKFLOW_FILE_BYTES = 256 << 20
+MAX_PNG_TEXT_CHARS = 32 << 20  # one text chunk, decompressed (a UI graph is well under 1 MiB)
+
+
 def read_workflow_file(path: str | Path) -> dict[str, Any]:
-    """Read a workflow document from JSON, or from the text chunk of a PNG we saved.
+    """Read a workflow document from JSON, or from the text chunks of a PNG (ours or ComfyUI's).
 
     Raises ``ValueError`` with a message that says what was wrong with the file.
     """
+    from engine.json_input import JSONInputError, load_json
+
     path = Path(path)
     if not path.exists():
         raise ValueError(f"workflow file {str(path)!r} does not exist")
-    data = path.read_bytes()
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give a workflow .json file or a PNG that carries one")
+    try:
+        size = path.stat().st_size
+        if size > MAX_WORKFLOW_FILE_BYTES:
+            raise ValueError(f"{path} is {size >> 20} MiB; a workflow file is at most "
+                             f"{MAX_WORKFLOW_FILE_BYTES >> 20} MiB")
+        data = path.read_bytes()
+    except OSError as error:
+        raise ValueError(f"{path} cannot be read: {error.strerror or error}") from None
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         return _workflow_from_png(path, data)
     try:
-        document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON: {error}") from error
+        document = load_json(data)
+    except JSONInputError as error:
+        raise ValueError(f"{path}: {error}") from None
     if isinstance(document, dict) and "prompt" in document and is_comfyui_prompt(document["prompt"]):
         document = document["prompt"]  # a saved POST /api/prompt body
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: a workflow must be a JSON object, got {type(document).__name__}; write "
+                         '{"version": 1, "nodes": {...}}, a ComfyUI API prompt or a ComfyUI UI workflow')
     return document
 
 
 def _workflow_from_png(path: Path, data: bytes) -> dict[str, Any]:
-    """The workflow stored by SaveImage in a PNG ``tEXt``/``iTXt`` chunk named ``workflow``."""
-    chunks = _png_text_chunks(data)
-    for key in ("workflow", "prompt"):
-        if key in chunks:
+    """The workflow a PNG carries in its text chunks, best first:
+
+    1. our own document, under whichever key (``workflow`` in the PNGs we wrote so far);
+    2. ``prompt``: ComfyUI's API prompt, exactly what ran (ComfyUI writes it beside the UI graph);
+    3. ``workflow`` holding ComfyUI's UI graph (returned as is: the caller converts it with
+       the node catalogue, see :func:`engine.comfyui_graph.ui_graph_to_document`).
+    """
+    from engine.json_input import JSONInputError, load_json
+
+    try:
+        chunks = _png_text_chunks(data)
+    except (ValueError, zlib.error, struct.error, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: damaged PNG text chunk ({error})") from None
+    parsed: dict[str, Any] = {}
+    broken: list[str] = []
+    for key, text in chunks.items():
+        if key in ("workflow", "prompt") or text.lstrip().startswith("{"):
             try:
-                return json.loads(chunks[key])
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}: the PNG's {key!r} text chunk is not valid JSON: {error}") from error
+                parsed[key] = load_json(text)
+            except JSONInputError as error:
+                broken.append(f"the PNG's {key!r} text chunk is refused: {error}")
+    for document in parsed.values():
+        if _is_our_document(document):
+            return document
+    if is_comfyui_prompt(parsed.get("prompt")):
+        return parsed["prompt"]
+    if isinstance(parsed.get("workflow"), dict):
+        return parsed["workflow"]
+    if broken:
+        raise ValueError(f"{path}: {'; '.join(broken)}")
+    found = ", ".join(repr(k) for k in chunks) or "none"
     raise ValueError(
-        f"{path}: this PNG carries no workflow (no 'workflow' or 'prompt' text chunk); "
-        f"only images written by SaveImage embed their workflow"
+        f"{path}: this PNG carries no workflow (text chunks: {found}; expected 'prompt' or 'workflow'); "
+        f"only images written by SaveImage (ours or ComfyUI's) embed their workflow"
     )
 
 
-def _png_text_chunks(data: bytes) -> dict[str, str]:
-    """tEXt, zTXt and iTXt chunks of a PNG (stdlib only, so the engine needs no Pillow)."""
-    import struct
-    import zlib
+def _is_our_document(document: Any) -> bool:
+    return isinstance(document, dict) and isinstance(document.get("nodes"), dict) and "version" in document
 
+
+def _inflate(data: bytes, key: bytes) -> bytes:
+    inflater = zlib.decompressobj()
+    text = inflater.decompress(data, MAX_PNG_TEXT_CHARS)
+    if inflater.unconsumed_tail:
+        raise ValueError(f"text chunk {key.decode('latin-1')!r} inflates past {MAX_PNG_TEXT_CHARS >> 20} MiB")
+    return text
+
+
+def _png_text_chunks(data: bytes) -> dict[str, str]:
+    """tEXt, zTXt and iTXt chunks of a PNG (stdlib only, so the engine needs no Pillow).
+
+    Compressed chunks are inflated at most to ``MAX_PNG_TEXT_CHARS`` (a zTXt bomb is refused,
+    not expanded)."""
     chunks: dict[str, str] = {}
     offset = 8
     while offset + 8 <= len(data):
@@ -225,14 +283,12 @@ def _png_text_chunks(data: bytes) -> dict[str, str]:
             chunks[key.decode("latin-1")] = text.decode("latin-1")
         elif kind == b"zTXt":
             key, _, rest = body.partition(b"\x00")
-            chunks[key.decode("latin-1")] = zlib.decompress(rest[1:]).decode("latin-1")
+            chunks[key.decode("latin-1")] = _inflate(rest[1:], key).decode("latin-1")
         elif kind == b"iTXt":
             key, _, rest = body.partition(b"\x00")
             compressed, _method = rest[0], rest[1]
             rest = rest[2:]
             _lang, _, rest = rest.partition(b"\x00")
             _translated, _, text = rest.partition(b"\x00")
-            chunks[key.decode("latin-1")] = (zlib.decompress(text) if compressed else text).decode("utf-8")
-        elif kind == b"IEND":
-            break
+            chunks[key.decode("latin-1")] = (_inflate(text, key) if compressed else text).decode("utf-8")
     return chunks

@@ -1,4 +1,5 @@
-"""The model node packs (loaders, text, latents, sampling, images) built for one installation.
+"""The model node packs (loaders, text, latents, sampling, images, and ComfyUI's interface over
+them in ``nodes.comfy``) built for one installation.
 
 ``NODES(settings)`` creates the installation's :class:`nodes.runtime.Runtime` (settings +
 model cache) once and gives it to every domain module, so all of them share one model
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.api import NodeSpec
-from nodes import images, latents, loaders, sampling, text
+from nodes import comfy, images, latents, loaders, sampling, text
 from nodes.runtime import Runtime
 
 
@@ -23,6 +24,8 @@ def NODES(settings: Any) -> list[NodeSpec]:  # noqa: N802 - the pack protocol's 
 
 
 def build_nodes(runtime: Runtime) -> list[NodeSpec]:
-    """Every built-in model node, sharing ``runtime`` (tests pass their own to inspect it)."""
-    return [*loaders.nodes(runtime), *text.nodes(runtime), *latents.nodes(runtime),
+    """Every built-in model node, sharing ``runtime`` (tests pass their own to inspect it):
+    ours, then ComfyUI's interface over them (``nodes.comfy``)."""
+    ours = [*loaders.nodes(runtime), *text.nodes(runtime), *latents.nodes(runtime),
             *sampling.nodes(runtime), *images.nodes(runtime)]
+    return [*ours, *comfy.nodes(runtime, {spec.id: spec for spec in ours})]

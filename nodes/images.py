@@ -1,5 +1,8 @@
 """Image nodes: VAE decode, loading, scaling, saving (PNG with the workflow) and previews.
 
+SaveImage and PreviewImage have ComfyUI's interface (and PNG text chunks); the other
+ComfyUI image nodes are adapters in ``nodes.comfy``.
+
 IMAGE values are (B, H, W, 3) float in [0, 1] and MASK values (B, H, W) in [0, 1] with
 1 = repaint (the ComfyUI conventions), on the CPU.
 """
@@ -16,16 +19,41 @@ from nodes.runtime import IMAGE_SUFFIXES, Runtime, confined, file_fingerprint, l
 SCALE_METHODS = ("nearest-exact", "bilinear", "bicubic", "area", "lanczos")
 CROP_MODES = ("disabled", "center")
 MAX_NUMBER = 10**9
+PNG_KEY = "latentflow"  # the PNG text chunk holding our own workflow format
+MASK_CHANNELS = ("alpha", "red", "green", "blue")
+# ComfyUI lists what SaveImage / PreviewImage read from the submission as hidden inputs; ours
+# read them from the run context (ctx.services).
+COMFYUI_HIDDEN = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
 
 
-def decode_latent(runtime: Runtime, vae: Any, latent: Any, tiled: bool, node_id: str) -> Any:
-    """LATENT -> IMAGE (B, H, W, 3) in [0, 1]."""
+def read_mask(path: Path, channel: str) -> Any:
+    """One channel of an image file as a MASK (1, H, W) in [0, 1]; for ``alpha`` the mask is
+    1 - alpha (transparent = 1 = repaint), as LoadInputImage's mask."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageOps
+
+    if channel not in MASK_CHANNELS:
+        raise ValueError(f"channel {channel!r} is not one of {', '.join(MASK_CHANNELS)}")
+    with Image.open(path) as opened:
+        rgba = np.asarray(ImageOps.exif_transpose(opened).convert("RGBA"), dtype=np.float32) / 255.0
+    values = torch.from_numpy(rgba[None, :, :, MASK_CHANNELS.index(channel) - 1].copy())  # alpha is index 3
+    return 1.0 - values if channel == "alpha" else values
+
+
+def decode_latent(runtime: Runtime, vae: Any, latent: Any, tiled: bool, node_id: str,
+                  tiles: tuple[int, int] | None = None) -> Any:
+    """LATENT -> IMAGE (B, H, W, 3) in [0, 1]; ``tiles`` = (tile size, overlap) in latent
+    pixels when tiled (the library's defaults when None)."""
     import torch
 
     def work() -> Any:
         with runtime.models.use(vae.vae) as device, torch.no_grad():
             z = latent.samples.to(device) / vae.scale_factor
-            pixels = vae.vae.decode_tiled(z) if tiled else vae.vae.decode(z)  # (B, 3, H, W) in ~[-1, 1]
+            if tiled:
+                pixels = vae.vae.decode_tiled(z, *tiles) if tiles else vae.vae.decode_tiled(z)
+            else:
+                pixels = vae.vae.decode(z)  # (B, 3, H, W) in ~[-1, 1]
         return ((pixels.float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).contiguous()
 
     return runtime.models.retry_on_oom(work, f"{node_id} (VAE decode)")
@@ -58,7 +86,7 @@ def write_png_atomically(folder: Path, prefix: str, image: Any, text: Mapping[st
 
     info = PngInfo()
     for key, value in text.items():
-        info.add_itxt(key, value, zip=True)
+        info.add_text(key, value)  # tEXt as ComfyUI writes it (iTXt only for non-Latin-1 text)
     folder.mkdir(parents=True, exist_ok=True)
     stem = Path(prefix).name
     temporary = folder / f".{stem}.{os.getpid()}.{id(image)}.tmp"
@@ -87,6 +115,33 @@ def next_number(folder: Path, stem: str) -> int:
     return highest + 1
 
 
+def png_text(services: Mapping[str, Any]) -> dict[str, str]:
+    """The PNG text chunks of a saved image, as ComfyUI writes them plus ours:
+
+    - ``prompt``: the API prompt as the client sent it (ours converted when it sent our format);
+    - one chunk per key of the client's ``extra_data.extra_pnginfo`` (ComfyUI's frontend sends
+      ``{"workflow": <its UI graph>}``, which it reads back when a PNG is dropped on it);
+    - ``latentflow``: the workflow in our format (what ``main.py run image.png`` and our editor read).
+    """
+    from engine.workflow import is_comfyui_prompt
+
+    text: dict[str, str] = {}
+    document = services.get("workflow_document")
+    sent = services.get("prompt")
+    if isinstance(sent, Mapping) and is_comfyui_prompt(dict(sent)):
+        text["prompt"] = json.dumps(sent)
+    elif isinstance(document, Mapping):
+        text["prompt"] = json.dumps(document if is_comfyui_prompt(dict(document)) else comfy_prompt(document))
+    extra = services.get("extra_pnginfo")
+    if isinstance(extra, Mapping):
+        for key, value in extra.items():
+            if key not in ("prompt", PNG_KEY):  # never shadow the prompt or our own chunk
+                text[str(key)] = json.dumps(value)
+    if isinstance(document, Mapping) and not is_comfyui_prompt(dict(document)):
+        text[PNG_KEY] = json.dumps(document)
+    return text
+
+
 def _settings(runtime: Runtime, ctx: NodeContext) -> Any:
     return ctx.services.get("settings", runtime.settings) if ctx is not None else runtime.settings
 
@@ -99,11 +154,7 @@ def save_images(image: Any, folder: Path, prefix: str, kind: str, ctx: NodeConte
                          "(no '..' or absolute paths)")
     subfolder = Path(prefix).parent.as_posix()
     subfolder = "" if subfolder == "." else subfolder
-    text: dict[str, str] = {}
-    document = ctx.services.get("workflow_document") if ctx is not None else None
-    if document is not None:
-        text["workflow"] = json.dumps(document)
-        text["prompt"] = json.dumps(comfy_prompt(document))
+    text = png_text(ctx.services if ctx is not None else {})
     images = []
     for picture in to_png_images(image):
         path = write_png_atomically(target.parent, target.name, picture, text)
@@ -111,13 +162,28 @@ def save_images(image: Any, folder: Path, prefix: str, kind: str, ctx: NodeConte
     return Result(values=(), ui={"images": images})
 
 
-def nodes(runtime: Runtime) -> list[NodeSpec]:
-    def input_images() -> list[str]:
-        return list_files(Path(runtime.settings.input_dir), IMAGE_SUFFIXES)
+def input_images(runtime: Runtime) -> list[str]:
+    """The image files in the input/ folder (subfolders as ``sub/name``)."""
+    return list_files(Path(runtime.settings.input_dir), IMAGE_SUFFIXES)
 
+
+def input_image_path(runtime: Runtime, name: str) -> Path | None:
+    """The input image ``name`` (confined to input/), or None when there is no such file."""
+    path = confined(Path(runtime.settings.input_dir), name)
+    return path if path is not None and path.is_file() else None
+
+
+def existing_input(runtime: Runtime, name: str, node_id: str, input_name: str = "image") -> Path:
+    path = input_image_path(runtime, name)
+    if path is None:
+        raise FileNotFoundError(f"{node_id}: {input_name} {name!r} is not in {runtime.settings.input_dir}; put "
+                                "it there (or upload it) and pick it again")
+    return path
+
+
+def nodes(runtime: Runtime) -> list[NodeSpec]:
     def image_path(name: str) -> Path | None:
-        path = confined(Path(runtime.settings.input_dir), name)
-        return path if path is not None and path.is_file() else None
+        return input_image_path(runtime, name)
 
     @node("Decode", display_name="VAE Decode", category="latent")
     def decode(vae: "VAE", latent: "LATENT",
@@ -126,20 +192,18 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         """Turn a latent into images with the VAE."""
         return decode_latent(runtime, check_vae(vae, "Decode"), latent, tiled, "Decode")
 
-    @node("LoadImage", display_name="Load Image", category="image",
+    @node("LoadInputImage", display_name="Load Input Image", category="image",
           fingerprint=lambda image, **_: file_fingerprint(image_path(image)))
-    def load_image(
-        image: Choice(choices=input_images, tooltip="a file in the input/ folder"),
+    def load_input_image(
+        image: Choice(choices=lambda: input_images(runtime), image_upload=True,
+                      tooltip="a file in the input/ folder"),
     ) -> Out(image="IMAGE", mask="MASK"):
         """Load an image from input/; its alpha channel becomes the mask (transparent = 1 = repaint)."""
         import numpy as np
         import torch
         from PIL import Image, ImageOps
 
-        path = image_path(image)
-        if path is None:
-            raise FileNotFoundError(f"LoadImage: {image!r} is not in {runtime.settings.input_dir}; put it "
-                                    "there (or upload it) and pick it again")
+        path = existing_input(runtime, image, "LoadInputImage")
         with Image.open(path) as opened:
             picture = ImageOps.exif_transpose(opened)
             rgba = np.asarray(picture.convert("RGBA"), dtype=np.float32) / 255.0  # (H, W, 4)
@@ -149,8 +213,8 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
             else torch.zeros(1, rgba.shape[0], rgba.shape[1])
         return pixels, mask
 
-    @node("ImageScale", display_name="Upscale Image", category="image")
-    def image_scale(
+    @node("ScaleImage", display_name="Scale Image", category="image")
+    def scale_image(
         image: "IMAGE",
         width: Int(min=1, max=16384) = 512,
         height: Int(min=1, max=16384) = 512,
@@ -175,24 +239,25 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         out = F.interpolate(x, size=(height, width), mode=method, **kwargs)
         return out.clamp(0, 1).permute(0, 2, 3, 1).contiguous()
 
-    @node("SaveImage", display_name="Save Image", category="image", output=True)
+    @node("SaveImage", display_name="Save Image", category="image", output=True, hidden=COMFYUI_HIDDEN)
     def save_image(
         images: "IMAGE",
-        filename_prefix: Text(tooltip="file name start; may include a subfolder (sub/name)") = "latentflow",
+        filename_prefix: Text(tooltip="file name start; may include a subfolder (sub/name)") = "ComfyUI",
         ctx: Context = None,
     ) -> None:
-        """Save images as PNG in output/ with the workflow embedded (drop one on the editor, or
-        `python main.py run image.png`, to get the workflow back). Never overwrites a file."""
+        """Save images as PNG (<prefix>_00001_.png, ...) in output/ with the workflow embedded
+        (drop one on the editor, or `python main.py run image.png`, to get the workflow back).
+        Never overwrites a file."""
         output_dir = Path(ctx.services.get("output_dir") or _settings(runtime, ctx).output_dir)
         return save_images(images, output_dir, filename_prefix, "output", ctx, "SaveImage")
 
-    @node("PreviewImage", display_name="Preview Image", category="image", output=True)
+    @node("PreviewImage", display_name="Preview Image", category="image", output=True, hidden=COMFYUI_HIDDEN)
     def preview_image(images: "IMAGE", ctx: Context = None) -> None:
         """Show images in the editor without keeping them (written to temp/)."""
         settings = _settings(runtime, ctx)
         return save_images(images, Path(settings.root) / "temp", "preview", "temp", ctx, "PreviewImage")
 
-    return [decode, load_image, image_scale, save_image, preview_image]
+    return [decode, load_input_image, scale_image, save_image, preview_image]
 
 
 def _lanczos(image: Any, width: int, height: int) -> Any:

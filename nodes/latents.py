@@ -8,6 +8,20 @@ from nodes.runtime import Runtime
 from nodes.values import LatentValue, VaeValue
 
 UPSCALE_METHODS = ("nearest-exact", "bilinear", "bicubic", "area")
+CROP_MODES = ("disabled", "center")
+
+
+def center_crop(tensor: Any, width: int, height: int) -> Any:
+    """(..., H, W) -> the centred crop with the aspect ratio width:height (no resize)."""
+    h, w = tensor.shape[-2:]
+    old, new = w / h, width / height
+    if old > new:  # too wide: trim left and right
+        x = round((w - w * new / old) / 2)
+        return tensor[..., :, x:w - x]
+    if old < new:  # too tall: trim top and bottom
+        y = round((h - h * old / new) / 2)
+        return tensor[..., y:h - y, :]
+    return tensor
 
 
 def image_to_vae_input(image: Any, downscale: int) -> Any:
@@ -22,14 +36,19 @@ def image_to_vae_input(image: Any, downscale: int) -> Any:
     return image.permute(0, 3, 1, 2) * 2.0 - 1.0
 
 
-def encode_images(runtime: Runtime, vae: VaeValue, pixels: Any, tiled: bool, node_id: str) -> Any:
-    """(B, 3, H, W) in [-1, 1] -> scaled latent (B, C, H/f, W/f), CPU float32."""
+def encode_images(runtime: Runtime, vae: VaeValue, pixels: Any, tiled: bool, node_id: str,
+                  tiles: tuple[int, int] | None = None) -> Any:
+    """(B, 3, H, W) in [-1, 1] -> scaled latent (B, C, H/f, W/f), CPU float32; ``tiles`` =
+    (tile size, overlap) in image pixels when tiled (the library's defaults when None)."""
     import torch
 
     def work() -> Any:
         with runtime.models.use(vae.vae) as device, torch.no_grad():
             x = pixels.to(device)
-            latent = vae.vae.encode_tiled(x) if tiled else vae.vae.encode(x)
+            if tiled:
+                latent = vae.vae.encode_tiled(x, *tiles) if tiles else vae.vae.encode_tiled(x)
+            else:
+                latent = vae.vae.encode(x)
         return latent.float().cpu() * vae.scale_factor
 
     return runtime.models.retry_on_oom(work, f"{node_id} (VAE encode)")
@@ -86,12 +105,13 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
             raise ValueError(f"SetLatentMask: mask must be (H, W) or (B, H, W), got shape {tuple(mask.shape)}")
         return replace(latent, noise_mask=mask if mask.ndim == 3 else mask[None])
 
-    @node("LatentUpscale", display_name="Upscale Latent", category="latent")
-    def latent_upscale(
+    @node("ScaleLatent", display_name="Scale Latent", category="latent")
+    def scale_latent(
         latent: "LATENT",
         width: Int(min=16, max=16384, step=8, tooltip="target image width in pixels") = 1024,
         height: Int(min=16, max=16384, step=8, tooltip="target image height in pixels") = 1024,
         method: Choice(choices=UPSCALE_METHODS) = "nearest-exact",
+        crop: Choice(choices=CROP_MODES, tooltip="center: crop to the target aspect ratio first") = "disabled",
     ) -> Out(latent="LATENT"):
         """Resize a latent to a new image size (for a second, refining pass: hires fix)."""
         import torch.nn.functional as F
@@ -99,18 +119,23 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         f = max(1, round(latent.width / latent.samples.shape[-1])) if latent.width else 8  # image px per latent px
         size = (max(1, height // f), max(1, width // f))
         kwargs = {"align_corners": False} if method in ("bilinear", "bicubic") else {}
-        samples = F.interpolate(latent.samples, size=size, mode=method, **kwargs)
+
+        def cropped(t: Any) -> Any:
+            return center_crop(t, width, height) if crop == "center" else t
+
+        samples = F.interpolate(cropped(latent.samples), size=size, mode=method, **kwargs)
         masked = latent.masked_latent
         if masked is not None:
-            masked = F.interpolate(masked, size=size, mode="bilinear")
+            masked = F.interpolate(cropped(masked), size=size, mode="bilinear")
         noise_mask = latent.noise_mask
         if noise_mask is not None:
-            noise_mask = F.interpolate(noise_mask[:, None].float(), size=(height, width), mode="bilinear")[:, 0]
+            noise_mask = F.interpolate(cropped(noise_mask)[:, None].float(), size=(height, width),
+                                       mode="bilinear")[:, 0]
         return replace(latent, samples=samples, masked_latent=masked, noise_mask=noise_mask,
                        width=width, height=height, empty=latent.empty)
 
-    @node("LatentFromBatch", display_name="Latent From Batch", category="latent")
-    def latent_from_batch(
+    @node("SliceLatentBatch", display_name="Slice Latent Batch", category="latent")
+    def slice_latent_batch(
         latent: "LATENT",
         batch_index: Int(min=0, max=4095, tooltip="first item to take (0-based)") = 0,
         length: Int(min=1, max=4096, tooltip="how many items to take") = 1,
@@ -118,7 +143,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         """Pick items of a latent batch; they keep their seed offsets, so re-sampling one item
         reproduces it as it was in the batch."""
         if batch_index >= latent.batch:
-            raise ValueError(f"LatentFromBatch: batch_index {batch_index} is outside the batch of {latent.batch}")
+            raise ValueError(f"SliceLatentBatch: batch_index {batch_index} is outside the batch of {latent.batch}")
         stop = min(latent.batch, batch_index + length)
         old = latent.batch_index or tuple(range(latent.batch))
 
@@ -128,7 +153,25 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         return replace(latent, samples=latent.samples[batch_index:stop], noise_mask=pick(latent.noise_mask),
                        masked_latent=pick(latent.masked_latent), batch_index=old[batch_index:stop])
 
-    return [empty_latent, encode_latent, set_latent_mask, latent_upscale, latent_from_batch]
+    return [empty_latent, encode_latent, set_latent_mask, scale_latent, slice_latent_batch]
+
+
+def repeat_latent(latent: LatentValue, amount: int) -> LatentValue:
+    """The batch repeated ``amount`` times: samples, per-item masks and masked latents (batch-1
+    ones broadcast and stay), and the items' seed offsets (each copy continues past the last)."""
+    if amount < 1:
+        raise ValueError(f"amount must be at least 1, got {amount}")
+
+    def repeat(t: Any) -> Any:
+        return t if t is None or t.shape[0] == 1 else t.repeat(amount, *([1] * (t.ndim - 1)))
+
+    batch_index = latent.batch_index
+    if batch_index is not None:
+        span = max(batch_index) - min(batch_index) + 1
+        batch_index = tuple(i + copy * span for copy in range(amount) for i in batch_index)
+    return replace(latent, samples=latent.samples.repeat(amount, *([1] * (latent.samples.ndim - 1))),
+                   noise_mask=repeat(latent.noise_mask), masked_latent=repeat(latent.masked_latent),
+                   batch_index=batch_index)
 
 
 def _fit_mask(mask: Any, size: Any) -> Any:

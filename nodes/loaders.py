@@ -1,6 +1,8 @@
 """Loader nodes: checkpoints, VAEs, UNets, text encoders and LoRAs from ``models/``.
 
-Choices list the files in the installation's model folders. Files are loaded through the
+Choices list the files in the installation's model folders (``settings.model_paths``:
+``models/<kind>/`` plus the folders extra_model_paths.yaml adds); a missing file's message
+names the folders to put it in. Files are loaded through the
 runtime's :class:`sgm.io.model_cache.ModelCache` (once per file version, shared by every
 workflow); each loader's cache fingerprint is the file's modification time, so an edited
 file reloads.
@@ -11,33 +13,31 @@ from pathlib import Path
 from typing import Any
 
 from engine.api import Choice, Float, Int, NodeSpec, Out, node
+from engine.model_paths import model_choice
 from nodes.runtime import Runtime, file_fingerprint
 from nodes.values import ClipValue, LatentFormat, LoraPatch, ModelValue, VaeValue
 
 CHECKPOINTS = ("checkpoints",)
 VAES = ("vae",)
-UNETS = ("unet", "diffusion_models")
-TEXT_ENCODERS = ("text_encoders", "clip")
+UNETS = ("diffusion_models",)  # models/unet/ and models/diffusion_models/ (one kind, as in ComfyUI)
+TEXT_ENCODERS = ("text_encoders",)  # models/text_encoders/ and models/clip/
 LORAS = ("loras",)
 NONE = "none"
 TEXT_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner")
 
 
 def nodes(runtime: Runtime) -> list[NodeSpec]:
+    models = runtime.settings.model_paths
+
     def fingerprint_for(kinds: tuple[str, ...], *inputs: str):
         def fingerprint(**literals: Any) -> Any:
-            found = []
-            for name in inputs:
-                value = literals.get(name)
-                path = None
-                for kind in kinds:
-                    candidate = runtime.folder(kind) / str(value)
-                    if candidate.is_file():
-                        path = candidate
-                        break
-                found.append(file_fingerprint(path))
-            return found
+            return [file_fingerprint(models.resolve(kinds, str(literals.get(name)))) for name in inputs]
         return fingerprint
+
+    def embeddings_folder() -> Path:
+        # prompt embeddings are looked up in one folder (sgm.text): the first that exists
+        folders = [f.path for f in models.folders("embeddings")]
+        return next((f for f in folders if f.is_dir()), folders[0])
 
     def model_value(checkpoint: Any, name: str) -> ModelValue:
         unet, vae = checkpoint.unet, checkpoint.vae
@@ -53,8 +53,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
     @node("LoadCheckpoint", display_name="Load Checkpoint", category="loaders",
           fingerprint=fingerprint_for(CHECKPOINTS, "ckpt_name"))
     def load_checkpoint(
-        ckpt_name: Choice(choices=lambda: runtime.model_files(*CHECKPOINTS),
-                          tooltip="a file in models/checkpoints/"),
+        ckpt_name: model_choice(models, *CHECKPOINTS, tooltip="a file in models/checkpoints/"),
     ) -> Out(model="MODEL", clip="CLIP", vae="VAE"):
         """Load a single-file checkpoint (SD 1.x, 2.x, SDXL, inpainting, or our own models):
         its diffusion model, text encoder and VAE. Architecture and family come from the file."""
@@ -67,13 +66,13 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
             raise ValueError(f"LoadCheckpoint: {ckpt_name!r} holds no diffusion model (family "
                              f"{checkpoint.family!r}); load it with LoadVAE if it is a VAE")
         clip = ClipValue(checkpoint.conditioner, checkpoint.family, ckpt_name,
-                         embeddings_dir=runtime.folder("embeddings"))
+                         embeddings_dir=embeddings_folder())
         vae = VaeValue(checkpoint.vae, checkpoint.scale_factor, ckpt_name) if checkpoint.vae is not None else None
         return model_value(checkpoint, ckpt_name), clip, vae
 
     @node("LoadVAE", display_name="Load VAE", category="loaders", fingerprint=fingerprint_for(VAES, "vae_name"))
     def load_vae(
-        vae_name: Choice(choices=lambda: runtime.model_files(*VAES), tooltip="a file in models/vae/"),
+        vae_name: model_choice(models, *VAES, tooltip="a file in models/vae/"),
         scale_factor: Float(min=0.0001, max=10.0, step=0.00001, tooltip=(
             "latent scale: 0.18215 for SD 1.x/2.x VAEs, 0.13025 for SDXL's")) = 0.18215,
     ) -> Out(vae="VAE"):
@@ -88,8 +87,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
     @node("LoadUNet", display_name="Load Diffusion Model", category="loaders",
           fingerprint=fingerprint_for(UNETS, "unet_name"))
     def load_unet(
-        unet_name: Choice(choices=lambda: runtime.model_files(*UNETS),
-                          tooltip="a file in models/unet/ or models/diffusion_models/"),
+        unet_name: model_choice(models, *UNETS, tooltip="a file in models/unet/ or models/diffusion_models/"),
         prediction: Choice(choices=("eps", "v"), tooltip="what the model predicts (v for SD 2.x 768-v)") = "eps",
     ) -> Out(model="MODEL"):
         """Load a diffusion model (UNet) on its own, original or diffusers keys."""
@@ -106,8 +104,8 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
     @node("LoadTextEncoder", display_name="Load Text Encoder", category="loaders",
           fingerprint=fingerprint_for(TEXT_ENCODERS, "text_encoder_name", "text_encoder_name_2"))
     def load_text_encoder(
-        text_encoder_name: Choice(choices=lambda: runtime.model_files(*TEXT_ENCODERS),
-                                  tooltip="a file in models/text_encoders/ (SDXL: the CLIP-L one)"),
+        text_encoder_name: model_choice(models, *TEXT_ENCODERS,
+                                        tooltip="a file in models/text_encoders/ or models/clip/ (SDXL: the CLIP-L one)"),
         family: Choice(choices=TEXT_FAMILIES, tooltip="which model family the encoder serves") = "sd1",
         text_encoder_name_2: Choice(choices=lambda: [NONE, *runtime.model_files(*TEXT_ENCODERS)],
                                     tooltip="SDXL's second (OpenCLIP bigG) encoder, or none") = NONE,
@@ -125,13 +123,13 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
 
         conditioner = runtime.load_model(paths[0], f"text:{family}:{'+'.join(map(str, paths))}", "LoadTextEncoder",
                                          build)
-        return ClipValue(conditioner, family, "+".join(names), embeddings_dir=runtime.folder("embeddings"))
+        return ClipValue(conditioner, family, "+".join(names), embeddings_dir=embeddings_folder())
 
     @node("LoadLoRA", display_name="Load LoRA", category="loaders", fingerprint=fingerprint_for(LORAS, "lora_name"))
     def load_lora(
         model: "MODEL",
         clip: "CLIP",
-        lora_name: Choice(choices=lambda: runtime.model_files(*LORAS), tooltip="a file in models/loras/"),
+        lora_name: model_choice(models, *LORAS, tooltip="a file in models/loras/"),
         strength_model: Float(min=-10.0, max=10.0, step=0.01, tooltip="scale of the UNet update") = 1.0,
         strength_clip: Float(min=-10.0, max=10.0, step=0.01, tooltip="scale of the text-encoder update") = 1.0,
     ) -> Out(model="MODEL", clip="CLIP"):
@@ -154,7 +152,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
             clip, loras=clip.loras + (LoraPatch(lora_name, text_targets, float(strength_clip)),))
         return new_model, new_clip
 
-    @node("CLIPSetLastLayer", display_name="CLIP Set Last Layer", category="loaders")
+    @node("SetClipLayer", display_name="Set CLIP Layer", category="loaders")
     def clip_set_last_layer(
         clip: "CLIP",
         stop_at_clip_layer: Int(min=-24, max=-1, tooltip="-1 = last layer, -2 = penultimate (clip skip 2)") = -1,

@@ -90,21 +90,17 @@ class Runtime:
         return Path(self.settings.model_folder(kind))
 
     def model_files(self, *kinds: str) -> list[str]:
-        """Model files under ``models/<kind>/`` (subfolders as ``sub/name``), sorted."""
-        return sorted({name for kind in kinds for name in list_files(self.folder(kind), MODEL_SUFFIXES)})
+        """Model files of these kinds in all their folders (``settings.model_paths``:
+        ``models/<kind>/`` and extra_model_paths.yaml's), subfolders as ``sub/name``, sorted."""
+        return self.settings.model_paths.files(*kinds)
 
     def resolve_model(self, kinds: tuple[str, ...], name: str, node_id: str, input_name: str) -> Path:
-        """The file ``name`` in one of ``models/<kind>/`` folders, confined to them."""
-        for kind in kinds:
-            path = confined(self.folder(kind), name)
-            if path is not None and path.is_file():
-                return path
-        folders = ", ".join(str(self.folder(k)) for k in kinds)
-        available = ", ".join(self.model_files(*kinds)[:8]) or "none"
-        raise FileNotFoundError(
-            f"{node_id}: {input_name} {name!r} was not found in {folders} (available: {available}); "
-            f"put the file there or pick another"
-        )
+        """The file ``name`` in the first folder of these kinds that holds it, confined to them."""
+        path = self.settings.model_paths.resolve(kinds, name)
+        if path is None:
+            message = self.settings.model_paths.not_found_message(kinds, name)
+            raise FileNotFoundError(f"{node_id}: {input_name}: {message}")
+        return path
 
 
 def list_files(folder: Path, suffixes: tuple[str, ...]) -> list[str]:

@@ -4,7 +4,7 @@
     python main.py sample --prompt "a red fox" --checkpoint sd15.safetensors --size 512 --n 4
 
 The command builds the same graph as ``workflows/txt2img.json`` in memory (LoadCheckpoint
--> TextEncode x2 -> EmptyLatent -> KSampler -> Decode -> SaveImage), validates it and
+-> TextEncode x2 -> EmptyLatent -> SampleLatent -> Decode -> SaveImage), validates it and
 runs it with the engine's executor, so what it makes can be re-run from the saved PNG.
 """
 
@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nodes.sampling import SAMPLER_NAMES, SCHEDULER_NAMES
 
 DEFAULT_CHECKPOINT = "tiny-shapes.safetensors"
 
@@ -26,10 +25,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--negative", default="", help="what to steer away from (default: empty prompt)")
     parser.add_argument("--n", type=int, default=1, help="how many images (one batch; image i uses seed + i)")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
-    parser.add_argument("--sampler", default="euler", choices=SAMPLER_NAMES, metavar="NAME",
-                        help=f"sampler (default euler; one of {', '.join(SAMPLER_NAMES)})")
-    parser.add_argument("--scheduler", default="sgm_uniform", choices=SCHEDULER_NAMES, metavar="NAME",
-                        help=f"noise schedule (default sgm_uniform; one of {', '.join(SCHEDULER_NAMES)})")
+    # The names are checked when the workflow is validated (listing them here would import
+    # torch for every `main.py --help`).
+    parser.add_argument("--sampler", default="euler", metavar="NAME",
+                        help="sampler (default euler; any of KSampler's, e.g. dpmpp_2m, uni_pc)")
+    parser.add_argument("--scheduler", default="sgm_uniform", metavar="NAME",
+                        help="noise schedule (default sgm_uniform; any of KSampler's, e.g. karras, normal)")
     parser.add_argument("--cfg", type=float, default=4.0,
                         help="guidance scale (default 4, what the embedded model is evaluated with)")
     parser.add_argument("--seed", type=int, default=None, help="noise seed (default: random, printed)")
@@ -69,7 +70,7 @@ def txt2img_document(*, checkpoint: str, prompt: str, negative: str, width: int,
             "2": {"type": "TextEncode", "inputs": {"clip": ["1", "clip"], "text": prompt}},
             "3": {"type": "TextEncode", "inputs": {"clip": ["1", "clip"], "text": negative}},
             "4": {"type": "EmptyLatent", "inputs": {"width": width, "height": height, "batch_size": batch}},
-            "5": {"type": "KSampler", "inputs": {
+            "5": {"type": "SampleLatent", "inputs": {
                 "model": ["1", "model"], "positive": ["2", 0], "negative": ["3", 0], "latent": ["4", 0],
                 "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": scheduler,
                 "denoise": 1.0}},

@@ -1,4 +1,6 @@
-"""Sampling nodes: the one-node ``KSampler`` and its parts (guider, schedule, sampler).
+"""Sampling nodes: the one-node ``SampleLatent`` and its parts (guider, schedule, sampler).
+
+(ComfyUI's ``KSampler`` is an adapter over ``SampleLatent`` in ``nodes.comfy``.)
 
 The work is ``sgm.sampling.guiders.GuidedDenoiser`` + ``sgm.sampling.schedules.compute_sigmas`` +
 ``sgm.sampling.sample.sample``; these nodes only connect them to the values between nodes,
@@ -13,17 +15,43 @@ from engine.api import Bool, Cancelled, Choice, Context, Float, Int, NodeContext
 from nodes.runtime import Runtime
 from nodes.values import LatentValue, ModelValue
 
-# The names of sgm.sampling.samplers.SAMPLERS and sgm.sampling.schedules.SCHEDULERS (a test keeps them equal),
-# spelled out so that listing and validating nodes does not import torch.
-SAMPLER_NAMES = (
-    "euler", "euler_ancestral", "heun", "heunpp2", "dpm_2", "dpm_2_ancestral", "lms",
-    "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddim", "ddpm",
-    "lcm", "dpm_fast", "dpm_adaptive", "ipndm", "deis", "uni_pc", "uni_pc_bh2",
+# ComfyUI's KSampler lists its samplers and schedulers in this order; the choices are the
+# names of sgm.sampling.samplers.SAMPLERS / sgm.sampling.schedules.SCHEDULERS (so a sampler
+# added there appears everywhere), in this order first and then in the library's order.
+COMFYUI_SAMPLER_ORDER = (
+    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2",
+    "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp",
+    "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
+    "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm",
+    "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp", "res_multistep_ancestral",
+    "res_multistep_ancestral_cfg_pp", "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "seeds_2",
+    "seeds_3", "sa_solver", "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2",
 )
-SCHEDULER_NAMES = (
-    "normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "beta",
-    "linear_quadratic", "kl_optimal",
+COMFYUI_SCHEDULER_ORDER = (
+    "simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal", "linear_quadratic",
+    "kl_optimal",
 )
+
+
+def sampler_names() -> list[str]:
+    """The samplers of ``sgm.sampling.samplers.SAMPLERS`` (imports torch on first use)."""
+    from sgm.sampling.samplers import SAMPLERS
+
+    return _in_order(SAMPLERS, COMFYUI_SAMPLER_ORDER)
+
+
+def scheduler_names() -> list[str]:
+    """The schedules of ``sgm.sampling.schedules.SCHEDULERS`` (imports torch on first use)."""
+    from sgm.sampling.schedules import SCHEDULERS
+
+    return _in_order(SCHEDULERS, COMFYUI_SCHEDULER_ORDER)
+
+
+def _in_order(names: Any, order: tuple[str, ...]) -> list[str]:
+    known = [name for name in order if name in names]
+    return known + [name for name in names if name not in order]
+
+
 SEED_MAX = 2**64 - 1
 PREVIEW_SIZE = 256
 
@@ -113,7 +141,7 @@ def _preview(denoised: Any, family: str) -> Any:
 
 def run_sampler(runtime: Runtime, guider: GuiderValue, sampler: SamplerValue, sigmas: Any, latent: LatentValue,
                 seed: int, add_noise: bool, ctx: NodeContext, node_id: str) -> LatentValue:
-    """Sample ``latent`` along ``sigmas``: the shared body of KSampler and Sampler."""
+    """Sample ``latent`` along ``sigmas``: the shared body of SampleLatent and Sampler."""
     import torch
 
     from sgm.sampling.guiders import GuidedDenoiser
@@ -161,8 +189,8 @@ def _to(cond: Any, device: Any) -> Any:
 
 
 def nodes(runtime: Runtime) -> list[NodeSpec]:
-    @node("KSampler", display_name="KSampler", category="sampling")
-    def ksampler(
+    @node("SampleLatent", display_name="Sample Latent", category="sampling")
+    def sample_latent(
         model: "MODEL",
         positive: "CONDITIONING",
         negative: "CONDITIONING",
@@ -172,8 +200,8 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         steps: Int(min=1, max=10000) = 20,
         cfg: Float(min=0.0, max=100.0, step=0.1, round=0.01,
                    tooltip="classifier-free guidance scale (1 = no guidance, faster)") = 7.0,
-        sampler_name: Choice(choices=SAMPLER_NAMES) = "euler",
-        scheduler: Choice(choices=SCHEDULER_NAMES) = "normal",
+        sampler_name: Choice(choices=sampler_names) = "euler",
+        scheduler: Choice(choices=scheduler_names) = "normal",
         denoise: Float(min=0.0, max=1.0, step=0.01,
                        tooltip="1 = from pure noise; less keeps more of the input latent (img2img)") = 1.0,
         ctx: Context = None,
@@ -183,7 +211,8 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
 
         sigmas = compute_sigmas(scheduler, model.model_sampling, steps, denoise)
         guider = GuiderValue(model, tuple(positive), tuple(negative), float(cfg))
-        return run_sampler(runtime, guider, SamplerValue(sampler_name), sigmas, latent, seed, True, ctx, "KSampler")
+        return run_sampler(runtime, guider, SamplerValue(sampler_name), sigmas, latent, seed, True, ctx,
+                           "SampleLatent")
 
     @node("UNetDenoise", display_name="Guided Denoiser (CFG)", category="sampling/custom")
     def unet_denoise(
@@ -198,7 +227,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
     @node("Scheduler", display_name="Scheduler (Sigmas)", category="sampling/custom")
     def scheduler_node(
         model: "MODEL",
-        scheduler: Choice(choices=SCHEDULER_NAMES) = "normal",
+        scheduler: Choice(choices=scheduler_names) = "normal",
         steps: Int(min=1, max=10000) = 20,
         denoise: Float(min=0.0, max=1.0, step=0.01) = 1.0,
     ) -> Out(sigmas="SIGMAS"):
@@ -209,7 +238,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
 
     @node("SamplerSelect", display_name="Sampler Select", category="sampling/custom")
     def sampler_select(
-        sampler_name: Choice(choices=SAMPLER_NAMES) = "euler",
+        sampler_name: Choice(choices=sampler_names) = "euler",
         eta: Float(min=0.0, max=100.0, step=0.01,
                    tooltip="ancestral/SDE noise amount (where the sampler has it)") = 1.0,
         s_noise: Float(min=0.0, max=100.0, step=0.01, tooltip="noise multiplier (where the sampler has it)") = 1.0,
@@ -236,4 +265,4 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         """Run a sampler with a guided denoiser along the given sigmas."""
         return run_sampler(runtime, guider, sampler, sigmas, latent, seed, add_noise, ctx, "Sampler")
 
-    return [ksampler, unet_denoise, scheduler_node, sampler_select, sampler_node]
+    return [sample_latent, unet_denoise, scheduler_node, sampler_select, sampler_node]

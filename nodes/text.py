@@ -40,6 +40,31 @@ def encode_prompt(runtime: Runtime, clip: ClipValue, text: str, node_id: str) ->
     return runtime.models.retry_on_oom(work, f"{node_id} (encoding the prompt)")
 
 
+def encode_prompt_pair(runtime: Runtime, clip: ClipValue, text_l: str, text_g: str, node_id: str) -> tuple[Any, Any]:
+    """SDXL with a prompt per text tower: the context's CLIP-L channels from ``text_l``, its
+    OpenCLIP bigG channels and the pooled embedding from ``text_g``; the shorter prompt is
+    padded with empty-prompt windows (77 tokens each) to the longer one's length."""
+    import torch
+
+    towers = clip.towers() if clip is not None else []
+    if len(towers) != 2:
+        raise ValueError(f"{node_id}: a separate text_l and text_g need SDXL's two text encoders; this CLIP "
+                         f"({getattr(clip, 'family', '?')}) has {len(towers)}; give both the same prompt")
+    context_l, _ = encode_prompt(runtime, clip, text_l, node_id)
+    context_g, pooled = encode_prompt(runtime, clip, text_g, node_id)
+    if context_l.shape[1] != context_g.shape[1]:
+        empty, _ = encode_prompt(runtime, clip, "", node_id)  # (1, 77, C)
+
+        def padded(context: Any, length: int) -> Any:
+            repeats = (length - context.shape[1]) // empty.shape[1]
+            return torch.cat([context, empty.repeat(1, repeats, 1)], dim=1) if repeats else context
+
+        length = max(context_l.shape[1], context_g.shape[1])
+        context_l, context_g = padded(context_l, length), padded(context_g, length)
+    width_l = int(towers[0].config.width)
+    return torch.cat([context_l[..., :width_l], context_g[..., width_l:]], dim=-1), pooled
+
+
 def nodes(runtime: Runtime) -> list[NodeSpec]:
     @node("TextEncode", display_name="Text Encode (Prompt)", category="conditioning")
     def text_encode(
@@ -87,7 +112,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
 
 
 def conditioning_nodes() -> list[NodeSpec]:
-    @node("ConditioningCombine", display_name="Conditioning (Combine)", category="conditioning")
+    @node("CombineConditioning", display_name="Combine Conditioning", category="conditioning")
     def combine(conditioning_1: "CONDITIONING", conditioning_2: "CONDITIONING") -> Out(conditioning="CONDITIONING"):
         """Use both conditionings: the sampler averages their predictions (areas weighted)."""
         return [*conditioning_1, *conditioning_2]
@@ -113,7 +138,7 @@ def conditioning_nodes() -> list[NodeSpec]:
             out.append(replace(cond, context=cond.context * s + other * (1 - s), pooled=pooled))
         return out
 
-    @node("ConditioningZeroOut", display_name="Conditioning (Zero Out)", category="conditioning")
+    @node("ZeroConditioning", display_name="Zero Conditioning", category="conditioning")
     def zero_out(conditioning: "CONDITIONING") -> Out(conditioning="CONDITIONING"):
         """All-zero text embeddings (keeps SDXL size conditioning): a neutral negative."""
         import torch
@@ -127,7 +152,7 @@ def conditioning_nodes() -> list[NodeSpec]:
             out.append(replace(cond, context=torch.zeros_like(cond.context), pooled=pooled, y=y))
         return out
 
-    @node("ConditioningSetArea", display_name="Conditioning (Set Area)", category="conditioning")
+    @node("SetConditioningArea", display_name="Set Conditioning Area", category="conditioning")
     def set_area(
         conditioning: "CONDITIONING",
         width: Int(min=8, max=16384, step=8, tooltip="area width in pixels") = 64,

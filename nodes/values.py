@@ -99,7 +99,7 @@ class LatentValue:
         for 9-channel inpainting UNets.
     empty: True for EmptyLatent's zeros (the sampler may reshape them to the model's
         latent format: a model with other channels or downscale still works).
-    batch_index: the seed offset of each item (LatentFromBatch keeps a picked item's noise).
+    batch_index: the seed offset of each item (SliceLatentBatch keeps a picked item's noise).
     """
 
     samples: "torch.Tensor"

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, AsyncIterator, Literal
+from typing import Any, AsyncIterator, Callable, Literal
 
 from aiohttp import web
 
 from engine.cache import ResultCache
 from engine.queue import PromptQueue, RunsWorkflows
+from engine.store import PromptStore, StoredPrompt
+from engine.validation import validate_document
+from engine.workflow import Workflow
 from engine.registry import NodeRegistry
 from engine.scheduler import Executor
 from engine.settings import Settings
-from web import handlers, handlers_files, jobs
+from web import comfyui, handlers, handlers_convert, handlers_files, handlers_prompt, internal, jobs
 from web.events import EventTranslator, status_message
-from web.keys import HUB, LIMITS, POLICY, QUEUE, REGISTRY, SETTINGS
+from web.internal import LogBuffer, capture_logs
+from web.keys import HUB, LIMITS, LOGS, POLICY, QUEUE, REGISTRY, SETTINGS
 from web.security import Limits, SecurityPolicy, headers_middleware, security_middleware
 from web.ws import WebSocketHub
 
@@ -33,11 +37,13 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' blob: data:; styl
 def create_app(registry: NodeRegistry, settings: Settings, *, policy: SecurityPolicy | None = None,
                limits: Limits | None = None, executor: RunsWorkflows | None = None,
                static_dir: Path | None = None, frontend: Literal["latentflow", "comfyui"] = "latentflow",
-               ) -> web.Application:
+               store: PromptStore | None = None) -> web.Application:
     """The web application. The queue's worker starts with the app and stops with it.
 
     ``frontend="comfyui"`` serves the installed ``comfyui-frontend-package`` at ``/`` (our
     editor stays at ``/latentflow/``); it raises ``FrontendMissingError`` when not installed.
+    With a ``store`` the queue and history are kept on disk: what was queued or running
+    when the last process stopped (or was killed) is queued again, validated anew.
     """
     limits = limits or Limits()
     policy = policy or SecurityPolicy()
@@ -51,16 +57,19 @@ def create_app(registry: NodeRegistry, settings: Settings, *, policy: SecurityPo
     app[POLICY] = policy
     app[LIMITS] = limits
     # The hub and the translator ask the queue for its status when they need it (late binding).
-    hub = WebSocketHub(lambda: status_message(queue))
+    hub = WebSocketHub(lambda: status_message(queue), lambda: comfyui.server_features(limits.max_upload_bytes))
     queue = PromptQueue(executor, services={"settings": settings, "output_dir": settings.output_dir},
                         listener=EventTranslator(lambda: status_message(queue), hub),
-                        history_limit=limits.history_limit)
+                        history_limit=limits.history_limit, store=store)
+    queue.restore(_revalidate(registry))
     app[QUEUE] = queue
     app[HUB] = hub
+    app[LOGS] = LogBuffer()
 
-    app.router.add_routes(handlers.routes)
-    app.router.add_routes(handlers_files.routes)
-    app.router.add_routes(jobs.routes)
+    for route_table in API_ROUTES:
+        app.router.add_routes(route_table)
+    app.router.add_routes(handlers_convert.routes)  # POST /api/convert (ComfyUI UI format)
+    app.router.add_routes(internal.routes)
     _add_unprefixed_aliases(app)
     app.router.add_get("/ws", hub.handle)
     our_index = _index_handler(static_dir or STATIC_DIR)
@@ -72,14 +81,19 @@ def create_app(registry: NodeRegistry, settings: Settings, *, policy: SecurityPo
     else:
         app.router.add_get("/", our_index)
     app.router.add_static("/static", static_dir or STATIC_DIR, follow_symlinks=False)
+    app.cleanup_ctx.append(capture_logs)
     app.cleanup_ctx.append(_run_queue)
     app.on_shutdown.append(_close_websockets)
     return app
 
 
+# Every /api/ route is also served without the prefix, as ComfyUI serves both.
+API_ROUTES = (handlers.routes, handlers_prompt.routes, handlers_files.routes, jobs.routes, comfyui.routes)
+
+
 def _add_unprefixed_aliases(app: web.Application) -> None:
     """ComfyUI clients also call ``/prompt``, ``/queue``, ``/view``... without ``/api``."""
-    for route_table in (handlers.routes, handlers_files.routes, jobs.routes):
+    for route_table in API_ROUTES:
         for route in route_table:
             if isinstance(route, web.RouteDef) and route.path.startswith("/api/"):
                 app.router.add_route(route.method, route.path[4:], route.handler)
@@ -105,3 +119,19 @@ async def _run_queue(app: web.Application) -> AsyncIterator[None]:
 
 async def _close_websockets(app: web.Application) -> None:
     await app[HUB].close_all()
+
+
+def _revalidate(registry: NodeRegistry) -> Callable[[StoredPrompt], Workflow]:
+    """A stored prompt checked against today's nodes (a plugin may be gone since it was queued)."""
+    from web.handlers_prompt import restricted_report
+
+    def parse(stored: StoredPrompt) -> Workflow:
+        report = validate_document(stored.document if stored.document is not None else stored.prompt, registry)
+        if report.workflow is not None and stored.outputs and set(stored.outputs) != set(report.outputs):
+            report = restricted_report(report, list(stored.outputs))
+        if not report.ok or report.workflow is None:
+            raise ValueError("; ".join(p.message for p in report.errors[:3]) or "it is no longer a valid workflow")
+        return report.workflow
+
+    return parse
+

@@ -27,6 +27,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-dir", default=None, help="where uploads go (default: input/)")
     parser.add_argument("--max-upload-mb", type=int, default=32, help="largest accepted upload (MiB)")
     parser.add_argument("--max-body-mb", type=int, default=64, help="largest accepted request body (MiB)")
+    parser.add_argument("--queue-db", default=None, metavar="FILE",
+                        help="where the queue and history are kept across restarts (default: user/queue.sqlite3)")
+    parser.add_argument("--history-limit", type=int, default=1000, help="finished prompts kept in the history")
     parser.add_argument("--frontend", choices=("latentflow", "comfyui"), default="latentflow",
                         help="which browser editor to serve at / (comfyui: the separately installed "
                              "comfyui-frontend-package, pip install -e '.[comfyui]'; ours stays at /latentflow/)")
@@ -50,13 +53,24 @@ def run(args: argparse.Namespace) -> int:
     registry = args.build_registry(custom_nodes=custom_nodes, settings=settings)
     for failure in registry.failures:
         print(f"warning: plugin {failure.source} failed to load: {failure.message}", file=sys.stderr)
-    limits = Limits(max_body_bytes=args.max_body_mb << 20, max_upload_bytes=args.max_upload_mb << 20)
+    if args.history_limit < 1:
+        print(f"error: --history-limit must be at least 1, got {args.history_limit}", file=sys.stderr)
+        return 2
+    limits = Limits(max_body_bytes=args.max_body_mb << 20, max_upload_bytes=args.max_upload_mb << 20,
+                    history_limit=args.history_limit)
+    from engine.store import PromptStore, StoreError
     from web.comfyui import FrontendMissingError
 
+    queue_db = Path(args.queue_db) if args.queue_db else Path(settings.root) / "user" / "queue.sqlite3"
     try:
-        app = create_app(registry, settings, policy=policy, limits=limits, frontend=args.frontend)
-    except FrontendMissingError as error:
+        store = PromptStore(queue_db, history_limit=args.history_limit)
+        app = create_app(registry, settings, policy=policy, limits=limits, frontend=args.frontend, store=store)
+    except (FrontendMissingError, StoreError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"error: cannot open the queue database {queue_db}: {error}; pass --queue-db FILE in a writable "
+              "folder", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host

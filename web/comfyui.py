@@ -1,22 +1,26 @@
-"""``serve --frontend comfyui``: serve the pinned ``comfyui-frontend-package`` against our API.
+"""The endpoints ComfyUI's frontend calls besides prompts, and ``serve --frontend comfyui``.
 
 The frontend is a separate PyPI package (``pip install -e .[comfyui]``); nothing of it is
-copied here. Besides the ComfyUI-shaped API every server has, it asks for a few endpoints
-of its own: users, settings, user data files, extensions, embeddings, i18n, features.
-They are answered here: settings and user data live under ``<root>/user/comfyui/``,
-confined like every other file name.
+copied here. Its endpoints are always served (API clients use some of them too): users,
+settings, user data files (``?dir=&recurse=&split=&full_info=``, move), extensions,
+embeddings, model folders, i18n, features. Settings and user data live under
+``<root>/user/comfyui/``, confined like every other file name. The answers have the
+shapes of ComfyUI's ``server.py`` and ``app/user_manager.py``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from web.handlers import error_response, read_json
-from web.keys import SETTINGS
+from web.keys import FRONTEND_DIR, LIMITS, SETTINGS
+from web.model_folders import list_models, model_kinds
 from web.security import UnsafePathError, confined_path
 
 routes = web.RouteTableDef()
@@ -42,11 +46,8 @@ def comfyui_frontend_dir() -> Path:
 
 
 def add_comfyui_frontend(app: web.Application, static_dir: Path) -> None:
-    """Routes for the frontend's files and the endpoints it needs beyond ours."""
-    app.router.add_routes(routes)
-    for route in list(routes):
-        if isinstance(route, web.RouteDef) and route.path.startswith("/api/"):
-            app.router.add_route(route.method, route.path[4:], route.handler)
+    """Routes for the frontend's files (its endpoints are in ``routes``, always served)."""
+    app[FRONTEND_DIR] = static_dir
 
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(static_dir / "index.html", headers={"Cache-Control": "no-cache"})
@@ -129,43 +130,79 @@ async def post_setting(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------- user data files
 
 
+def _data_dir(request: web.Request) -> Path:
+    return _user_dir(request) / "data"
+
+
 def _userdata_path(request: web.Request, name: str) -> Path:
-    return confined_path(_user_dir(request) / "data", name)
+    return confined_path(_data_dir(request), name)
+
+
+def _file_info(path: Path, relative_to: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"path": path.relative_to(relative_to).as_posix(), "size": stat.st_size,
+            "modified": stat.st_mtime, "created": stat.st_ctime}
+
+
+def _flag(request: web.Request, name: str, default: str = "") -> bool:
+    return request.query.get(name, default).lower() == "true"
 
 
 @routes.get("/api/userdata")
 async def list_userdata(request: web.Request) -> web.Response:
-    """``?dir=workflows&recurse=true``: file names (relative to ``dir``) under the user folder."""
+    """``?dir=workflows`` (required) ``&recurse=true`` ``&full_info=true`` ``&split=true``:
+    file names relative to ``dir``; with ``full_info`` objects ``{path, size, modified,
+    created}``; with ``split`` ``[path, *its parts]``."""
+    directory = request.query.get("dir", "")
+    if not directory:
+        return error_response(400, "bad_request", "give ?dir=FOLDER (e.g. workflows)")
     try:
-        folder = _userdata_path(request, request.query.get("dir", ""))
+        folder = _userdata_path(request, directory)
     except UnsafePathError as error:
         return error_response(400, "unsafe_path", str(error))
     if not folder.is_dir():
-        return web.json_response([])
-    pattern = "**/*" if request.query.get("recurse", "").lower() == "true" else "*"
-    names = sorted(str(p.relative_to(folder)) for p in folder.glob(pattern) if p.is_file() and not p.is_symlink())
+        return error_response(404, "not_found", f"no user data folder {directory!r}")
+    pattern = "**/*" if _flag(request, "recurse") else "*"
+    files = sorted(p for p in folder.glob(pattern) if p.is_file() and not p.is_symlink())
+    if _flag(request, "full_info"):
+        return web.json_response([_file_info(p, folder) for p in files])
+    names = [p.relative_to(folder).as_posix() for p in files]
+    if _flag(request, "split"):
+        return web.json_response([[name, *name.split("/")] for name in names])
     return web.json_response(names)
 
 
 @routes.get("/api/v2/userdata")
 async def list_userdata_v2(request: web.Request) -> web.Response:
+    """``?path=``: everything below it, directories first, paths relative to the data root."""
     try:
         folder = _userdata_path(request, request.query.get("path", ""))
     except UnsafePathError as error:
         return error_response(400, "unsafe_path", str(error))
+    base = _data_dir(request).resolve()
+    if not folder.exists():
+        if folder == base or not request.query.get("path"):
+            return web.json_response([])
+        return error_response(404, "not_found", f"no user data folder {request.query.get('path')!r}")
     if not folder.is_dir():
-        return web.json_response([])
-    base = _user_dir(request) / "data"
-    entries = [{"name": p.name, "path": str(p.relative_to(base.resolve())),
-                "type": "directory" if p.is_dir() else "file",
-                **({"size": p.stat().st_size, "modified": p.stat().st_mtime} if p.is_file() else {})}
-               for p in sorted(folder.iterdir()) if not p.is_symlink()]
+        return error_response(400, "bad_request", "path is not a folder")
+    entries: list[dict[str, Any]] = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink():
+            continue
+        entry: dict[str, Any] = {"name": path.name, "path": path.relative_to(base).as_posix(),
+                                 "type": "directory" if path.is_dir() else "file"}
+        if path.is_file():
+            stat = path.stat()
+            entry.update(size=stat.st_size, modified=stat.st_mtime)
+        entries.append(entry)
+    entries.sort(key=lambda e: (e["type"] != "directory", e["name"].lower()))
     return web.json_response(entries)
 
 
 @routes.get("/api/userdata/user.css")
 async def userdata_css(request: web.Request) -> web.StreamResponse:
-    path = _user_dir(request) / "data" / "user.css"
+    path = _data_dir(request) / "user.css"
     return web.FileResponse(path) if path.is_file() and not path.is_symlink() else await _user_css(request)
 
 
@@ -183,21 +220,44 @@ async def get_userdata(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/api/userdata/{name}")
 async def post_userdata(request: web.Request) -> web.Response:
+    """The body is the file; ``?overwrite=false`` refuses an existing one (409);
+    answers the relative path, or ``{path, size, modified, created}`` with ``full_info``."""
     try:
         path = _userdata_path(request, request.match_info["name"])
     except UnsafePathError as error:
         return error_response(400, "unsafe_path", str(error))
-    if path.exists() and request.query.get("overwrite", "true").lower() == "false":
+    if path.exists() and request.query.get("overwrite", "true") == "false":
         return error_response(409, "exists", f"{request.match_info['name']!r} exists; pass overwrite=true")
     data = await request.read()
     if len(data) > MAX_USERDATA_BYTES:
         return error_response(413, "too_large", "user data files are limited to 16 MiB")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
-    relative = str(path.relative_to((_user_dir(request) / "data").resolve()))
-    if request.query.get("full_info", "").lower() == "true":
-        return web.json_response({"path": relative, "size": len(data), "modified": path.stat().st_mtime})
-    return web.json_response(relative)
+    return _saved(request, path)
+
+
+def _saved(request: web.Request, path: Path) -> web.Response:
+    base = _data_dir(request).resolve()
+    if _flag(request, "full_info"):
+        return web.json_response(_file_info(path, base))
+    return web.json_response(path.relative_to(base).as_posix())
+
+
+@routes.post("/api/userdata/{name}/move/{dest}")
+async def move_userdata(request: web.Request) -> web.Response:
+    """Rename a user file (``?overwrite=false`` refuses an existing destination: 409)."""
+    try:
+        source = _userdata_path(request, request.match_info["name"])
+        target = _userdata_path(request, request.match_info["dest"])
+    except UnsafePathError as error:
+        return error_response(400, "unsafe_path", str(error))
+    if not source.is_file():
+        return error_response(404, "not_found", f"no user file {request.match_info['name']!r}")
+    if target.exists() and request.query.get("overwrite", "true") == "false":
+        return error_response(409, "exists", f"{request.match_info['dest']!r} exists; pass overwrite=true")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(source, target)
+    return _saved(request, target)
 
 
 @routes.delete("/api/userdata/{name}")
@@ -217,13 +277,32 @@ async def delete_userdata(request: web.Request) -> web.Response:
 
 @routes.get("/api/extensions")
 async def extensions(request: web.Request) -> web.Response:
-    return web.json_response([])  # our plugins are Python nodes; they ship no frontend code
+    """The frontend's own ``extensions/**/*.js`` as URLs (our plugins ship no frontend code)."""
+    static_dir = request.app.get(FRONTEND_DIR)
+    if static_dir is None or not (static_dir / "extensions").is_dir():
+        return web.json_response([])
+    return web.json_response(sorted("/" + p.relative_to(static_dir).as_posix()
+                                    for p in (static_dir / "extensions").rglob("*.js") if p.is_file()))
 
 
 @routes.get("/api/embeddings")
 async def embeddings(request: web.Request) -> web.Response:
-    folder = request.app[SETTINGS].model_folder("embeddings")
-    names = sorted(p.stem for p in folder.glob("*") if p.is_file()) if folder.is_dir() else []
+    """Embedding names: their paths in the embeddings folder without the suffix."""
+    names = list_models(request.app[SETTINGS], "embeddings") or []
+    return web.json_response([os.path.splitext(name)[0] for name in names])
+
+
+@routes.get("/api/models")
+async def model_types(request: web.Request) -> web.Response:
+    return web.json_response(model_kinds(request.app[SETTINGS]))
+
+
+@routes.get("/api/models/{folder}")
+async def models_in(request: web.Request) -> web.Response:
+    names = list_models(request.app[SETTINGS], request.match_info["folder"])
+    if names is None:
+        return error_response(404, "not_found", f"no model folder {request.match_info['folder']!r}; "
+                              f"the folders are: {', '.join(model_kinds(request.app[SETTINGS]))}")
     return web.json_response(names)
 
 
@@ -232,9 +311,15 @@ async def i18n(request: web.Request) -> web.Response:
     return web.json_response({})
 
 
+def server_features(max_upload_bytes: int) -> dict[str, Any]:
+    """ComfyUI's feature flags (``/api/features`` and the websocket's ``feature_flags``):
+    previews are plain JPEG/PNG frames, without the metadata frames ComfyUI can send."""
+    return {"supports_preview_metadata": False, "max_upload_size": max_upload_bytes}
+
+
 @routes.get("/api/features")
 async def features(request: web.Request) -> web.Response:
-    return web.json_response({"supports_preview_metadata": False, "max_upload_size": 32 << 20})
+    return web.json_response(server_features(request.app[LIMITS].max_upload_bytes))
 
 
 @routes.get("/api/experiment/models")

@@ -4,14 +4,18 @@
 engine event       websocket message (to the submitting client)
 =================  ======================================================
 run_started        ``execution_start``
-node_cached        ``execution_cached`` (the ids, grouped), ``executed`` if it has UI data
+node_cached        ``execution_cached`` (the ids, grouped; sent once per run, before the
+                   first ``executing``, even when empty), ``executed`` if it has UI data
 node_started       ``executing`` (node id)
 node_progress      ``progress`` (+ a binary preview frame when there is a preview)
 node_finished      ``executed`` (when the node returned UI data)
 node_failed        ``execution_error``
 run_failed         ``execution_error`` (only when no node failure was sent: engine errors)
 run_cancelled      ``execution_interrupted``
-run_finished       ``executing`` (null), ``execution_success``
+run_finished       ``execution_success``
+(recorded)         ``executing`` with ``node: null``: the prompt is done, whatever its
+                   outcome, and its history entry can be fetched (ComfyUI's clients wait
+                   for exactly this message)
 =================  ======================================================
 
 Queue changes become ``status`` messages to everyone. Binary preview frames follow
@@ -75,6 +79,8 @@ class _RunState:
     cached_ui: list[tuple[str, Any]] = field(default_factory=list)
     executed: list[str] = field(default_factory=list)
     failed: bool = False
+    cached_sent: bool = False
+    cached_ids: list[str] = field(default_factory=list)  # every node reported cached so far
 
 
 class EventTranslator:
@@ -88,8 +94,12 @@ class EventTranslator:
 
     def __call__(self, item: QueueItem | None, event: Event | None) -> None:
         """The queue's listener (worker thread): translate, then hop to the event loop."""
-        if item is None or event is None:
+        if item is None:
             self._hub.post(Outgoing({"type": "status", "data": self._queue_status()}))
+            return
+        if event is None:  # done and recorded in the history
+            self._hub.post(Outgoing(_message("executing", {"node": None, "display_node": None,
+                                                           "prompt_id": item.prompt_id}), item.client_id))
             return
         for payload in self.translate(item, event):
             self._hub.post(Outgoing(payload, item.client_id))
@@ -103,7 +113,8 @@ class EventTranslator:
                     state.cached_ui.append((event.node_id or "", event.data["ui"]))
                 return []
             out: list[dict[str, Any] | bytes] = []
-            out.extend(_flush_cached(item.prompt_id, state))
+            if event.type != "run_started":
+                out.extend(_flush_cached(item.prompt_id, state))
             out.extend(_translate(item.prompt_id, state, event))
             if event.type in ("run_finished", "run_failed", "run_cancelled"):
                 del self._runs[item.prompt_id]
@@ -112,13 +123,15 @@ class EventTranslator:
 
 def _flush_cached(prompt_id: str, state: _RunState) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    if state.cached:
+    if state.cached or not state.cached_sent:
+        state.cached_sent = True
         out.append(_message("execution_cached", {"nodes": state.cached, "prompt_id": prompt_id,
                                                  "timestamp": _now_ms()}))
     # Cached output nodes show their images again, so a reload of the page still sees them.
     for node_id, ui in state.cached_ui:
         out.append(_message("executed", {"node": node_id, "display_node": node_id, "output": public_output(ui),
                                          "prompt_id": prompt_id, "cached": True}))
+    state.cached_ids.extend(state.cached)
     state.cached, state.cached_ui = [], []
     return out
 
@@ -154,15 +167,15 @@ def _translate(prompt_id: str, state: _RunState, event: Event) -> list[dict[str,
             "executed": list(state.executed), "exception_message": text or message,
             "exception_type": exception_type if text else "",
             "traceback": str(event.data.get("traceback", "")).splitlines(),
-            "current_inputs": dict(event.data.get("inputs", {})), "current_outputs": {},
+            "current_inputs": dict(event.data.get("inputs", {})),
+            "current_outputs": list(state.executed) + list(state.cached_ids),
             "timestamp": _now_ms()})]
     if event.type == "run_cancelled":
         return [_message("execution_interrupted", {
             "prompt_id": prompt_id, "node_id": node_id, "node_type": event.node_type,
             "executed": list(state.executed), "timestamp": _now_ms()})]
     if event.type == "run_finished":
-        return [_message("executing", {"node": None, "display_node": None, "prompt_id": prompt_id}),
-                _message("execution_success", {"prompt_id": prompt_id, "timestamp": _now_ms()})]
+        return [_message("execution_success", {"prompt_id": prompt_id, "timestamp": _now_ms()})]
     return []
 
 

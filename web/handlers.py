@@ -1,4 +1,6 @@
-"""REST handlers for the catalogue, prompts, the queue, history, interrupt and stats.
+"""REST handlers for the catalogue and stats, and the helpers every handler module shares.
+
+Prompts, the queue and history are in :mod:`web.handlers_prompt`.
 
 Handlers are thin: parse the request, call the service stored on the app, shape JSON.
 Response bodies follow ComfyUI's API so its clients can talk to this server.
@@ -7,45 +9,54 @@ Response bodies follow ComfyUI's API so its clients can talk to this server.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
-import platform
+import os
 import sys
 from typing import Any, Callable, TypeVar
 
 from aiohttp import web
 
-from engine.queue import HistoryEntry, QueueClosedError
-from engine.validation import ValidationReport, validate_document
-from engine.workflow import is_comfyui_prompt
-from web.events import public_output
-from web.keys import HUB, LIMITS, QUEUE, REGISTRY, SETTINGS
+from engine.json_input import JSONInputError, load_json
+from engine.validation import ValidationReport, looks_like_api_prompt, validate_document
+from web.keys import HUB, QUEUE, REGISTRY, SETTINGS
 
 routes = web.RouteTableDef()
 T = TypeVar("T")
+
+COMFYUI_API_VERSION = "0.3.64"
 
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": {"type": code, "message": message, **extra}}, status=status)
 
 
-async def read_json(request: web.Request, *, required: bool = True) -> Any:
-    """The request body as JSON; a 400 that says what is wrong otherwise."""
-    text = await request.text()
-    if not text.strip():
-        if required:
+async def read_json(request: web.Request, *, required: bool = True, lenient: bool = False) -> Any:
+    """The request body as JSON, under ``engine.json_input``'s limits; a 400 that says what is
+    wrong otherwise (``lenient``: an unreadable body counts as empty, as ComfyUI's /interrupt
+    and /free treat it)."""
+    data = await request.read()
+    try:
+        charset = request.charset
+    except (ValueError, UnicodeError):  # a Content-Type aiohttp cannot parse
+        charset = "invalid"
+    if not data.strip():
+        if required and not lenient:
             raise web.HTTPBadRequest(text=json.dumps({"error": {
                 "type": "empty_body", "message": "the request body is empty; send a JSON object"}}),
                 content_type="application/json")
         return {}
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
+        return load_json(data, charset=charset)
+    except JSONInputError as error:
+        if lenient:
+            return {}
         raise web.HTTPBadRequest(text=json.dumps({"error": {
-            "type": "invalid_json", "message": f"the request body is not valid JSON: {error}"}}),
-            content_type="application/json") from None
+            "type": error.kind, "message": f"the request body was refused: {error}", "details": "",
+            "extra_info": {}}, "node_errors": {}}), content_type="application/json") from None
 
 
-def _id_list(body: Any, key: str) -> list[str]:
+def id_list(body: Any, key: str) -> list[str]:
     values = body.get(key) if isinstance(body, dict) else None
     if values is None:
         return []
@@ -61,7 +72,7 @@ def _id_list(body: Any, key: str) -> list[str]:
 
 @routes.get("/api/object_info")
 async def object_info(request: web.Request) -> web.Response:
-    return web.json_response(await off_loop(request.app[REGISTRY].object_info), dumps=_dumps)
+    return web.json_response(await off_loop(request.app[REGISTRY].object_info), dumps=dumps_json)
 
 
 @routes.get("/api/object_info/{node_type}")
@@ -70,7 +81,7 @@ async def object_info_one(request: web.Request) -> web.Response:
     info = await off_loop(request.app[REGISTRY].object_info)
     if node_type not in info:
         return error_response(404, "unknown_node_type", f"no node type {node_type!r} is registered")
-    return web.json_response({node_type: info[node_type]}, dumps=_dumps)
+    return web.json_response({node_type: info[node_type]}, dumps=dumps_json)
 
 
 @routes.get("/api/node_failures")
@@ -79,34 +90,11 @@ async def node_failures(request: web.Request) -> web.Response:
     return web.json_response([f.to_dict() for f in request.app[REGISTRY].failures])
 
 
-def _dumps(value: Any) -> str:
+def dumps_json(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
-# --------------------------------------------------------------------------- prompts
-
-
-def validation_response(report: ValidationReport) -> dict[str, Any]:
-    """ComfyUI's 400 body: a summary ``error`` plus ``node_errors`` per node id."""
-    node_errors: dict[str, Any] = {}
-    general: list[dict[str, Any]] = []
-    for problem in report.errors:
-        detail = {**problem.to_dict(), "type": problem.code,
-                  "details": problem.hint or "", "extra_info": {"input_name": problem.input}}
-        if problem.node_id is None:
-            general.append(detail)
-            continue
-        entry = node_errors.setdefault(problem.node_id, {
-            "errors": [], "dependent_outputs": [], "class_type": problem.node_type})
-        entry["errors"].append(detail)
-    count = len(report.errors)
-    return {
-        "error": {"type": "prompt_outputs_failed_validation",
-                  "message": f"the workflow has {count} problem{'s' * (count != 1)}; nothing was queued",
-                  "details": "; ".join(p.message for p in report.errors[:5]), "extra_info": {},
-                  "errors": general},
-        "node_errors": node_errors,
-    }
+# --------------------------------------------------------------------------- validation
 
 
 def shape_problem(document: Any) -> str | None:
@@ -114,7 +102,7 @@ def shape_problem(document: Any) -> str | None:
 
     (engine.validation reports most shape errors itself but assumes ``nodes`` is an object.)
     """
-    if is_comfyui_prompt(document):
+    if looks_like_api_prompt(document):
         return None
     if not isinstance(document, dict):
         return f"a workflow must be a JSON object, got {type(document).__name__}"
@@ -138,83 +126,14 @@ async def checked_document(document: Any, registry: Any) -> ValidationReport:
     problem = shape_problem(document)
     if problem is not None:
         raise web.HTTPBadRequest(text=json.dumps({"error": {
-            "type": "invalid_workflow", "message": problem,
-            "hint": 'a workflow is {"version": 1, "nodes": {"1": {"type": ..., "inputs": {...}}}}'},
+            "type": "invalid_prompt", "message": problem, "details": "", "extra_info": {},
+            "hint": 'a workflow is {"version": 1, "nodes": {"1": {"type": ..., "inputs": {...}}}} '
+                    'or a ComfyUI API prompt {"1": {"class_type": ..., "inputs": {...}}}'},
             "node_errors": {}}), content_type="application/json")
     return await off_loop(validate_document, document, registry)
 
 
-@routes.post("/api/prompt")
-async def post_prompt(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    if not isinstance(body, dict) or "prompt" not in body:
-        return error_response(400, "no_prompt", 'send {"prompt": <workflow>, "client_id": "..."}')
-    document = body["prompt"]
-    client_id = body.get("client_id")
-    extra_data = body.get("extra_data") or {}
-    if client_id is not None and not isinstance(client_id, str):
-        return error_response(400, "bad_request", "client_id must be a string")
-    if not isinstance(extra_data, dict):
-        return error_response(400, "bad_request", "extra_data must be an object")
-    limit = request.app[LIMITS].max_pending
-    if request.app[QUEUE].remaining() >= limit:
-        return error_response(429, "queue_full", f"{limit} prompts are already waiting; try again when "
-                              f"some have run, or clear the queue")
-    report = await checked_document(document, request.app[REGISTRY])
-    if not report.ok or report.workflow is None:
-        return web.json_response(validation_response(report), status=400)
-    # SaveImage embeds the document; keep it in our format so `main.py run` reads it back.
-    stored = report.workflow.to_json() if is_comfyui_prompt(document) else document
-    try:
-        item = request.app[QUEUE].submit(report.workflow, stored, client_id=client_id,
-                                         extra_data=extra_data, front=bool(body.get("front")))
-    except QueueClosedError as error:
-        return error_response(503, "shutting_down", str(error))
-    warnings = [w.to_dict() for w in report.warnings]
-    return web.json_response({"prompt_id": item.prompt_id, "number": item.number, "node_errors": {},
-                              "warnings": warnings})
-
-
-@routes.get("/api/prompt")
-async def get_prompt(request: web.Request) -> web.Response:
-    return web.json_response({"exec_info": {"queue_remaining": request.app[QUEUE].remaining()}})
-
-
-# --------------------------------------------------------------------------- queue
-
-
-@routes.get("/api/queue")
-async def get_queue(request: web.Request) -> web.Response:
-    queue = request.app[QUEUE]
-    running = queue.running()
-    return web.json_response({
-        "queue_running": [running.to_json()] if running else [],
-        "queue_pending": [item.to_json() for item in queue.pending()],
-    }, dumps=_dumps)
-
-
-@routes.post("/api/queue")
-async def post_queue(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    queue = request.app[QUEUE]
-    cleared = queue.clear() if isinstance(body, dict) and body.get("clear") else 0
-    deleted = queue.delete(_id_list(body, "delete"))
-    return web.json_response({"deleted": deleted, "cleared": cleared})
-
-
-@routes.post("/api/interrupt")
-async def interrupt(request: web.Request) -> web.Response:
-    body = await read_json(request, required=False)
-    prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
-    if prompt_id is not None and not isinstance(prompt_id, str):
-        return error_response(400, "bad_request", "prompt_id must be a string")
-    return web.json_response({"interrupted": request.app[QUEUE].interrupt(prompt_id)})
-
-
-# --------------------------------------------------------------------------- history
-
-
-def _int_query(request: web.Request, name: str, default: int | None) -> int | None:
+def int_query(request: web.Request, name: str, default: int | None) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
@@ -231,49 +150,22 @@ def _int_query(request: web.Request, name: str, default: int | None) -> int | No
     return value
 
 
-@routes.get("/api/history")
-async def get_history(request: web.Request) -> web.Response:
-    """Finished prompts, newest first; ``offset`` skips the newest ones, ``max_items`` limits."""
-    max_items = _int_query(request, "max_items", None)
-    offset = _int_query(request, "offset", 0) or 0
-    entries = list(reversed(request.app[QUEUE].history()))
-    end = None if max_items is None else offset + max_items
-    return web.json_response({e.item.prompt_id: _entry_json(e) for e in entries[offset:end]}, dumps=_dumps)
-
-
-def _entry_json(entry: HistoryEntry) -> dict[str, Any]:
-    data = entry.to_json()
-    data["outputs"] = {node_id: public_output(ui) for node_id, ui in data["outputs"].items()}
-    return data
-
-
-@routes.get("/api/history/{prompt_id}")
-async def get_history_entry(request: web.Request) -> web.Response:
-    prompt_id = request.match_info["prompt_id"]
-    entry = request.app[QUEUE].history_entry(prompt_id)
-    return web.json_response({prompt_id: _entry_json(entry)} if entry else {}, dumps=_dumps)
-
-
-@routes.post("/api/history")
-async def post_history(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    queue = request.app[QUEUE]
-    if isinstance(body, dict) and body.get("clear"):
-        queue.clear_history()
-    deleted = queue.delete_history(_id_list(body, "delete"))
-    return web.json_response({"deleted": deleted})
-
-
 # --------------------------------------------------------------------------- stats
 
 
 @routes.get("/api/system_stats")
 async def system_stats(request: web.Request) -> web.Response:
+    """ComfyUI's shape (``system``, ``devices``); our own counters under ``latentflow``."""
     settings = request.app[SETTINGS]
+    ram_total, ram_free = _ram()
+    frontend = _package_version("comfyui-frontend-package")
     return web.json_response({
-        "system": {"os": platform.system().lower(), "python_version": sys.version,
-                   "embedded_python": False, "pytorch_version": _torch_version(),
-                   "argv": sys.argv[:1]},
+        "system": {"os": os.name, "ram_total": ram_total, "ram_free": ram_free,
+                   # The ComfyUI API level this server follows (its object_info spec's version).
+                   "comfyui_version": COMFYUI_API_VERSION, "latentflow_version": _package_version("latentflow"),
+                   "required_frontend_version": frontend, "installed_templates_version": "",
+                   "required_templates_version": "", "python_version": sys.version,
+                   "pytorch_version": _torch_version(), "embedded_python": False, "argv": sys.argv[:1]},
         "devices": _devices(),
         "latentflow": {"nodes": len(request.app[REGISTRY]), "plugin_failures": len(request.app[REGISTRY].failures),
                        "queue_remaining": request.app[QUEUE].remaining(),
@@ -282,22 +174,44 @@ async def system_stats(request: web.Request) -> web.Response:
     })
 
 
-def _torch_version() -> str | None:
+def _ram() -> tuple[int, int]:
+    """Total and available physical memory in bytes (0, 0 where the OS does not tell)."""
+    try:
+        page = os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
+    except (AttributeError, ValueError, OSError):
+        return 0, 0
+
+
+def _package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def _torch_version() -> str:
     torch = sys.modules.get("torch")  # reported only when the node packs already loaded it
-    return getattr(torch, "__version__", None) if torch else None
+    return str(getattr(torch, "__version__", "")) if torch else ""
 
 
 def _devices() -> list[dict[str, Any]]:
     torch = sys.modules.get("torch")
+    ram_total, ram_free = _ram()
+    cpu = {"name": "cpu", "type": "cpu", "index": None, "vram_total": ram_total, "vram_free": ram_free,
+           "torch_vram_total": 0, "torch_vram_free": 0}
     if torch is None:
-        return [{"name": "cpu", "type": "cpu", "index": 0}]
+        return [cpu]
     devices: list[dict[str, Any]] = []
     try:
         for index in range(torch.cuda.device_count()):
             free, total = torch.cuda.mem_get_info(index)
-            devices.append({"name": torch.cuda.get_device_name(index), "type": "cuda", "index": index,
-                            "vram_total": total, "vram_free": free})
+            reserved = torch.cuda.memory_reserved(index)
+            devices.append({"name": f"cuda:{index} {torch.cuda.get_device_name(index)}", "type": "cuda",
+                            "index": index, "vram_total": total, "vram_free": free,
+                            "torch_vram_total": reserved,
+                            "torch_vram_free": reserved - torch.cuda.memory_allocated(index)})
     except Exception as error:  # a broken driver must not break the stats page
-        devices.append({"name": "cuda", "type": "cuda", "error": str(error)})
-    devices.append({"name": "cpu", "type": "cpu", "index": 0})
-    return devices
+        devices.append({"name": "cuda", "type": "cuda", "index": 0, "vram_total": 0, "vram_free": 0,
+                        "torch_vram_total": 0, "torch_vram_free": 0, "error": str(error)})
+    return devices or [cpu]

@@ -6,15 +6,17 @@ Every name a client sends goes through :func:`web.security.confined_path` or
 
 from __future__ import annotations
 
+import io
 import json
 import mimetypes
 from pathlib import Path
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from engine.settings import Settings
-from web.handlers import checked_document, error_response, read_json
+from web.handlers import checked_document, error_response, off_loop, read_json
 from web.keys import LIMITS, REGISTRY, SETTINGS
 from web.security import IMAGE_SUFFIXES, UnsafePathError, confined_path, safe_file_name, sniff_image
 
@@ -40,13 +42,27 @@ def user_workflows_dir(settings: Settings) -> Path:
 # --------------------------------------------------------------------------- view
 
 
+ANNOTATIONS = {" [output]": "output", " [input]": "input", " [temp]": "temp"}
+
+
+def annotated_name(filename: str, default_type: str) -> tuple[str, str]:
+    """ComfyUI's ``name.png [input]`` form: the suffix names the folder type."""
+    for suffix, kind in ANNOTATIONS.items():
+        if filename.endswith(suffix):
+            return filename[: -len(suffix)], kind
+    return filename, default_type
+
+
 @routes.get("/api/view")
 async def view(request: web.Request) -> web.StreamResponse:
+    """``?filename=&subfolder=&type=output|input|temp``; ``preview=webp|jpeg[;quality]``
+    re-encodes; ``channel=rgb|a`` returns the colour or the alpha of the image as PNG."""
     filename = request.query.get("filename", "")
     if not filename:
         return error_response(400, "bad_request", "give ?filename=NAME (and optionally subfolder, type)")
+    filename, kind = annotated_name(filename, request.query.get("type", "output"))
     try:
-        folder = folder_for(request.app[SETTINGS], request.query.get("type", "output"))
+        folder = folder_for(request.app[SETTINGS], kind)
         safe_file_name(filename)
         path = confined_path(folder, request.query.get("subfolder", ""), filename)
     except UnsafePathError as error:
@@ -54,6 +70,15 @@ async def view(request: web.Request) -> web.StreamResponse:
     if not path.is_file():
         return error_response(404, "not_found", f"no file {filename!r} in that folder")
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    preview, channel = request.query.get("preview"), request.query.get("channel", "")
+    if content_type.startswith("image/") and content_type != "image/svg+xml" and (preview or channel in ("rgb", "a")):
+        try:
+            body, content_type = await off_loop(_converted_image, path, preview, channel)
+        except (OSError, ValueError) as error:
+            return error_response(415, "unsupported_type", f"{filename!r} cannot be converted: {error}")
+        return web.Response(body=body, content_type=content_type, headers={
+            "Content-Disposition": f'inline; filename="{path.name}"', "Cache-Control": "no-cache",
+            "Content-Security-Policy": "default-src 'none'; sandbox"})
     inline = content_type.startswith(("image/", "video/", "audio/")) and content_type != "image/svg+xml"
     disposition = "inline" if inline else "attachment"  # never render HTML/SVG from output folders
     return web.FileResponse(path, headers={
@@ -62,49 +87,137 @@ async def view(request: web.Request) -> web.StreamResponse:
         "Content-Security-Policy": "default-src 'none'; sandbox", "Cache-Control": "no-cache"})
 
 
+def _converted_image(path: Path, preview: str | None, channel: str) -> tuple[bytes, str]:
+    """The image re-encoded as /view's ``preview`` and ``channel`` ask (ComfyUI's rules:
+    a preview is webp unless jpeg is asked and no alpha is wanted; default quality 90;
+    no ``channel`` means rgba)."""
+    from PIL import Image  # heavy optional import, only for conversions
+
+    with Image.open(path) as image:
+        buffer = io.BytesIO()
+        if preview:
+            parts = preview.split(";")
+            image_format = parts[0] if parts[0] in ("webp", "jpeg") and "a" not in channel else "webp"
+            quality = int(parts[-1]) if parts[-1].isdigit() else 90
+            picture = image.convert("RGB") if image_format == "jpeg" or channel == "rgb" else image
+            picture.save(buffer, format=image_format, quality=min(max(quality, 1), 100))
+            return buffer.getvalue(), f"image/{image_format}"
+        if channel == "rgb":
+            image.convert("RGB").save(buffer, format="PNG")
+        else:  # "a": the alpha channel as the alpha of a black image (opaque when it has none)
+            alpha = image.getchannel("A") if image.mode == "RGBA" else Image.new("L", image.size, 255)
+            out = Image.new("RGBA", image.size)
+            out.putalpha(alpha)
+            out.save(buffer, format="PNG")
+        return buffer.getvalue(), "image/png"
+
+
 # --------------------------------------------------------------------------- upload
 
 
 @routes.post("/api/upload/image")
 async def upload_image(request: web.Request) -> web.Response:
     """Multipart ``image`` (PNG/JPEG/WebP), optional ``subfolder``, ``type`` and ``overwrite``."""
+    form = await _read_upload(request)
+    if isinstance(form, web.Response):
+        return form
+    data, filename, fields = form
+    return await _store_upload(request, data, filename, fields)
+
+
+@routes.post("/api/upload/mask")
+async def upload_mask(request: web.Request) -> web.Response:
+    """A mask painted in the frontend: the ``image`` field's alpha becomes the alpha of the
+    image named by ``original_ref`` (``{"filename", "subfolder", "type"}``), which is saved as
+    a PNG under the uploaded name (its text chunks, e.g. the workflow, kept)."""
+    form = await _read_upload(request)
+    if isinstance(form, web.Response):
+        return form
+    data, filename, fields = form
+    try:
+        reference = json.loads(fields.get("original_ref", ""))
+        if not isinstance(reference, dict) or not isinstance(reference.get("filename"), str):
+            raise ValueError("original_ref must be an object with a filename")
+        original_name, kind = annotated_name(reference["filename"], str(reference.get("type") or "output"))
+        safe_file_name(original_name)
+        original = confined_path(folder_for(request.app[SETTINGS], kind), str(reference.get("subfolder") or ""),
+                                 original_name)
+    except (ValueError, UnsafePathError) as error:
+        return error_response(400, "bad_request", f"original_ref: {error}; send "
+                              '{"filename": "x.png", "subfolder": "", "type": "input"}')
+    if not original.is_file():
+        return error_response(404, "not_found", f"original_ref names no file: {reference['filename']!r}")
+    try:
+        merged = await off_loop(_merge_mask, original, data)
+    except (OSError, ValueError) as error:
+        return error_response(415, "unsupported_type", f"cannot apply the mask: {error}")
+    return await _store_upload(request, merged, filename or "mask.png", fields)
+
+
+def _merge_mask(original: Path, mask_png: bytes) -> bytes:
+    from PIL import Image  # heavy optional import
+    from PIL.PngImagePlugin import PngInfo
+
+    with Image.open(original) as picture, Image.open(io.BytesIO(mask_png)) as mask:
+        info = PngInfo()
+        for key, value in getattr(picture, "text", {}).items():
+            info.add_text(key, value)
+        merged = picture.convert("RGBA")
+        merged.putalpha(mask.convert("RGBA").getchannel("A").resize(merged.size))
+        buffer = io.BytesIO()
+        merged.save(buffer, format="PNG", pnginfo=info, compress_level=4)
+        return buffer.getvalue()
+
+
+async def _read_upload(request: web.Request) -> tuple[bytes, str, dict[str, str]] | web.Response:
     limits = request.app[LIMITS]
     if not request.content_type.startswith("multipart/"):
         return error_response(400, "bad_request", "send multipart/form-data with an 'image' field")
-    reader = await request.multipart()
     fields: dict[str, str] = {}
     data: bytes | None = None
     filename = ""
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader):
-            continue
-        if part.name == "image":
-            filename = part.filename or ""
-            data = await _read_limited(part, limits.max_upload_bytes)
-            if data is None:
-                return error_response(413, "too_large",
-                                      f"the image is larger than {limits.max_upload_bytes >> 20} MiB")
-        elif part.name:
-            fields[part.name] = (await part.read(decode=True)).decode("utf-8", "replace")[:1000]
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                continue
+            if part.name == "image":
+                filename = part.filename or ""
+                data = await _read_limited(part, limits.max_upload_bytes)
+                if data is None:
+                    return error_response(413, "too_large",
+                                          f"the image is larger than {limits.max_upload_bytes >> 20} MiB")
+            elif part.name:
+                fields[part.name] = (await part.read(decode=True)).decode("utf-8", "replace")[:4000]
+    except (HttpProcessingError, ValueError, UnicodeError) as error:  # a malformed form: the client's fault
+        message = getattr(error, "message", None) or str(error)
+        return error_response(400, "bad_request", f"unreadable multipart form: {str(message)[:200]}")
     if data is None:
         return error_response(400, "bad_request", "no 'image' field in the form")
+    return data, filename, fields
+
+
+async def _store_upload(request: web.Request, data: bytes, filename: str, fields: dict[str, str]) -> web.Response:
+    """Save into ``type``/``subfolder``; an existing name gets `` (n)`` unless ``overwrite``
+    is true, or is reused when it holds the same bytes (ComfyUI's duplicate rule)."""
     kind = sniff_image(data[:16])
     if kind is None:
         return error_response(415, "unsupported_type", "only PNG, JPEG and WebP images can be uploaded")
+    kind_folder = fields.get("type") or "input"
     try:
         name = safe_file_name(Path(filename).name if filename else f"upload.{kind}")
         if Path(name).suffix.lower() not in IMAGE_SUFFIXES[kind]:
             name = f"{Path(name).stem}{IMAGE_SUFFIXES[kind][0]}"  # the bytes decide the type
-        kind_folder = fields.get("type", "input")
         folder = confined_path(folder_for(request.app[SETTINGS], kind_folder), fields.get("subfolder", ""))
         target = confined_path(folder, name)
     except UnsafePathError as error:
         return error_response(400, "unsafe_path", str(error))
-    overwrite = fields.get("overwrite", "").lower() in ("1", "true", "yes")
+    overwrite = fields.get("overwrite", "").lower() in ("1", "true")
     if target.exists() and not overwrite:
-        target = _free_name(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
+        target = _free_name(target, data)
+    if not (target.is_file() and target.read_bytes() == data):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
     return web.json_response({"name": target.name, "subfolder": fields.get("subfolder", ""), "type": kind_folder})
 
 
@@ -119,11 +232,14 @@ async def _read_limited(part: BodyPartReader, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _free_name(path: Path) -> Path:
+def _free_name(path: Path, data: bytes) -> Path:
+    """``path`` itself when it holds ``data`` already, else the first free ``name (n).ext``
+    (or the first of those holding ``data``)."""
+    candidate = path
     for index in range(1, 10000):
-        candidate = path.with_name(f"{path.stem} ({index}){path.suffix}")
-        if not candidate.exists():
+        if not candidate.exists() or (candidate.is_file() and candidate.read_bytes() == data):
             return candidate
+        candidate = path.with_name(f"{path.stem} ({index}){path.suffix}")
     raise UnsafePathError(f"too many files named like {path.name!r}")
 
 

@@ -51,8 +51,8 @@ def _finished_job(entry: HistoryEntry, detail: bool = False) -> dict[str, Any]:
         "previewable_outputs_count": len(previews), "execution_error": error, "priority": entry.item.number,
     }
     if detail:
-        job.update({"outputs": outputs, "workflow": {"prompt": dict(entry.item.document),
-                                                      "extra_data": dict(entry.item.extra_data)},
+        job.update({"outputs": outputs, "workflow": {"prompt": dict(entry.item.prompt),
+                                                      "extra_data": entry.item.public_extra_data()},
                     "update_time": int(entry.finished_at * 1000)})
     return job
 

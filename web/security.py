@@ -168,6 +168,8 @@ def confined_path(base: Path, *parts: str) -> Path:
             continue
         if "\x00" in part:
             raise UnsafePathError("file names may not contain NUL bytes")
+        if any(ord(char) < 32 or ord(char) == 127 for char in part):
+            raise UnsafePathError(f"{part!r} contains control characters; use printable names")
         if "\\" in part or (len(part) >= 2 and part[1] == ":"):
             raise UnsafePathError(f"{part!r}: use forward slashes and relative names only")
         pure = PurePosixPath(part)
@@ -193,6 +195,8 @@ def safe_file_name(name: str) -> str:
     """A single file name (no folders), for uploads and saved workflows."""
     if not name or "\x00" in name:
         raise UnsafePathError("a file name is required and may not contain NUL bytes")
+    if any(ord(char) < 32 or ord(char) == 127 for char in name):
+        raise UnsafePathError(f"{name!r} contains control characters; use printable names")
     if "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
         raise UnsafePathError(f"{name!r} is not a plain file name (no folders, no leading dot)")
     if len(name) > 200:

@@ -43,8 +43,10 @@ class Connection:
 class WebSocketHub:
     """Connected clients by client id; sends JSON and binary frames to one or all."""
 
-    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, status: Callable[[], dict[str, Any]],
+                 features: Callable[[], dict[str, Any]] | None = None) -> None:
         self._status = status  # the current queue status, sent to each client on connect
+        self._features = features or (lambda: {})  # answered to a client's "feature_flags"
         self._connections: dict[str, set[Connection]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -94,9 +96,13 @@ class WebSocketHub:
         sender = asyncio.ensure_future(self._send_loop(connection))
         connection.outbox.put_nowait({"type": "status", "data": {**self._status(), "sid": client_id}})
         try:
+            first = True
             async for message in socket:
                 if message.type == WSMsgType.ERROR:
-                    break  # clients only listen; anything they send is ignored
+                    break
+                if message.type == WSMsgType.TEXT and first:
+                    self._negotiate(connection, message.data)
+                first = False  # clients otherwise only listen; what they send is ignored
         finally:
             group = self._connections.get(client_id)
             if group is not None:
@@ -105,6 +111,16 @@ class WebSocketHub:
                     del self._connections[client_id]
             sender.cancel()
         return socket
+
+    def _negotiate(self, connection: Connection, text: str) -> None:
+        """ComfyUI's frontend opens with ``{"type": "feature_flags", "data": {...}}`` and
+        expects the server's flags back (the same as ``GET /api/features``)."""
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return
+        if isinstance(message, dict) and message.get("type") == "feature_flags":
+            connection.outbox.put_nowait({"type": "feature_flags", "data": self._features()})
 
     async def _send_loop(self, connection: Connection) -> None:
         while True:

@@ -111,6 +111,12 @@ class GuidedDenoiser:
     (B or 1, 5, H, W) is appended to the UNet input for 9-channel inpainting models.
     ``batch_conds=False`` forces one UNet call per condition (useful to bound memory).
     ``unet_calls`` counts UNet forward calls (for tests and benchmarks).
+
+    ``denoise_with_uncond(x, sigma)`` returns ``(guided, uncond)``: the result of a call
+    and the unconditional (negative) branch's x0 estimate, which CFG++ samplers re-noise
+    with (``sgm.sampling.sampler_common.UncondDenoiser``). It evaluates the negative
+    branch even at cfg == 1 (CFG++ at scale 1 still takes its noise from the
+    unconditional branch); without a negative, ``uncond`` is the positive branch.
     """
 
     def __init__(
@@ -153,9 +159,13 @@ class GuidedDenoiser:
 
     # ------------------------------------------------------------------ jobs
 
-    def _jobs(self, x: torch.Tensor) -> list[_Job]:
+    def _n_branches(self, with_uncond: bool) -> int:
+        """2 when the negative branch is evaluated (CFG, or asked for by a CFG++ sampler)."""
+        return 2 if (self.use_cfg or with_uncond) and self.negative else 1
+
+    def _jobs(self, x: torch.Tensor, with_uncond: bool = False) -> list[_Job]:
         batch, _, height, width = x.shape
-        branches = [self.positive] + ([self.negative] if self.use_cfg and self.negative else [])
+        branches = [self.positive] + ([self.negative] if self._n_branches(with_uncond) == 2 else [])
         jobs = []
         for branch, conditions in enumerate(branches):
             if not conditions:  # unconditional model
@@ -201,6 +211,17 @@ class GuidedDenoiser:
     # ------------------------------------------------------------------ call
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self._denoise(x, sigma, with_uncond=False)[0]
+
+    def denoise_with_uncond(
+        self, x: torch.Tensor, sigma: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(guided denoised, unconditional denoised) (B, C, H, W) each, from one evaluation."""
+        return self._denoise(x, sigma, with_uncond=True)
+
+    def _denoise(
+        self, x: torch.Tensor, sigma: torch.Tensor, with_uncond: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self._expected_in is not None and x.shape[1] != self._expected_in:
             raise ValueError(
                 f"latent has {x.shape[1]} channels but the UNet expects {self._expected_in} "
@@ -210,7 +231,7 @@ class GuidedDenoiser:
         scal = ms.scalings(sigma, x.ndim)  # (B, 1, 1, 1) each
         x_in = x * scal.c_in
         timestep = ms.timestep(sigma)
-        jobs = self._jobs(x)
+        jobs = self._jobs(x, with_uncond)
 
         groups: dict[tuple[object, ...], list[int]] = {}
         for i, job in enumerate(jobs):
@@ -221,7 +242,7 @@ class GuidedDenoiser:
             for i, out in zip(indices, self._run_unet([jobs[i] for i in indices], x_in, timestep)):
                 outputs[i] = out
 
-        n_branches = 2 if self.use_cfg else 1
+        n_branches = self._n_branches(with_uncond)
         full = (slice(0, x.shape[2]), slice(0, x.shape[3]))
         per_branch = [[j for j in jobs if j.branch == b] for b in range(n_branches)]
         if all(
@@ -254,15 +275,20 @@ class GuidedDenoiser:
 
     def _guide(
         self, x: torch.Tensor, sigma: torch.Tensor, results: list[torch.Tensor]
-    ) -> torch.Tensor:
-        """CFG (Ho & Salimans 2022, eq. 6) on [cond] or [cond, uncond] denoised estimates."""
-        if not self.use_cfg:
-            return results[0]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """CFG (Ho & Salimans 2022, eq. 6) on [cond] or [cond, uncond] denoised estimates.
+
+        Returns (guided, uncond); uncond is the cond estimate when there is one branch.
+        """
+        if len(results) == 1:
+            return results[0], results[0]
         cond, uncond = results
+        if not self.use_cfg:  # cfg == 1, negative evaluated only for a CFG++ sampler
+            return cond, uncond
         guided = uncond + self.cfg * (cond - uncond)
         if self.guidance_rescale > 0:
             guided = self._rescale(x, sigma, cond, guided)
-        return guided
+        return guided, uncond
 
     def _rescale(
         self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, guided: torch.Tensor

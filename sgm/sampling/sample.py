@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from sgm.sampling.denoisers import ModelSampling
+from sgm.sampling.sampler_common import guided_and_uncond
 from sgm.sampling.samplers import SAMPLERS, Sampler, StepCallback, StepInfo
 
 CancelCheck = Callable[[], bool]
@@ -85,6 +86,48 @@ def check_options(sampler: Sampler, options: dict[str, Any]) -> None:
         )
 
 
+class _SamplingDenoiser:
+    """What ``sample`` hands to the sampler: ``model`` plus the cancel check and inpainting.
+
+    With a noise mask the kept region follows the input latent's forward process: it is
+    blended into the model's input and, in the x0 estimates, replaced by the input latent.
+    ``denoise_with_uncond`` forwards the model's unconditional branch for CFG++ samplers
+    (``sgm.sampling.sampler_common.UncondDenoiser``), blended the same way.
+    """
+
+    def __init__(self, model: GuidedModel, latent: torch.Tensor, noise: torch.Tensor,
+                 mask: torch.Tensor | None, cancel: CancelCheck | None) -> None:
+        self.model, self.latent, self.noise, self.mask, self.cancel = model, latent, noise, mask, cancel
+
+    def _check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel():
+            raise SamplingCancelled("sampling cancelled by the caller")
+
+    def _masked_input(self, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        assert self.mask is not None
+        s = sigma.to(self.latent).view(-1, *([1] * (self.latent.ndim - 1)))
+        return x_t * self.mask + (self.latent + self.noise * s) * (1 - self.mask)
+
+    def _masked_output(self, denoised: torch.Tensor) -> torch.Tensor:
+        assert self.mask is not None
+        return denoised * self.mask + self.latent * (1 - self.mask)
+
+    def __call__(self, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        self._check_cancel()
+        if self.mask is None:
+            return self.model(x_t, sigma)
+        return self._masked_output(self.model(self._masked_input(x_t, sigma), sigma))
+
+    def denoise_with_uncond(
+        self, x_t: torch.Tensor, sigma: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_cancel()
+        if self.mask is None:
+            return guided_and_uncond(self.model, x_t, sigma)
+        denoised, uncond = guided_and_uncond(self.model, self._masked_input(x_t, sigma), sigma)
+        return self._masked_output(denoised), self._masked_output(uncond)
+
+
 def _latent_mask(mask: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
     """(H, W) / (B, H, W) / (B, 1, H, W) mask, any resolution -> (B or 1, 1, h, w) like latent."""
     if mask.ndim == 2:
@@ -148,16 +191,7 @@ def sample(
     x = ms.noise_scaling(sigma_0, noise, latent, max_denoise) if add_noise else latent
 
     mask = None if noise_mask is None else _latent_mask(noise_mask, latent)
-
-    def denoiser(x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        if cancel is not None and cancel():
-            raise SamplingCancelled("sampling cancelled by the caller")
-        if mask is None:
-            return model(x_t, sigma)
-        # Inpainting: the kept region follows the input latent's forward process.
-        s = sigma.to(latent).view(-1, *([1] * (latent.ndim - 1)))
-        x_t = x_t * mask + (latent + noise * s) * (1 - mask)
-        return model(x_t, sigma) * mask + latent * (1 - mask)
+    denoiser = _SamplingDenoiser(model, latent, noise, mask, cancel)
 
     def on_step(info: StepInfo) -> None:
         if cancel is not None and cancel():

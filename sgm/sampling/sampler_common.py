@@ -41,6 +41,23 @@ StepCallback = Callable[[StepInfo], None]
 Sampler = Callable[..., torch.Tensor]
 
 
+class UncondDenoiser(Protocol):
+    """A guided denoiser that can also report its unconditional branch (for CFG++ samplers).
+
+    ``denoise_with_uncond(x, sigma) -> (denoised, uncond_denoised)``: ``denoised`` is exactly
+    what ``model(x, sigma)`` returns (the guided x0 estimate) and ``uncond_denoised`` the
+    unconditional x0 estimate of the same call (B, C, H, W). ``GuidedDenoiser`` and the
+    denoiser ``sgm.sampling.sample.sample`` hands to samplers implement it; a plain
+    ``Denoiser`` does not need to.
+    """
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor: ...
+
+    def denoise_with_uncond(
+        self, x: torch.Tensor, sigma: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -62,6 +79,21 @@ def randn_like(x: torch.Tensor, generator: NoiseGenerator) -> torch.Tensor:
             [torch.randn(x.shape[1:], generator=g, dtype=torch.float32, device="cpu") for g in generator]
         )
     return noise.to(device=x.device, dtype=x.dtype)
+
+
+def guided_and_uncond(
+    model: Denoiser | UncondDenoiser, x: torch.Tensor, sigma: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(guided denoised, unconditional denoised) of one model call, for CFG++ samplers.
+
+    Models without ``denoise_with_uncond`` (no guidance, or a plain denoiser) have one
+    branch: both entries are the same tensor, and a CFG++ sampler reduces to its base.
+    """
+    both = getattr(model, "denoise_with_uncond", None)
+    if both is None:
+        denoised = model(x, sigma)
+        return denoised, denoised
+    return both(x, sigma)
 
 
 def sigma_batch(x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -17,7 +17,9 @@ CPU and GPU.
 
 Progress is reported through ``callback(StepInfo)``, once per step, never printed.
 Further samplers (dpm_fast, dpm_adaptive, ipndm, deis, uni_pc) live in
-``sgm.sampling.samplers_extra``; the ``SAMPLERS`` table there lists every one by name.
+``sgm.sampling.samplers_extra``, the rest of ComfyUI's list (CFG++, RES, ER-SDE, SEEDS,
+SA-Solver, ...) in ``sgm.sampling.samplers_comfy``; ``SAMPLERS`` below lists every one by name,
+in the order of ComfyUI's KSampler (``KSAMPLER_NAMES``).
 """
 
 from __future__ import annotations
@@ -512,6 +514,19 @@ def sample_dpmpp_3m_sde(
     return x
 
 
+@torch.no_grad()
+def sample_dpmpp_2m_sde_heun(
+    model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
+    callback: StepCallback | None = None, generator: NoiseGenerator = None,
+    eta: float = 1.0, s_noise: float = 1.0,
+) -> torch.Tensor:
+    """DPM-Solver++(2M) SDE with the Heun-type 2nd-order term (``solver_type="heun"`` of
+    :func:`sample_dpmpp_2m_sde`): the slope term weighted by phi_2 (the exact integral of a
+    linear x0) instead of the midpoint rule's phi_1 / 2."""
+    return sample_dpmpp_2m_sde(model, x, sigmas, callback=callback, generator=generator,
+                               eta=eta, s_noise=s_noise, solver_type="heun")
+
+
 CORE_SAMPLERS: dict[str, Sampler] = {
     "euler": sample_euler,
     "euler_ancestral": sample_euler_ancestral,
@@ -524,6 +539,7 @@ CORE_SAMPLERS: dict[str, Sampler] = {
     "dpmpp_sde": sample_dpmpp_sde,
     "dpmpp_2m": sample_dpmpp_2m,
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
+    "dpmpp_2m_sde_heun": sample_dpmpp_2m_sde_heun,
     "dpmpp_3m_sde": sample_dpmpp_3m_sde,
     "ddim": sample_ddim,
     "ddpm": sample_ddpm,
@@ -531,11 +547,38 @@ CORE_SAMPLERS: dict[str, Sampler] = {
 }
 
 
+GPU_ALIASES: dict[str, str] = {
+    "dpmpp_sde_gpu": "dpmpp_sde",
+    "dpmpp_2m_sde_gpu": "dpmpp_2m_sde",
+    "dpmpp_2m_sde_heun_gpu": "dpmpp_2m_sde_heun",
+    "dpmpp_3m_sde_gpu": "dpmpp_3m_sde",
+}
+"""ComfyUI's ``*_gpu`` samplers draw their Brownian noise on the GPU. Ours draw all noise
+from the CPU generator so that a seed gives the same image on every device: each alias
+is the very same function as its base name, kept so that ComfyUI workflows load."""
+
+KSAMPLER_NAMES: tuple[str, ...] = (
+    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2",
+    "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral",
+    "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp",
+    "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu",
+    "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm", "ipndm_v", "deis",
+    "res_multistep", "res_multistep_cfg_pp", "res_multistep_ancestral",
+    "res_multistep_ancestral_cfg_pp", "gradient_estimation", "gradient_estimation_cfg_pp",
+    "er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2",
+)
+"""ComfyUI 0.3.64's KSampler ``sampler_name`` choices, in its order (every one is in SAMPLERS)."""
+
+
 def _all_samplers() -> dict[str, Sampler]:
+    from sgm.sampling.samplers_comfy import COMFY_SAMPLERS
     from sgm.sampling.samplers_extra import EXTRA_SAMPLERS
 
-    return {**CORE_SAMPLERS, **EXTRA_SAMPLERS}
+    table = {**CORE_SAMPLERS, **EXTRA_SAMPLERS, **COMFY_SAMPLERS}
+    table.update({alias: table[base] for alias, base in GPU_ALIASES.items()})
+    ordered = {name: table[name] for name in KSAMPLER_NAMES}
+    return {**ordered, **{name: fn for name, fn in table.items() if name not in ordered}}
 
 
 SAMPLERS: dict[str, Sampler] = _all_samplers()
-"""Every sampler by the name users pick (ComfyUI / A1111 names)."""
+"""Every sampler by the name users pick (ComfyUI / A1111 names), in ComfyUI's order."""

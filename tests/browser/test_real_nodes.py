@@ -18,6 +18,10 @@ from tests.browser.editor import (
 from tests.browser.server import ServerThread
 from web.app import create_app
 
+# The editor tests' txt2img with our one-node sampler (the fake pack calls it KSampler; our
+# KSampler is ComfyUI's, whose latent input is latent_image).
+REAL_LAYOUT = [("SampleLatent" if node_type == "KSampler" else node_type, x, y) for node_type, x, y in TXT2IMG_LAYOUT]
+
 
 @pytest.fixture(scope="module")
 def installation(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -52,7 +56,7 @@ def test_build_txt2img_with_the_builtin_nodes_and_see_the_image(page, real_serve
     # first visit: the shipped workflows/txt2img.json
     assert page.inner_text('[data-node-id="2"] .node-title').startswith("Positive prompt")
     new_canvas(page)
-    for expected_id, (node_type, x, y) in enumerate(TXT2IMG_LAYOUT, start=1):
+    for expected_id, (node_type, x, y) in enumerate(REAL_LAYOUT, start=1):
         assert add_node(page, node_type, x, y) == str(expected_id)
     assert page.input_value('[data-node-id="1"] [data-widget="ckpt_name"] select') == "tiny-shapes.safetensors"
     for link in TXT2IMG_LINKS:

@@ -36,6 +36,10 @@ def test_running_node_is_highlighted_and_the_queue_panel_interrupts_it(page, ser
     assert entry["status"]["interrupted"] is True
     page.click('[data-tab="history"]')
     page.wait_for_selector(".history-item.interrupted")
+    import re
+
+    row = page.locator(".history-item.interrupted").first.inner_text()
+    assert re.match(r"#\d+ interrupted \d+\.\ds", row), row  # number and duration from the entry
 
 
 def test_execution_error_is_shown_on_the_failing_node(page, server):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 import pytest
 
 from engine.api import Context, Int, Out, Result, node
 from engine.cache import ResultCache
-from engine.queue import PromptQueue, QueueClosedError
+from engine.queue import DuplicatePromptIdError, PromptQueue, QueueClosedError
 from engine.registry import NodeRegistry
 from engine.scheduler import Executor
 from tests.engine.graph_nodes import chain_document, make_registry, validated
@@ -59,7 +60,7 @@ def test_items_run_in_order_and_land_in_history_with_outputs(recorded):
     try:
         docs = [chain_document(3, start=float(i)) for i in (1, 2, 3)]
         items = [queue.submit(validated(d, registry), d, client_id="c1") for d in docs]
-        assert [i.number for i in items] == [1, 2, 3]
+        assert [i.number for i in items] == [0, 1, 2]  # ComfyUI counts from 0
         assert queue.wait_idle(10)
     finally:
         queue.stop()
@@ -70,7 +71,8 @@ def test_items_run_in_order_and_land_in_history_with_outputs(recorded):
     # each item's run events come tagged with that item, bracketed by queue-change notices
     first = items[0].prompt_id
     tagged = [kind for pid, kind in events if pid == first]
-    assert tagged[0] == "run_started" and tagged[-1] == "run_finished"
+    # ... and a final (item, None): the item is done and in the history
+    assert tagged[0] == "run_started" and tagged[-2:] == ["run_finished", None]
     assert (None, None) in events
     entry = history[0].to_json()
     assert entry["status"]["status_str"] == "success" and entry["status"]["completed"] is True
@@ -197,10 +199,100 @@ def test_clear_pending_and_stopped_queue_refuses_work():
         queue.submit(validated(wait_doc(4), registry), wait_doc(4))
 
 
-def test_duplicate_prompt_id_is_refused():
+def test_duplicate_prompt_id_is_refused_while_queued_and_reused_once_finished():
     registry, _ = make_registry(Counter())
     queue = PromptQueue(Executor(registry))
     doc = chain_document(3)
     queue.submit(validated(doc, registry), doc, prompt_id="abc")
-    with pytest.raises(ValueError, match="already in use"):
+    with pytest.raises(DuplicatePromptIdError, match="already queued or running"):
         queue.submit(validated(doc, registry), doc, prompt_id="abc")
+    queue.start()
+    assert queue.wait_idle(10)
+    other = chain_document(3, start=5.0)
+    queue.submit(validated(other, registry), other, prompt_id="abc")  # a finished id may be reused
+    assert queue.wait_idle(10)
+    queue.stop()
+    assert queue.history_size() == 1 and queue.history_entry("abc").outputs["3"]["text"] == ["5.0"]
+
+
+def test_numbers_front_and_explicit_order_the_queue_as_comfyui():
+    gate, started = threading.Event(), threading.Event()
+    registry = blocking_registry(gate, started)
+    queue = PromptQueue(Executor(registry))
+    queue.start()
+    try:
+        running = queue.submit(validated(wait_doc(0), registry), wait_doc(0))
+        assert started.wait(5)
+        later = queue.submit(validated(wait_doc(1), registry), wait_doc(1))
+        first = queue.submit(validated(wait_doc(2), registry), wait_doc(2), front=True)
+        middle = queue.submit(validated(wait_doc(3), registry), wait_doc(3), number=1.5)
+        assert (running.number, later.number, first.number, middle.number) == (0, 1, -2, 1.5)
+        assert [i.prompt_id for i in queue.pending()] == [first.prompt_id, later.prompt_id, middle.prompt_id]
+        assert queue.submit(validated(wait_doc(4), registry), wait_doc(4)).number == 3  # explicit ones don't count
+    finally:
+        queue.clear()
+        gate.set()
+        queue.stop()
+
+
+def test_free_request_clears_the_executor_cache_between_prompts():
+    registry, calls = make_registry(Counter())
+    executor = Executor(registry, ResultCache())
+    queue = PromptQueue(executor)
+    queue.start()
+    doc = chain_document(3)
+    queue.submit(validated(doc, registry), doc)
+    assert queue.wait_idle(10) and len(executor.cache) == 3
+    queue.request_free(free_memory=True)
+    for _ in range(200):
+        if len(executor.cache) == 0:
+            break
+        time.sleep(0.01)
+    queue.stop()
+    assert len(executor.cache) == 0
+
+
+def test_a_stored_queue_comes_back_after_stop_and_refuses_what_no_longer_validates(tmp_path):
+    from engine.store import PromptStore
+    from engine.validation import validate_document
+
+    gate, started = threading.Event(), threading.Event()
+    registry = blocking_registry(gate, started)
+
+    def parse(stored):
+        report = validate_document(stored.document or stored.prompt, registry)
+        if not report.ok:
+            raise ValueError(report.format())
+        return report.workflow
+
+    first = PromptQueue(Executor(registry, ResultCache()), store=PromptStore(tmp_path / "q.sqlite3"))
+    first.start()
+    gate.set()
+    done = first.submit(validated(wait_doc(1), registry), wait_doc(1), prompt_id="done")
+    assert first.wait_idle()
+    gate.clear()
+    running = first.submit(validated(wait_doc(2), registry), wait_doc(2), prompt_id="running")
+    assert started.wait(5)
+    first.submit(validated(wait_doc(3), registry), wait_doc(3), prompt_id="pending")
+    broken = wait_doc(4)
+    first.submit(validated(broken, registry), {**broken, "nodes": {"1": {"type": "Gone", "inputs": {}}}},
+                 prompt_id="stale")  # stands for a prompt whose plugin was removed before the restart
+    first.stop()  # a shutdown, not a failure: "running" is not recorded as interrupted
+    assert [e.item.prompt_id for e in first.history()] == ["done"]
+
+    second = PromptQueue(Executor(registry, ResultCache()), store=PromptStore(tmp_path / "q.sqlite3"))
+    assert second.restore(parse) == (1, 2)
+    assert [i.prompt_id for i in second.pending()] == ["running", "pending"]
+    assert [i.number for i in second.pending()] == [running.number, running.number + 1]
+    stale = second.history_entry("stale")
+    assert stale is not None and stale.status == "error" and "Gone" in stale.error["message"]
+    assert second.history_entry("done").item.prompt == done.prompt
+    gate.set()
+    second.start()
+    try:
+        assert second.wait_idle()
+        assert {e.item.prompt_id: e.status for e in second.history()} == {
+            "done": "success", "stale": "error", "running": "success", "pending": "success"}
+        assert second.submit(validated(wait_doc(5), registry), wait_doc(5)).number == running.number + 3
+    finally:
+        second.stop()

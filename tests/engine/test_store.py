@@ -37,7 +37,9 @@ def test_a_restart_gets_back_the_queue_in_order_the_running_one_retried_and_the_
     assert [(p.prompt_id, p.number, p.retries) for p in unfinished] == [("a", 0, 1), ("c", 3, 0)]
     assert unfinished[0].prompt == {"1": {"class_type": "X", "inputs": {"v": 1}}}
     assert unfinished[0].outputs == ("1",) and unfinished[0].client_id == "c1"
-    assert again.history() == [("front", {"status": {"completed": True}, "outputs": {"9": {"images": []}}})]
+    [(done, record)] = again.history()
+    assert done.prompt_id == "front" and done.number == -2 and done.prompt == {"1": {"class_type": "X", "inputs": {"v": 3}}}
+    assert record == {"status": {"completed": True}, "outputs": {"9": {"images": []}}}
     assert again.counters() == (4, 5)
     assert [p.prompt_id for p in again.unfinished()] == ["a", "c"]  # handed back once; no second retry
     assert [p.retries for p in again.unfinished()] == [1, 0]
@@ -48,12 +50,12 @@ def test_history_is_bounded_by_count_and_by_bytes_dropping_the_oldest(tmp_path: 
     for i in range(5):
         store.add(_item(f"p{i}", i, i), next_number=i + 1, next_sequence=i + 1)
         store.finish(f"p{i}", {"i": i})
-    assert [pid for pid, _ in store.history()] == ["p2", "p3", "p4"]
+    assert [p.prompt_id for p, _ in store.history()] == ["p2", "p3", "p4"]
     small = PromptStore(tmp_path / "small.sqlite3", history_max_bytes=2000)
     for i in range(5):
         small.add(_item(f"p{i}", i, i), next_number=i + 1, next_sequence=i + 1)
         small.finish(f"p{i}", {"blob": "x" * 900})
-    kept = [pid for pid, _ in small.history()]
+    kept = [p.prompt_id for p, _ in small.history()]
     assert kept == ["p4"] or kept == ["p3", "p4"], kept
     assert len(kept) < 5
 
@@ -78,7 +80,7 @@ def test_history_delete_and_clear_and_pending_clear(tmp_path: Path) -> None:
     store.finish("p0", {"i": 0})
     store.finish("p1", {"i": 1})
     store.delete_history(["p0", "p2"])  # p2 is pending: not history, kept
-    assert [pid for pid, _ in store.history()] == ["p1"]
+    assert [p.prompt_id for p, _ in store.history()] == ["p1"]
     store.clear_pending()
     assert store.unfinished() == []
     store.clear_history()
@@ -122,7 +124,7 @@ def test_kill_9_between_writes_loses_nothing_that_was_acknowledged(tmp_path: Pat
     child.wait(30)
     store = PromptStore(path)
     pending = {p.prompt_id for p in store.unfinished()}
-    done = {pid for pid, _ in store.history()}
+    done = {p.prompt_id for p, _ in store.history()}
     for prompt_id in acknowledged:
         number = int(prompt_id[1:])
         assert prompt_id in (done if number % 2 else pending), prompt_id

@@ -32,7 +32,7 @@ async def test_prompt_runs_and_history_holds_the_image(make_app, aiohttp_client,
     response = await client.post("/api/prompt", json={"prompt": txt2img_document(seed=5), "client_id": "c"})
     assert response.status == 200, await response.text()
     body = await response.json()
-    assert body["number"] == 1 and body["node_errors"] == {}
+    assert body["number"] == 0 and body["node_errors"] == {}  # ComfyUI counts from 0
     entry = await wait_for_history(client, body["prompt_id"])
     assert entry["status"]["status_str"] == "success" and entry["status"]["completed"]
     images = entry["outputs"]["7"]["images"]
@@ -55,13 +55,14 @@ async def test_validation_errors_are_400_with_errors_per_node(make_app, aiohttp_
     assert body["error"]["type"] == "prompt_outputs_failed_validation"
     assert set(body["node_errors"]) == {"5", "6"}
     steps_error = body["node_errors"]["5"]["errors"][0]
-    assert steps_error["input"] == "steps" and steps_error["type"] == "bad_value"
+    assert steps_error["extra_info"]["input_name"] == "steps" and steps_error["type"] == "value_smaller_than_min"
     assert "minimum" in steps_error["message"] and body["node_errors"]["5"]["class_type"] == "KSampler"
-    assert body["node_errors"]["6"]["errors"][0]["code"] == "type_mismatch"
+    assert steps_error["code"] == "bad_value" and steps_error["hint"] == "use a value >= 1"  # ours, kept
+    assert body["node_errors"]["6"]["errors"][0]["type"] == "return_type_mismatch"
     assert (await (await client.get("/api/queue")).json())["queue_pending"] == []
 
 
-async def test_comfyui_api_prompt_is_accepted_and_stored_in_our_format(make_app, aiohttp_client):
+async def test_comfyui_api_prompt_is_accepted_and_kept_as_sent(make_app, aiohttp_client):
     client = await aiohttp_client(make_app())
     ours = txt2img_document()
     index = {"model": 0, "clip": 1, "vae": 2, "conditioning": 0, "latent": 0, "image": 0}
@@ -72,8 +73,8 @@ async def test_comfyui_api_prompt_is_accepted_and_stored_in_our_format(make_app,
     response = await client.post("/prompt", json={"prompt": comfy})  # the unprefixed ComfyUI route
     assert response.status == 200, await response.text()
     entry = await wait_for_history(client, (await response.json())["prompt_id"])
-    stored = entry["prompt"][2]
-    assert stored["version"] == 1 and stored["nodes"]["5"]["type"] == "KSampler"
+    assert entry["prompt"][2] == comfy  # history keeps the prompt as sent
+    assert entry["prompt"][4] == ["7"]  # the output nodes it executed
 
 
 async def test_bad_bodies_explain_themselves(make_app, aiohttp_client):
@@ -81,9 +82,13 @@ async def test_bad_bodies_explain_themselves(make_app, aiohttp_client):
     response = await client.post("/api/prompt", data="{not json", headers={"Content-Type": "application/json"})
     assert response.status == 400 and "not valid JSON" in (await response.json())["error"]["message"]
     response = await client.post("/api/prompt", json={"prompt": {"version": 1, "nodes": [1]}})
-    assert response.status == 400 and "\"nodes\" must be an object" in (await response.json())["error"]["message"]
+    body = await response.json()
+    assert response.status == 400 and "\"nodes\" must be an object" in body["error"]["message"]
+    assert body["error"]["type"] == "invalid_prompt" and body["node_errors"] == {}
     response = await client.post("/api/prompt", json={"workflow": {}})
-    assert response.status == 400 and '"prompt"' in (await response.json())["error"]["message"]
+    body = await response.json()
+    assert response.status == 400 and body["error"]["type"] == "no_prompt" and body["node_errors"] == {}
+    assert '"prompt"' in body["error"]["details"]
     response = await client.get("/api/history", params={"max_items": "many"})
     assert response.status == 400 and "max_items" in (await response.json())["error"]["message"]
 
@@ -102,7 +107,8 @@ async def test_queue_delete_clear_and_interrupt_by_id(make_app, aiohttp_client, 
         await asyncio.sleep(0.02)
     assert queue["queue_running"][0][1] == ids[0]
     assert [entry[1] for entry in queue["queue_pending"]] == ids[1:]
-    assert queue["queue_pending"][0][0] == 2  # ComfyUI's [number, prompt_id, prompt, extra, outputs]
+    assert queue["queue_pending"][0][0] == 1  # ComfyUI's [number, prompt_id, prompt, extra, outputs]
+    assert queue["queue_pending"][0][3] == {} and queue["queue_pending"][0][4] == ["7"]
 
     deleted = await (await client.post("/api/queue", json={"delete": [ids[1]]})).json()
     assert deleted["deleted"] == [ids[1]]
@@ -117,7 +123,8 @@ async def test_queue_delete_clear_and_interrupt_by_id(make_app, aiohttp_client, 
     assert right["interrupted"] is True
     entry = await wait_for_history(client, ids[0])
     assert entry["status"]["interrupted"] is True and entry["status"]["status_str"] == "error"
-    assert [m[0] for m in entry["status"]["messages"]][-1] == "run_cancelled"
+    assert [m[0] for m in entry["status"]["messages"]] == [
+        "execution_start", "execution_cached", "execution_interrupted"]
 
 
 async def test_history_pages_newest_first_and_deletes(make_app, aiohttp_client):
@@ -146,7 +153,10 @@ async def test_failed_node_is_recorded_with_its_error(make_app, aiohttp_client):
     response = await client.post("/api/prompt", json={"prompt": document})
     entry = await wait_for_history(client, (await response.json())["prompt_id"])
     assert entry["status"]["status_str"] == "error" and not entry["status"]["interrupted"]
-    assert entry["error"]["node_id"] == "8" and "no memory" in entry["error"]["message"]
+    assert entry["latentflow"]["error"]["node_id"] == "8" and "no memory" in entry["latentflow"]["error"]["message"]
+    kind, error = entry["status"]["messages"][-1]
+    assert kind == "execution_error" and error["node_id"] == "8" and error["node_type"] == "Fail"
+    assert error["exception_type"] == "RuntimeError" and error["exception_message"] == "no memory"
 
 
 async def test_system_stats_and_plugin_failures(make_app, aiohttp_client):

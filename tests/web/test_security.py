@@ -137,8 +137,11 @@ async def test_upload_checks_type_name_size_and_does_not_overwrite(make_app, aio
     image = png_bytes(4, 4, (9, 9, 9))
     first = await client.post("/api/upload/image", data=_form(image, "cat.png"))
     assert await first.json() == {"name": "cat.png", "subfolder": "", "type": "input"}
-    second = await client.post("/api/upload/image", data=_form(image, "cat.png"))
+    same = await client.post("/api/upload/image", data=_form(image, "cat.png"))
+    assert (await same.json())["name"] == "cat.png"  # the same bytes again: reused (ComfyUI's rule)
+    second = await client.post("/api/upload/image", data=_form(png_bytes(4, 4, (1, 2, 3)), "cat.png"))
     assert (await second.json())["name"] == "cat (1).png"
+    assert (settings.input_dir / "cat.png").read_bytes() == image
     replaced = await client.post("/api/upload/image", data=_form(image, "cat.png", overwrite="true"))
     assert (await replaced.json())["name"] == "cat.png"
     renamed = await client.post("/api/upload/image", data=_form(image, "photo.jpg", subfolder="sets"))

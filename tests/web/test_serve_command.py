@@ -48,7 +48,7 @@ def test_serve_command_runs_a_prompt_with_the_builtin_nodes(tmp_path):
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "main.py", "serve", "--port", str(port), "--custom-nodes", str(tmp_path / "none"),
-         "--output-dir", str(tmp_path / "output")],
+         "--output-dir", str(tmp_path / "output"), "--queue-db", str(tmp_path / "queue.sqlite3")],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -43,10 +43,15 @@ async def test_run_sends_comfyui_sequence_to_its_client_only(make_app, aiohttp_c
     response = await client.post("/api/prompt", json={"prompt": txt2img_document(steps=3), "client_id": "me"})
     prompt_id = (await response.json())["prompt_id"]
     messages = await collect_until(mine, {"execution_success"})
-    kinds = types(messages)
-    assert kinds.index("execution_start") < kinds.index("executing") < kinds.index("execution_success")
+    messages += await collect_until(mine, {"executing"})  # node null: done and in the history
+    run = [m for m in messages if not isinstance(m, dict) or m["type"] != "status"]
+    kinds = types(run)
+    assert kinds[:3] == ["execution_start", "execution_cached", "executing"]  # cached: sent even when empty
+    assert kinds.index("executing") < kinds.index("execution_success") == len(kinds) - 2
+    assert run[1]["data"]["nodes"] == [] and run[1]["data"]["prompt_id"] == prompt_id
     executing = [m["data"]["node"] for m in messages if isinstance(m, dict) and m["type"] == "executing"]
     assert executing == ["1", "2", "3", "4", "5", "6", "7", None]
+    assert messages[-1]["data"] == {"node": None, "display_node": None, "prompt_id": prompt_id}
     progress = [m["data"] for m in messages if isinstance(m, dict) and m["type"] == "progress"]
     assert [(p["value"], p["max"], p["node"]) for p in progress] == [(1, 3, "5"), (2, 3, "5"), (3, 3, "5")]
     frames = [m for m in messages if isinstance(m, bytes)]
@@ -56,7 +61,6 @@ async def test_run_sends_comfyui_sequence_to_its_client_only(make_app, aiohttp_c
     executed = [m["data"] for m in messages if isinstance(m, dict) and m["type"] == "executed"]
     assert executed == [{"node": "7", "display_node": "7", "prompt_id": prompt_id,
                          "output": {"images": [{"filename": "test_00001.png", "subfolder": "", "type": "output"}]}}]
-    messages += await collect_until(mine, {"status"})  # the queue drained after the run
     statuses = [m["data"]["status"]["exec_info"]["queue_remaining"] for m in messages
                 if isinstance(m, dict) and m["type"] == "status"]
     assert 1 in statuses and statuses[-1] == 0

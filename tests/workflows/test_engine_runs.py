@@ -129,7 +129,7 @@ def test_batch_items_follow_the_seed_rule_and_keep_it_when_picked(executor: Exec
     # item i of seed s == seed s + i (to float rounding: batch 2 and 1 take different BLAS blocking)
     assert torch.allclose(batch[1:], single, rtol=1e-4, atol=1e-4)
     doc = latent_document(batch=2, seed=11)
-    doc["nodes"]["11"] = {"type": "LatentFromBatch", "inputs": {"latent": ["4", 0], "batch_index": 1, "length": 1}}
+    doc["nodes"]["11"] = {"type": "SliceLatentBatch", "inputs": {"latent": ["4", 0], "batch_index": 1, "length": 1}}
     doc["nodes"]["5"]["inputs"]["latent"] = ["11", 0]
     assert torch.allclose(sampled(executor, doc), single, rtol=1e-4, atol=1e-4)
 
@@ -153,7 +153,7 @@ def test_progress_reports_every_step_and_cancel_stops_the_run(executor: Executor
     previews: list[Any] = []
 
     def listen(event: Any) -> None:
-        if event.type == "node_progress" and event.node_type == "KSampler":
+        if event.type == "node_progress" and event.node_type == "SampleLatent":
             steps.append((event.data["value"], event.data["max"]))
             previews.append(event.data.get("preview"))
 
@@ -210,7 +210,7 @@ def test_separate_unet_vae_and_text_encoder_files_equal_the_checkpoint(executor:
 def test_inpainting_keeps_the_unmasked_latent_and_areas_change_the_result(executor: Executor) -> None:
     doc = latent_document()
     nodes = doc["nodes"]
-    nodes["40"] = {"type": "LoadImage", "inputs": {"image": "example.png"}}  # transparent centre = repaint
+    nodes["40"] = {"type": "LoadInputImage", "inputs": {"image": "example.png"}}  # transparent centre = repaint
     nodes["41"] = {"type": "EncodeLatent", "inputs": {"vae": ["1", "vae"], "image": ["40", "image"],
                                                       "mask": ["40", "mask"]}}
     nodes["5"]["inputs"]["latent"] = ["41", 0]
@@ -224,9 +224,9 @@ def test_inpainting_keeps_the_unmasked_latent_and_areas_change_the_result(execut
     plain = sampled(executor, latent_document())
     with_area = latent_document()
     with_area["nodes"]["42"] = {"type": "TextEncode", "inputs": {"clip": ["1", "clip"], "text": "a green star"}}
-    with_area["nodes"]["43"] = {"type": "ConditioningSetArea", "inputs": {
+    with_area["nodes"]["43"] = {"type": "SetConditioningArea", "inputs": {
         "conditioning": ["42", 0], "width": 32, "height": 32, "x": 0, "y": 0, "strength": 1.0}}
-    with_area["nodes"]["44"] = {"type": "ConditioningCombine", "inputs": {"conditioning_1": ["2", 0],
+    with_area["nodes"]["44"] = {"type": "CombineConditioning", "inputs": {"conditioning_1": ["2", 0],
                                                                          "conditioning_2": ["43", 0]}}
     with_area["nodes"]["5"]["inputs"]["positive"] = ["44", 0]
     combined = sampled(executor, with_area)
@@ -254,7 +254,7 @@ def test_out_of_memory_while_sampling_retries_once_then_fails_the_run_clearly(
     doc = document(seed=32)
     result = executor.run(validate_document(doc, executor.registry).workflow, services={"workflow_document": doc})
     assert result.status == "failed" and result.failure.node_id == "5"
-    assert "ModelMemoryError" in result.failure.message and "KSampler (sampling) ran out of memory" in \
+    assert "ModelMemoryError" in result.failure.message and "SampleLatent (sampling) ran out of memory" in \
         result.failure.message and "smaller image size" in result.failure.message
 
 

@@ -26,11 +26,11 @@ def fast_overrides(document: dict[str, Any]) -> list[str]:
     """--set arguments that make a shipped workflow cheap: 2 steps, 64x64 latents."""
     sets = []
     for node_id, entry in document["nodes"].items():
-        if entry["type"] == "KSampler":
+        if entry["type"] == "SampleLatent":
             sets += ["--set", f"{node_id}.steps=2"]
         elif entry["type"] == "EmptyLatent":
             sets += ["--set", f"{node_id}.width=64", "--set", f"{node_id}.height=64"]
-        elif entry["type"] == "LatentUpscale":
+        elif entry["type"] == "ScaleLatent":
             sets += ["--set", f"{node_id}.width=96", "--set", f"{node_id}.height=96"]
     return sets
 
@@ -68,7 +68,7 @@ def test_workflow_runs_headlessly_and_saves_pngs_that_carry_it(
     assert size == (expected, expected)
     embedded = read_workflow_file(pngs[0])
     assert embedded["nodes"].keys() == document["nodes"].keys()
-    sampler = next(i for i, n in document["nodes"].items() if n["type"] == "KSampler")
+    sampler = next(i for i, n in document["nodes"].items() if n["type"] == "SampleLatent")
     assert embedded["nodes"][sampler]["inputs"]["steps"] == 2  # the workflow as it ran, overrides included
 
 
@@ -102,7 +102,7 @@ def test_seed_sweep_reruns_only_sampler_decode_and_save(
     assert first["node_finished"] == set(document["nodes"])
     assert len(later) == 2
     for run in later:
-        assert run["node_finished"] == {"5", "6", "7"}  # KSampler, Decode, SaveImage
+        assert run["node_finished"] == {"5", "6", "7"}  # SampleLatent, Decode, SaveImage
         assert run["node_cached"] == {"1", "2", "3", "4"}
 
 

@@ -55,6 +55,8 @@ export class Api {
   workflows() { return this.request("GET", "/api/workflows"); }
   workflow(name) { return this.request("GET", `/api/workflows/${encodeURIComponent(name)}`); }
   saveWorkflow(name, doc) { return this.request("POST", `/api/workflows/${encodeURIComponent(name)}`, doc); }
+  /** Convert a workflow: `to` is "latentflow" (from a ComfyUI UI graph or prompt) or "comfyui". */
+  convert(to, workflow) { return this.request("POST", "/api/convert", { to, workflow }); }
 
   /** Upload an image to input/ (multipart, like ComfyUI); returns {name, subfolder, type}. */
   async uploadImage(file) {

@@ -33,7 +33,8 @@ function describeInput(name, kind, options, optional) {
   const widgetKinds = { INT: "int", FLOAT: "float", STRING: "text", BOOLEAN: "toggle" };
   const widgetKind = widgetKinds[kind];
   // Widgets always carry options (default, step, multiline...); a bare ["INT", {}] is a socket.
-  if (widgetKind && Object.keys(options).some((k) => k !== "tooltip")) {
+  // "forceInput" is ComfyUI's mark of a socket-only INT/FLOAT/STRING (our registry sets it too).
+  if (widgetKind && !options.forceInput && Object.keys(options).some((k) => k !== "tooltip")) {
     const widget = { kind: widgetKind, ...options };
     if (widgetKind === "int" && options.control_after_generate) widget.kind = "seed";
     return { name, type: kind, optional, widget };

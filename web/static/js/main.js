@@ -1,6 +1,7 @@
 // The editor: wires the model, the view, interactions, panels, the server and the websocket.
 
 import { Api, ApiError } from "./api.js";
+import { describeProblem, downloadJson, isUiGraph, problemsByNode } from "./comfyui.js";
 import { Graph, isLink } from "./graph.js";
 import { UndoStack } from "./history.js";
 import { Interaction } from "./interact.js";
@@ -167,7 +168,9 @@ class Editor {
   showValidation(body) {
     const errors = {};
     for (const [nodeId, entry] of Object.entries(body.node_errors)) {
-      errors[nodeId] = entry.errors.map((e) => ({ message: e.message, input: e.input, hint: e.hint }));
+      // ComfyUI's shape names the input in extra_info.input_name; ours also as `input`.
+      errors[nodeId] = entry.errors.map((e) => ({ message: e.message, input: e.input ?? e.extra_info?.input_name,
+                                                  hint: e.hint }));
     }
     this.view.setErrors(errors);
     const general = (body.error.errors ?? []).map((e) => e.message);
@@ -207,18 +210,46 @@ class Editor {
       const buffer = await file.arrayBuffer();
       const isPng = file.type === "image/png" || file.name.toLowerCase().endsWith(".png");
       const doc = isPng ? await workflowFromPng(buffer) : JSON.parse(new TextDecoder().decode(buffer));
-      this.load(doc, file.name);
+      if (isUiGraph(doc)) await this.loadComfyGraph(doc, file.name);
+      else this.load(doc, file.name);
     } catch (error) {
       this.notify(`could not open ${file.name}: ${error.message}`, "error");
     }
   }
 
+  /** A ComfyUI UI-format graph: converted by the server; what it could not map is shown. */
+  async loadComfyGraph(graph, source) {
+    const { workflow, problems } = await this.api.convert("latentflow", graph);
+    this.load(workflow, source);
+    const links = this.graph.links().length;
+    const summary = `opened ComfyUI workflow ${source}: ${this.graph.nodes.size} nodes, ${links} links`;
+    if (!problems.length) {
+      this.notify(summary);
+      return;
+    }
+    this.view.setErrors(problemsByNode(problems, new Set(this.graph.nodes.keys())));
+    const errors = problems.filter((p) => p.severity !== "warning").length;
+    const toast = this.toasts.show(`${summary}; ${problems.length} thing${problems.length === 1 ? "" : "s"} ` +
+      `could not be mapped as written:\n${problems.map(describeProblem).join("\n")}`, errors ? "error" : "info", 30000);
+    toast.classList.add("toast-report", "conversion-report");
+  }
+
   saveFile() {
-    const blob = new Blob([JSON.stringify(this.graph.toDocument(), null, 2)], { type: "application/json" });
-    const link = Object.assign(document.createElement("a"), {
-      href: URL.createObjectURL(blob), download: `${this.graph.meta.title || "workflow"}.json` });
-    link.click();
-    setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+    downloadJson(this.graph.toDocument(), `${this.graph.meta.title || "workflow"}.json`);
+  }
+
+  /** Download the workflow in ComfyUI's UI format (its frontend opens it). */
+  async saveComfyFile() {
+    try {
+      const { workflow, problems } = await this.api.convert("comfyui", this.graph.toDocument());
+      downloadJson(workflow, `${this.graph.meta.title || this.graph.meta.name || "workflow"}.comfyui.json`);
+      if (problems.length) {
+        const toast = this.toasts.show(`saved, but:\n${problems.map(describeProblem).join("\n")}`, "error", 30000);
+        toast.classList.add("toast-report");
+      }
+    } catch (error) {
+      this.notify(`could not save as a ComfyUI workflow: ${error.message}`, "error");
+    }
   }
 
   async saveToServer() {
@@ -273,6 +304,7 @@ function bindToolbar(editor) {
   on("#undo-button", "click", () => editor.restore(editor.undo.undo()));
   on("#redo-button", "click", () => editor.restore(editor.undo.redo()));
   on("#save-button", "click", () => editor.saveFile());
+  on("#save-comfyui-button", "click", () => editor.saveComfyFile());
   on("#save-server-button", "click", () => editor.saveToServer());
   on("#open-button", "click", () => document.querySelector("#file-input").click());
   on("#file-input", "change", (event) => {

@@ -99,8 +99,9 @@ export class SidePanel {
       const status = entry.status.interrupted ? "interrupted" : entry.status.status_str;
       row.className = `history-item ${status}`;
       row.dataset.promptId = promptId;
-      const seconds = entry.meta.finished_at - entry.meta.started_at;
-      row.textContent = `#${entry.meta.number} ${status} ${seconds.toFixed(1)}s`;
+      const run = entry.latentflow ?? {};  // ComfyUI's "meta" is per node; our run details are here
+      const seconds = (run.finished_at ?? 0) - (run.started_at ?? 0);
+      row.textContent = `#${run.number ?? "?"} ${status} ${seconds.toFixed(1)}s`;
       const load = document.createElement("button");
       load.textContent = "load";
       load.title = "load this run's workflow into the editor";

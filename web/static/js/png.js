@@ -41,11 +41,23 @@ export async function pngTextChunks(buffer) {
   return chunks;
 }
 
-/** The workflow document stored in a PNG we saved (or a ComfyUI "prompt" chunk). */
+/**
+ * The workflow a PNG carries, best for editing first: our own document (any chunk), then
+ * ComfyUI's UI graph (`workflow`: positions and widgets), then ComfyUI's API prompt (`prompt`).
+ */
 export async function workflowFromPng(buffer) {
   const chunks = await pngTextChunks(buffer);
-  for (const key of ["workflow", "prompt"]) {
-    if (chunks[key]) return JSON.parse(chunks[key]);
+  const parsed = {};
+  for (const [key, text] of Object.entries(chunks)) {
+    if (key !== "workflow" && key !== "prompt" && !text.trimStart().startsWith("{")) continue;
+    try { parsed[key] = JSON.parse(text); } catch { /* not JSON: not a workflow */ }
   }
-  throw new Error("this PNG carries no workflow: only images written by SaveImage embed one");
+  const ours = Object.values(parsed).find((d) => d && typeof d === "object" && d.nodes && !Array.isArray(d.nodes) && "version" in d);
+  if (ours) return ours;
+  if (parsed.workflow && Array.isArray(parsed.workflow.nodes)) return parsed.workflow;
+  if (parsed.prompt && typeof parsed.prompt === "object") return parsed.prompt;
+  if (parsed.workflow) return parsed.workflow;
+  const keys = Object.keys(chunks);
+  throw new Error(`this PNG carries no workflow (text chunks: ${keys.length ? keys.join(", ") : "none"}); ` +
+                  "only images written by SaveImage (ours or ComfyUI's) embed one");
 }

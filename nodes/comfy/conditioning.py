@@ -1,0 +1,92 @@
+"""ComfyUI's text encoding and conditioning nodes, over ours (``nodes.text``)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from engine.api import Float, Int, NodeSpec, Out, Text, node
+from nodes.comfy import COMPAT, call
+from nodes.runtime import Runtime
+from nodes.text import encode_prompt_pair
+
+SIZE = dict(min=0, max=16384)
+
+
+def prompt() -> Text:
+    return Text(multiline=True, dynamic_prompts=True)
+
+
+def nodes(runtime: Runtime, ours: Mapping[str, NodeSpec]) -> list[NodeSpec]:
+    @node("CLIPTextEncode", display_name="CLIP Text Encode (Prompt)", category="conditioning", compat=COMPAT)
+    def clip_text_encode(text: prompt(), clip: "CLIP") -> Out(CONDITIONING="CONDITIONING"):
+        """Encode a prompt with the model's text encoder (latentflow's TextEncode)."""
+        return call(ours, "TextEncode", clip=clip, text=text)
+
+    @node("CLIPTextEncodeSDXL", display_name="CLIPTextEncodeSDXL", category="advanced/conditioning", compat=COMPAT)
+    def clip_text_encode_sdxl(
+        clip: "CLIP",
+        width: Int(default=1024, **SIZE),
+        height: Int(default=1024, **SIZE),
+        crop_w: Int(default=0, **SIZE),
+        crop_h: Int(default=0, **SIZE),
+        target_width: Int(default=1024, **SIZE),
+        target_height: Int(default=1024, **SIZE),
+        text_g: prompt(),
+        text_l: prompt(),
+    ) -> Out(CONDITIONING="CONDITIONING"):
+        """SDXL conditioning with a prompt per text encoder: text_l for CLIP-L, text_g for
+        OpenCLIP bigG (which also gives the pooled embedding), plus the size and crop vector."""
+        from sgm.text.conditioning import Condition
+        from sgm.text.sdxl_conditioning import sdxl_vector
+
+        if text_g == text_l:  # one prompt for both towers: exactly our TextEncodeSDXL
+            return call(ours, "TextEncodeSDXL", clip=clip, text=text_g, width=width, height=height, crop_w=crop_w,
+                        crop_h=crop_h, target_width=target_width, target_height=target_height)
+        context, pooled = encode_prompt_pair(runtime, clip, text_l, text_g, "CLIPTextEncodeSDXL")
+        y = sdxl_vector(pooled, original_size=(height, width), crop_top_left=(crop_h, crop_w),
+                        target_size=(target_height, target_width))
+        return [Condition(context=context, pooled=pooled, y=y, extra={"prompt": text_g, "prompt_l": text_l})]
+
+    @node("CLIPTextEncodeSDXLRefiner", display_name="CLIPTextEncodeSDXLRefiner", category="advanced/conditioning",
+          compat=COMPAT)
+    def clip_text_encode_sdxl_refiner(
+        ascore: Float(default=6.0, min=0.0, max=1000.0, step=0.01),
+        width: Int(default=1024, **SIZE),
+        height: Int(default=1024, **SIZE),
+        text: prompt(),
+        clip: "CLIP",
+    ) -> Out(CONDITIONING="CONDITIONING"):
+        """Encode a prompt for the SDXL refiner, with the aesthetic score (latentflow's TextEncodeSDXL)."""
+        if not str(getattr(clip, "family", "")).startswith("sdxl-refiner"):
+            raise ValueError(f"CLIPTextEncodeSDXLRefiner: the CLIP input is a {getattr(clip, 'family', '?')} text "
+                             "encoder, not the SDXL refiner's; use CLIPTextEncodeSDXL or CLIPTextEncode for it")
+        return call(ours, "TextEncodeSDXL", clip=clip, text=text, width=width, height=height,
+                    aesthetic_score=ascore)
+
+    @node("ConditioningCombine", display_name="Conditioning (Combine)", category="conditioning", compat=COMPAT)
+    def conditioning_combine(conditioning_1: "CONDITIONING",
+                             conditioning_2: "CONDITIONING") -> Out(CONDITIONING="CONDITIONING"):
+        """Use both conditionings; the sampler averages their predictions (latentflow's CombineConditioning)."""
+        return call(ours, "CombineConditioning", conditioning_1=conditioning_1, conditioning_2=conditioning_2)
+
+    @node("ConditioningSetArea", display_name="Conditioning (Set Area)", category="conditioning", compat=COMPAT)
+    def conditioning_set_area(
+        conditioning: "CONDITIONING",
+        width: Int(default=64, min=64, max=16384, step=8),
+        height: Int(default=64, min=64, max=16384, step=8),
+        x: Int(default=0, min=0, max=16384, step=8),
+        y: Int(default=0, min=0, max=16384, step=8),
+        strength: Float(default=1.0, min=0.0, max=10.0, step=0.01),
+    ) -> Out(CONDITIONING="CONDITIONING"):
+        """Restrict the conditioning to a rectangle in pixels (latentflow's SetConditioningArea)."""
+        return call(ours, "SetConditioningArea", conditioning=conditioning, width=width, height=height, x=x, y=y,
+                    strength=strength)
+
+    @node("ConditioningZeroOut", display_name="ConditioningZeroOut", category="advanced/conditioning",
+          compat=COMPAT)
+    def conditioning_zero_out(conditioning: "CONDITIONING") -> Out(CONDITIONING="CONDITIONING"):
+        """All-zero text embeddings: a neutral negative (latentflow's ZeroConditioning)."""
+        return call(ours, "ZeroConditioning", conditioning=conditioning)
+
+    return [clip_text_encode, clip_text_encode_sdxl, clip_text_encode_sdxl_refiner, conditioning_combine,
+            conditioning_set_area, conditioning_zero_out]

@@ -1,0 +1,241 @@
+"""ComfyUI's node interface (nodes.comfy): our /object_info entry of every core ComfyUI node is
+ComfyUI 0.3.64's, field by field, and the pure-tensor mappings do what ComfyUI's nodes do.
+
+The spec is the project's reference ``../shared/reference/comfyui-0.3.64-object_info.json``
+(ComfyUI 0.3.64's ``/object_info``, descriptions removed), read where it lies, not copied. Model-backed mappings are tested in
+tests/workflows/test_comfy_nodes.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from engine.settings import Settings
+from nodes.builtin import build_nodes
+from nodes.comfy import COMPAT, NATIVE, comfyui_names
+from nodes.runtime import Runtime
+from nodes.values import LatentValue
+from tests.reference import COMFYUI_OBJECT_INFO, comfyui_object_info
+
+HERE = Path(__file__).resolve().parent
+# The SD1.x / SD2.x / SDXL core that issue 14 names (PrimitiveNode, Reroute and Note are UI-side).
+CORE_NODES = ('CLIPLoader', 'CLIPSetLastLayer', 'CLIPTextEncode', 'CLIPTextEncodeSDXL', 'CLIPTextEncodeSDXLRefiner', 'CheckpointLoader', 'CheckpointLoaderSimple', 'ConditioningCombine', 'ConditioningSetArea', 'ConditioningZeroOut', 'DualCLIPLoader', 'EmptyLatentImage', 'ImageScale', 'ImageScaleBy', 'KSampler', 'LatentFromBatch', 'LatentUpscale', 'LatentUpscaleBy', 'LoadImage', 'LoadImageMask', 'LoraLoader', 'LoraLoaderModelOnly', 'PreviewImage', 'RepeatLatentBatch', 'SaveImage', 'SetLatentNoiseMask', 'UNETLoader', 'VAEDecode', 'VAEDecodeTiled', 'VAEEncode', 'VAEEncodeTiled', 'VAELoader')
+REFERENCE = comfyui_object_info()
+pytestmark = pytest.mark.skipif(REFERENCE is None, reason=f"the interface spec is not at {COMFYUI_OBJECT_INFO}")
+SPEC = {name: REFERENCE[name] for name in CORE_NODES} if REFERENCE is not None else {}
+# Choice lists ComfyUI fills from its folders: the reference machine's files are not ours.
+FOLDER_CHOICES = {"ckpt_name", "vae_name", "lora_name", "unet_name", "clip_name", "clip_name1", "clip_name2", "image"}
+# The sampler and scheduler lists are the library's tables (another change completes them).
+LIBRARY_CHOICES = {("KSampler", "sampler_name"), ("KSampler", "scheduler")}
+
+
+@pytest.fixture(scope="module")
+def object_info(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from engine.registry import NodeRegistry
+
+    registry = NodeRegistry()
+    runtime = Runtime(Settings.for_root(tmp_path_factory.mktemp("root")), device="cpu")
+    registry.register_pack(build_nodes(runtime), "nodes.builtin")
+    return registry.object_info()
+
+
+@pytest.fixture()
+def nodes(tmp_path: Path) -> dict[str, Any]:
+    runtime = Runtime(Settings.for_root(tmp_path), device="cpu")
+    return {spec.id: spec.function for spec in build_nodes(runtime)}
+
+
+def normal_options(kind: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """Options as the frontend reads them: tooltips aside, an INT's step defaults to 1."""
+    options = {k: v for k, v in options.items() if k != "tooltip"}
+    if kind == "INT":
+        options.setdefault("step", 1)
+    return options
+
+
+def test_every_core_comfyui_node_is_registered(object_info: dict[str, Any]) -> None:
+    assert sorted(set(SPEC) - set(object_info)) == []
+
+
+@pytest.mark.parametrize("name", sorted(SPEC))
+def test_interface_matches_comfyui(object_info: dict[str, Any], name: str) -> None:
+    spec, ours = SPEC[name], object_info[name]
+    assert ours["category"] == spec["category"]
+    assert ours["display_name"] == (spec["display_name"] or name)  # null: the frontend shows the name
+    assert ours["output"] == spec["output"]
+    assert ours["output_name"] == spec["output_name"]
+    assert ours["output_is_list"] == spec["output_is_list"]
+    assert ours["output_node"] == spec["output_node"]
+    assert bool(ours.get("deprecated")) == bool(spec.get("deprecated"))
+    for section in ("required", "optional", "hidden"):
+        assert ours["input_order"].get(section, []) == spec["input_order"].get(section, []), section
+        expected, actual = spec["input"].get(section, {}), ours["input"].get(section, {})
+        assert list(actual) == spec["input_order"].get(section, []), section  # dict order = widget order
+        if section == "hidden":
+            assert actual == expected
+            continue
+        for input_name, entry in expected.items():
+            kind, options = entry[0], entry[1] if len(entry) > 1 else {}
+            our_kind, our_options = actual[input_name][0], actual[input_name][1]
+            where = f"{name}.{input_name}"
+            if isinstance(kind, list):
+                assert isinstance(our_kind, list) and all(isinstance(c, str) for c in our_kind), where
+                if input_name in FOLDER_CHOICES:
+                    pass  # this installation's files
+                elif (name, input_name) in LIBRARY_CHOICES:
+                    shared = [c for c in kind if c in our_kind]
+                    assert our_kind[:len(shared)] == shared, f"{where}: ComfyUI's names first, in its order"
+                else:
+                    assert our_kind == kind, where
+            else:
+                assert our_kind == kind, where
+            assert normal_options(our_kind, our_options) == normal_options(kind, options), where
+
+
+def test_ksampler_offers_every_comfyui_sampler_and_scheduler(object_info: dict[str, Any]) -> None:
+    required = object_info["KSampler"]["input"]["required"]
+    for input_name in ("sampler_name", "scheduler"):
+        missing = [n for n in SPEC["KSampler"]["input"]["required"][input_name][0] if n not in required[input_name][0]]
+        assert missing == [], f"sgm.sampling lacks ComfyUI's {input_name} values {missing}"
+
+
+def test_adapters_are_marked_and_ours_are_not(object_info: dict[str, Any]) -> None:
+    marked = {name for name, info in object_info.items() if info.get("compat") == COMPAT}
+    assert marked == (set(SPEC) - set(NATIVE)) | {"Note", "MarkdownNote"}
+    for name in ("LoadCheckpoint", "TextEncode", "EmptyLatent", "SampleLatent", "Decode", "EncodeLatent",
+                 "SaveImage", "PreviewImage"):
+        assert "compat" not in object_info[name], name
+
+
+def test_comfyui_names_lists_adapters_and_native_nodes(tmp_path: Path) -> None:
+    specs = build_nodes(Runtime(Settings.for_root(tmp_path), device="cpu"))
+    assert set(comfyui_names(specs)) == set(SPEC) | {"Note", "MarkdownNote"}
+
+
+# --------------------------------------------------------------------------- mappings on plain values
+
+
+def latent(batch: int = 2, seed: int = 0, **fields: Any) -> LatentValue:
+    samples = torch.randn(batch, 4, 6, 8, generator=torch.Generator().manual_seed(seed))
+    return LatentValue(samples, width=64, height=48, **fields)
+
+
+def test_empty_latent_image_rounds_sizes_down_to_multiples_of_8(nodes: dict[str, Any]) -> None:
+    out = nodes["EmptyLatentImage"](width=100, height=64, batch_size=2)
+    assert out.samples.shape == (2, 4, 8, 12) and out.empty and not out.samples.any()
+
+
+def test_set_latent_noise_mask_is_set_latent_mask(nodes: dict[str, Any]) -> None:
+    source = latent()
+    mask = torch.rand(1, 1, 48, 64)  # ComfyUI accepts any leading shape
+    out = nodes["SetLatentNoiseMask"](samples=source, mask=mask)
+    ours = nodes["SetLatentMask"](latent=source, mask=mask[:, 0])
+    assert torch.equal(out.noise_mask, ours.noise_mask) and out.noise_mask.shape == (1, 48, 64)
+    assert out.samples is source.samples and source.noise_mask is None
+
+
+def test_latent_upscale_by_scales_latent_pixels(nodes: dict[str, Any]) -> None:
+    source = latent()
+    out = nodes["LatentUpscaleBy"](samples=source, upscale_method="bilinear", scale_by=1.5)
+    assert out.samples.shape == (2, 4, 9, 12) and (out.width, out.height) == (96, 72)
+    same = nodes["ScaleLatent"](latent=source, width=96, height=72, method="bilinear")
+    assert torch.equal(out.samples, same.samples)
+    with pytest.raises(ValueError, match="LatentUpscaleBy: upscale_method 'bislerp' is not supported"):
+        nodes["LatentUpscaleBy"](samples=source, upscale_method="bislerp", scale_by=2.0)
+
+
+def test_latent_upscale_zero_keeps_aspect_and_crop_centres(nodes: dict[str, Any]) -> None:
+    source = latent()  # 64 x 48 pixels
+    assert nodes["LatentUpscale"](samples=source, upscale_method="nearest-exact", width=0, height=0,
+                                  crop="disabled") is source
+    wide = nodes["LatentUpscale"](samples=source, upscale_method="nearest-exact", width=128, height=0,
+                                  crop="disabled")
+    assert wide.samples.shape[-2:] == (12, 16)  # height from the 4:3 aspect: 96 px
+    square = nodes["LatentUpscale"](samples=source, upscale_method="nearest-exact", width=48, height=48,
+                                    crop="center")
+    assert square.samples.shape[-2:] == (8, 8)  # sizes under 64 px become 64
+    centre = source.samples[..., 1:7]  # 6 x 8 latent cropped to 1:1: columns 1..6
+    expected = torch.nn.functional.interpolate(centre, size=(8, 8), mode="nearest-exact")
+    assert torch.equal(square.samples, expected)
+
+
+def test_repeat_latent_batch_repeats_items_masks_and_seed_offsets(nodes: dict[str, Any]) -> None:
+    source = latent(batch=2, noise_mask=torch.rand(2, 48, 64), batch_index=(3, 4))
+    out = nodes["RepeatLatentBatch"](samples=source, amount=3)
+    assert out.samples.shape[0] == 6 and torch.equal(out.samples[4:], source.samples)
+    assert out.noise_mask.shape[0] == 6 and torch.equal(out.noise_mask[2:4], source.noise_mask)
+    assert out.batch_index == (3, 4, 5, 6, 7, 8)  # each copy continues past the last: new noise
+    plain = nodes["RepeatLatentBatch"](samples=latent(batch=1, noise_mask=torch.rand(1, 48, 64)), amount=2)
+    assert plain.batch_index is None and plain.noise_mask.shape[0] == 1  # broadcast mask kept
+
+
+def test_latent_from_batch_clamps_like_comfyui(nodes: dict[str, Any]) -> None:
+    source = latent(batch=3)
+    out = nodes["LatentFromBatch"](samples=source, batch_index=10, length=4)
+    assert out.batch_index == (2,) and torch.equal(out.samples, source.samples[2:])
+    two = nodes["LatentFromBatch"](samples=source, batch_index=1, length=64)
+    assert two.batch_index == (1, 2)
+
+
+def test_image_scale_by_and_zero_sizes(nodes: dict[str, Any]) -> None:
+    image = torch.rand(1, 20, 30, 3, generator=torch.Generator().manual_seed(1))
+    by = nodes["ImageScaleBy"](image=image, upscale_method="bicubic", scale_by=0.5)
+    same = nodes["ScaleImage"](image=image, width=15, height=10, method="bicubic", crop="disabled")
+    assert by.shape == (1, 10, 15, 3) and torch.equal(by, same)
+    kept = nodes["ImageScale"](image=image, upscale_method="area", width=0, height=0, crop="disabled")
+    assert kept is image
+    tall = nodes["ImageScale"](image=image, upscale_method="area", width=0, height=40, crop="disabled")
+    assert tall.shape == (1, 40, 60, 3)
+    lanczos = nodes["ImageScale"](image=image, upscale_method="lanczos", width=12, height=12, crop="center")
+    assert lanczos.shape == (1, 12, 12, 3)
+
+
+def test_load_image_mask_takes_the_chosen_channel(tmp_path: Path) -> None:
+    from PIL import Image
+
+    settings = Settings.for_root(tmp_path)
+    Path(settings.input_dir).mkdir(parents=True, exist_ok=True)
+    pixels = Image.new("RGBA", (4, 2), (255, 0, 51, 255))
+    pixels.putpixel((0, 0), (0, 102, 0, 0))  # transparent corner
+    pixels.save(Path(settings.input_dir) / "m.png")
+    found = {spec.id: spec.function for spec in build_nodes(Runtime(settings, device="cpu"))}
+    red = found["LoadImageMask"](image="m.png", channel="red")
+    assert red.shape == (1, 2, 4) and red[0, 0, 1] == 1.0 and red[0, 0, 0] == 0.0
+    assert found["LoadImageMask"](image="m.png", channel="blue")[0, 1, 1] == pytest.approx(0.2)
+    alpha = found["LoadImageMask"](image="m.png", channel="alpha")
+    assert alpha[0, 0, 0] == 1.0 and alpha[0, 1, 1] == 0.0  # transparent = 1 = repaint
+    _, mask = found["LoadImage"](image="m.png")
+    assert torch.equal(mask, alpha)
+    with pytest.raises(FileNotFoundError, match="LoadImageMask: image 'gone.png' is not in"):
+        found["LoadImageMask"](image="gone.png", channel="red")
+
+
+def test_conditioning_nodes_are_ours(nodes: dict[str, Any]) -> None:
+    from sgm.text.conditioning import Condition
+
+    a = Condition(context=torch.ones(1, 77, 8), pooled=torch.ones(1, 4))
+    b = Condition(context=torch.zeros(1, 77, 8), pooled=None)
+    assert nodes["ConditioningCombine"](conditioning_1=[a], conditioning_2=[b]) == [a, b]
+    (zero,) = nodes["ConditioningZeroOut"](conditioning=[a])
+    assert not zero.context.any() and not zero.pooled.any() and a.context.all()
+    (area,) = nodes["ConditioningSetArea"](conditioning=[a], width=64, height=128, x=8, y=16, strength=0.5)
+    assert (area.area.x, area.area.y, area.area.width, area.area.height, area.strength) == (1, 2, 8, 16, 0.5)
+
+
+def test_notes_run_nothing(nodes: dict[str, Any]) -> None:
+    assert nodes["Note"](text="remember") is None and nodes["MarkdownNote"](text="# x") is None
+
+
+def test_unsupported_choices_fail_naming_node_input_and_support(nodes: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"UNETLoader: weight_dtype 'fp8_e4m3fn' is not supported.*'default'"):
+        nodes["UNETLoader"](unet_name="x.safetensors", weight_dtype="fp8_e4m3fn")
+    with pytest.raises(ValueError, match=r"CLIPLoader: type 'sd3' is not supported.*'stable_diffusion'"):
+        nodes["CLIPLoader"](clip_name="x.safetensors", type="sd3")
+    with pytest.raises(ValueError, match=r"DualCLIPLoader: type 'flux' is not supported.*'sdxl'"):
+        nodes["DualCLIPLoader"](clip_name1="a.safetensors", clip_name2="b.safetensors", type="flux")
+    with pytest.raises(FileNotFoundError, match="CLIPLoader: clip_name: .*'x.safetensors' not found"):
+        nodes["CLIPLoader"](clip_name="x.safetensors", type="stable_diffusion")
