@@ -15,41 +15,18 @@ from engine.api import Bool, Cancelled, Choice, Context, Float, Int, NodeContext
 from nodes.runtime import Runtime
 from nodes.values import LatentValue, ModelValue
 
-# ComfyUI's KSampler lists its samplers and schedulers in this order; the choices are the
-# names of sgm.sampling.samplers.SAMPLERS / sgm.sampling.schedules.SCHEDULERS (so a sampler
-# added there appears everywhere), in this order first and then in the library's order.
-COMFYUI_SAMPLER_ORDER = (
-    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2",
-    "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp",
-    "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
-    "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm",
-    "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp", "res_multistep_ancestral",
-    "res_multistep_ancestral_cfg_pp", "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "seeds_2",
-    "seeds_3", "sa_solver", "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2",
-)
-COMFYUI_SCHEDULER_ORDER = (
-    "simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal", "linear_quadratic",
-    "kl_optimal",
-)
-
-
 def sampler_names() -> list[str]:
-    """The samplers of ``sgm.sampling.samplers.SAMPLERS`` (imports torch on first use)."""
-    from sgm.sampling.samplers import SAMPLERS
+    """The keys of ``sgm.sampling.samplers.SAMPLERS`` in ComfyUI's order (no torch import)."""
+    from sgm.sampling.names import SAMPLER_NAMES
 
-    return _in_order(SAMPLERS, COMFYUI_SAMPLER_ORDER)
+    return list(SAMPLER_NAMES)
 
 
 def scheduler_names() -> list[str]:
-    """The schedules of ``sgm.sampling.schedules.SCHEDULERS`` (imports torch on first use)."""
-    from sgm.sampling.schedules import SCHEDULERS
+    """The keys of ``sgm.sampling.schedules.SCHEDULERS`` in ComfyUI's order (no torch import)."""
+    from sgm.sampling.names import SCHEDULER_NAMES
 
-    return _in_order(SCHEDULERS, COMFYUI_SCHEDULER_ORDER)
-
-
-def _in_order(names: Any, order: tuple[str, ...]) -> list[str]:
-    known = [name for name in order if name in names]
-    return known + [name for name in names if name not in order]
+    return list(SCHEDULER_NAMES)
 
 
 SEED_MAX = 2**64 - 1

@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from sgm.sampling.names import SCHEDULER_NAMES
 from sgm.sampling.denoisers import ModelSampling
 
 Schedule = Callable[..., torch.Tensor]
@@ -198,7 +199,7 @@ def kl_optimal(model_sampling: ModelSampling, steps: int) -> torch.Tensor:
     return _append_zero(torch.tan((1 - ramp) * a_max + ramp * a_min))
 
 
-SCHEDULERS: dict[str, Schedule] = {
+_TABLE: dict[str, Schedule] = {
     "normal": normal,
     "karras": karras,
     "exponential": exponential,
@@ -209,6 +210,8 @@ SCHEDULERS: dict[str, Schedule] = {
     "linear_quadratic": linear_quadratic,
     "kl_optimal": kl_optimal,
 }
+SCHEDULERS: dict[str, Schedule] = {name: _TABLE[name] for name in SCHEDULER_NAMES}
+"""Every schedule by name, in ComfyUI's KSampler order (``sgm.sampling.names``)."""
 
 
 def compute_sigmas(

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from sgm.sampling.denoisers import DiscreteModelSampling
-from sgm.sampling.samplers import GPU_ALIASES, SAMPLERS, StepInfo, sample_ddim, sample_dpmpp_2m, sample_euler
+from sgm.sampling.names import GPU_ALIASES
+from sgm.sampling.samplers import SAMPLERS, StepInfo, sample_ddim, sample_dpmpp_2m, sample_euler
 from sgm.sampling.schedules import karras
 
 MU, S = 0.5, 0.5

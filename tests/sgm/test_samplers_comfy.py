@@ -19,7 +19,8 @@ from torch import nn
 from sgm.sampling.denoisers import DiscreteModelSampling
 from sgm.sampling.guiders import GuidedDenoiser
 from sgm.sampling.sample import sample
-from sgm.sampling.samplers import GPU_ALIASES, KSAMPLER_NAMES, SAMPLERS
+from sgm.sampling.names import GPU_ALIASES, KSAMPLER_NAMES
+from sgm.sampling.samplers import SAMPLERS
 from sgm.sampling.samplers_comfy import SA_SOLVER_TAU_INTERVAL
 from sgm.sampling.schedules import karras
 from sgm.text.conditioning import Condition
