@@ -56,15 +56,24 @@ class Runtime:
         return default_dtype(device, prefer_bf16=True)
 
     def prepared(self, value: Any, dtype: Any) -> Any:
-        """A freshly loaded model with every module in inference form for the CPU policy
-        (channels_last and prepacked convolutions for bf16 where that is faster)."""
-        if self.models.device.type != "cpu":
-            return value  # moved (and laid out) for the device when a node uses it
-        from sgm.devices import prepare_module
+        """A freshly loaded model with every module in inference form for the device policy.
+
+        On the CPU: channels_last and prepacked convolutions for bf16 where that is faster.
+        On an accelerator the model stays in host memory until a node uses it (the model
+        cache moves it then, keeping its memory format), so the layout the device wants
+        (channels_last for half precision on CUDA) is applied here, on the host: without it
+        the engine path ran a CUDA UNet step 1.7x slower than the same weights prepared."""
+        from sgm.devices import prepare_module, use_channels_last
         from sgm.io.model_cache import modules_of
 
+        device = self.models.device
         for module in modules_of(value):
-            prepare_module(module, "cpu", dtype if dtype is not None else next(module.parameters()).dtype)
+            module_dtype = dtype if dtype is not None else next(module.parameters()).dtype
+            if device.type == "cpu":
+                prepare_module(module, "cpu", module_dtype)
+            else:
+                prepare_module(module, "cpu", module_dtype, channels_last=use_channels_last(device, module_dtype),
+                               pack_weights=False)
         return value
 
     def load_model(self, path: Path, kind: str, node_id: str, build: Callable[[Any], Any],

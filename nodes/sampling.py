@@ -8,6 +8,7 @@ report each step as progress (with a cheap latent preview) and stop when the run
 cancelled.
 """
 
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -31,6 +32,7 @@ def scheduler_names() -> list[str]:
 
 SEED_MAX = 2**64 - 1
 PREVIEW_SIZE = 256
+PREVIEW_INTERVAL = 0.25  # seconds between live previews
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,8 +136,19 @@ def run_sampler(runtime: Runtime, guider: GuiderValue, sampler: SamplerValue, si
     concat = _inpaint_concat(latent, samples) if model.is_inpaint else None
     offset = latent.batch_index[0] if latent.batch_index else 0  # a picked item keeps its seed
 
+    preview_wanted = ctx.services.get("preview_wanted")  # the server: "does a client watch?"
+    last_preview = [float("-inf")]
+
     def on_step(info: Any) -> None:
-        ctx.progress(info.step + 1, info.total, _preview(info.denoised, model.family))
+        # A preview costs a decode-like pass; make one at most every PREVIEW_INTERVAL and only
+        # while someone can see it (the last step always gets one: it is what a viewer keeps).
+        now = time.monotonic()
+        due = now - last_preview[0] >= PREVIEW_INTERVAL or info.step + 1 == info.total
+        preview = None
+        if due and preview_wanted is not None and preview_wanted():
+            preview = _preview(info.denoised, model.family)
+            last_preview[0] = now
+        ctx.progress(info.step + 1, info.total, preview)
 
     def work() -> Any:
         with runtime.models.use(model.unet) as device, \

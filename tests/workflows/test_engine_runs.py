@@ -157,9 +157,18 @@ def test_progress_reports_every_step_and_cancel_stops_the_run(executor: Executor
             steps.append((event.data["value"], event.data["max"]))
             previews.append(event.data.get("preview"))
 
-    run(executor, document(steps=3, seed=99), on_event=listen)
+    doc = document(steps=3, seed=99)
+    watched = executor.run(validate_document(doc, executor.registry).workflow, on_event=listen,
+                           services={"workflow_document": doc, "preview_wanted": lambda: True})
+    assert watched.status == "success"
     assert steps == [(1, 3), (2, 3), (3, 3)]
-    assert all(p is not None and p.size == (8, 8) for p in previews)  # a 64x64 image's latent
+    # at most one preview per 250 ms, and always the last step's: what a viewer keeps
+    assert previews[0] is not None and previews[-1] is not None
+    assert all(p is None or p.size == (8, 8) for p in previews)  # a 64x64 image's latent
+    steps.clear()
+    previews.clear()
+    run(executor, document(steps=3, seed=98), on_event=listen)  # nobody watches: no preview is made
+    assert steps == [(1, 3), (2, 3), (3, 3)] and previews == [None, None, None]
 
     cancel = threading.Event()
 
