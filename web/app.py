@@ -60,7 +60,7 @@ def create_app(registry: NodeRegistry, settings: Settings, *, policy: SecurityPo
     hub = WebSocketHub(lambda: status_message(queue), lambda: comfyui.server_features(limits.max_upload_bytes))
     # Live previews cost a pass per step: nodes make them only while a websocket client watches.
     queue = PromptQueue(executor, services={"settings": settings, "output_dir": settings.output_dir,
-                                            "preview_wanted": lambda: hub.client_count() > 0},
+                                            "preview_wanted": lambda: hub.client_count > 0},
                         listener=EventTranslator(lambda: status_message(queue), hub),
                         history_limit=limits.history_limit, store=store)
     queue.restore(_revalidate(registry))
