@@ -45,6 +45,41 @@ class FolderOptions:
     extra_model_paths: tuple[Path, ...] = ()  # --extra-model-paths-config files, after ROOT's own
 
 
+# Commands whose nodes load and run models take the speed options (see add_speed_options).
+MODEL_COMMANDS = ("run", "serve", "sample")
+
+
+def add_speed_options(parser: argparse.ArgumentParser) -> None:
+    """--compile, --weight-dtype and --threads; they reach the nodes as ``settings.extra``."""
+    from sgm.nets.speed_names import COMPILE_MODE_CHOICES, WEIGHT_DTYPE_CHOICES
+
+    group = parser.add_argument_group("speed")
+    group.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODE_CHOICES,
+                       metavar="MODE",
+                       help="run diffusion models through torch.compile (MODE: " + ", ".join(COMPILE_MODE_CHOICES)
+                            + "; default 'default'; reduce-overhead adds CUDA graphs for fixed sizes). The first "
+                            "image at each size compiles (minutes); compiled code is cached under user/compile-cache")
+    group.add_argument("--weight-dtype", default=None, choices=WEIGHT_DTYPE_CHOICES, metavar="DTYPE",
+                       help="store diffusion-model weights as " + ", ".join(WEIGHT_DTYPE_CHOICES[1:])
+                            + " (about 1/2 the memory of fp16, 1/4 of fp32; compute stays in the usual dtype); "
+                            "default: as loaded")
+    group.add_argument("--threads", type=int, default=None, metavar="N",
+                       help="CPU threads for torch (default: 1 for small models such as the embedded one, "
+                            "all cores for bigger ones)")
+
+
+def speed_settings(args: argparse.Namespace) -> dict[str, str]:
+    """The speed options as ``settings.extra`` entries (threads "auto" unless given)."""
+    extra = {"threads": "auto" if getattr(args, "threads", None) is None else str(args.threads)}
+    if getattr(args, "threads", None) is not None and args.threads < 1:
+        raise SystemExit(f"error: --threads must be 1 or more, got {args.threads}")
+    if getattr(args, "compile", None):
+        extra["compile"] = args.compile
+    if getattr(args, "weight_dtype", None):
+        extra["weight_dtype"] = args.weight_dtype
+    return extra
+
+
 def build_settings(folders: FolderOptions = FolderOptions(), **overrides):
     """Installation folders: the repository's by default, moved by ``folders`` (the global
     options), then by a subcommand's own flags (``overrides``, e.g. ``run --output-dir``).
@@ -117,10 +152,21 @@ def build_registry(custom_nodes: Path | None = ROOT / "custom_nodes", entry_poin
 
     registry.result_size = result_size
     if custom_nodes is not None:
+        from comfy_packs import ComfyPacks
+
+        registry.foreign_packs = ComfyPacks(settings)  # packs written for ComfyUI (comfy_packs/)
         registry.load_custom_nodes(custom_nodes)
     if entry_points:
         registry.load_entry_points()
     return registry
+
+
+def build_backend(settings, custom_nodes: Path | None, *, workers: int | None = None, ray_address: str | None = None):
+    """The execution backend for ``--workers N`` / ``--ray ADDRESS``: workers that build this
+    installation's registry themselves (``build_registry`` pickles by name)."""
+    from cluster import backend_for
+
+    return backend_for(build_registry, settings, custom_nodes, workers=workers, ray_address=ray_address)
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
@@ -137,10 +183,12 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
             continue
         configure = getattr(module, f"configure_{name}", None) or module.configure
         configure(sub_parser)
+        if name in MODEL_COMMANDS:
+            add_speed_options(sub_parser)
         add_folder_options(sub_parser.add_argument_group("folders (also accepted before the command)"),
                            prefix="late_")
         sub_parser.set_defaults(_module=module_name, build_registry=build_registry,
-                                build_settings=build_settings)
+                                build_settings=build_settings, build_backend=build_backend)
     return parser
 
 
@@ -169,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # every command builds its settings through this, so the folder options reach them all
     args.build_settings = partial(build_settings, folder_options(args))
+    if args.command in MODEL_COMMANDS:
+        args.build_settings = partial(args.build_settings, extra=speed_settings(args))
     module = importlib.import_module(args._module)
     runner = getattr(module, f"run_{args.command}", None) or module.run
     return int(runner(args) or 0)

@@ -194,8 +194,24 @@ class Choice(Widget):
         return options
 
     def options(self) -> list[str]:
-        choices = self.choices() if callable(self.choices) else self.choices
-        return [str(c) for c in choices]
+        """The choices as text. A callable that raises an ``Exception`` lets it through as it
+        is (validation reports its type and message, as ComfyUI does); one that ends in any
+        other way (``sys.exit()``, ``KeyboardInterrupt``, a result that is not a list of
+        names) raises :class:`ChoicesUnavailable`, so callers that confine ``Exception`` to
+        the node confine these too."""
+        if not callable(self.choices):
+            return [str(c) for c in self.choices]
+        try:
+            choices = self.choices()
+            if isinstance(choices, (str, bytes)) or not isinstance(choices, Iterable):
+                raise ChoicesUnavailable(f"the choice list from {_callable_name(self.choices)} returned "
+                                         f"{type(choices).__name__} {choices!r:.80}, not a list of names; "
+                                         "fix or remove the plugin that defines it")
+            return [str(c) for c in choices]
+        except Exception:
+            raise
+        except BaseException as error:  # noqa: BLE001 - plugin code: SystemExit and the like
+            raise ChoicesUnavailable(describe_choices_failure(self, error)) from error
 
     def check(self, value: Any) -> str | None:
         if not isinstance(value, str):
@@ -206,6 +222,26 @@ class Choice(Widget):
             more = f" and {len(options) - 12} more" if len(options) > 12 else ""
             return f"{value!r} is not among the choices: {shown}{more}"
         return None
+
+
+class ChoicesUnavailable(RuntimeError):
+    """A :class:`Choice` whose callable failed; the message names the callable's module."""
+
+
+def describe_choices_failure(widget: Widget, error: BaseException) -> str:
+    """What went wrong with a widget's choice list, naming the callable (and so the plugin)."""
+    if isinstance(error, ChoicesUnavailable):
+        return str(error)
+    choices = getattr(widget, "choices", None)
+    where = _callable_name(choices) if callable(choices) else f"{type(widget).__qualname__}.options"
+    detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return f"the choice list from {where} raised {detail}; fix or remove the plugin that defines it"
+
+
+def _callable_name(function: Callable[..., Any]) -> str:
+    module = getattr(function, "__module__", None) or "?"
+    name = getattr(function, "__qualname__", None) or type(function).__qualname__
+    return f"{module}.{name}"
 
 
 def _check_range(value: float, low: float | None, high: float | None) -> str | None:
@@ -260,6 +296,12 @@ class NodeContext:
 
     ``progress(value, max, preview=None)`` emits a progress event; ``check_cancelled()``
     raises :class:`Cancelled` when the run was cancelled; ``cancelled`` just tells.
+
+    Interrupting is cooperative: a node that runs long must call one of these in its loop
+    (every step, or every ~0.1 s). Python cannot stop a thread from outside, so a pure-Python
+    loop that never checks cannot be interrupted: the interrupt takes effect when it returns
+    (or at the next node). Either way the run ends as interrupted or failed and the queue
+    moves on to the next prompt; it is never left wedged.
     """
 
     def __init__(
@@ -332,6 +374,9 @@ class NodeSpec:
     deprecated: bool = False
     hidden: tuple[tuple[str, str], ...] = ()
     compat: str | None = None
+    # Resource/consistency check run at validation on the literal inputs (see
+    # ``engine.validation.NodeCheck``); plain callable, no torch. Packs attach it with replace().
+    check: Callable[..., Any] | None = None
 
     def input(self, name: str) -> InputSpec | None:
         for spec in self.inputs:

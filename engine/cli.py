@@ -36,6 +36,11 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", help="where output nodes write files (default: output/ in the base directory)")
     parser.add_argument("--custom-nodes", help="plugin folder (default: custom_nodes/ in the base directory)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="spread the runs (a --sweep) over N worker processes, each with its own cache")
+    parser.add_argument("--ray", default=None, metavar="ADDRESS",
+                        help="spread the runs over the workers of a Ray cluster (auto, ray://head:10001, or "
+                             "'local'); pip install -e '.[ray]'")
 
 
 def configure_validate(parser: argparse.ArgumentParser) -> None:
@@ -63,8 +68,7 @@ def _registry(args: argparse.Namespace) -> NodeRegistry:
     custom_nodes = Path(args.custom_nodes) if args.custom_nodes else settings.custom_nodes_dir
     registry = factory(custom_nodes=custom_nodes, settings=settings)
     registry.settings = settings  # type: ignore[attr-defined]
-    for failure in registry.failures:
-        print(f"warning: plugin {failure.source} failed to load: {failure.message}", file=sys.stderr)
+    # A plugin that failed to load is reported once, by the registry's log (stderr).
     return registry
 
 
@@ -121,7 +125,7 @@ def run_nodes(args: argparse.Namespace) -> int:
         for spec in by_category[category]:
             ins = ", ".join(f"{i.name}:{i.type}" + ("" if i.required or i.widget else "?") for i in spec.inputs)
             outs = ", ".join(f"{o.name}:{o.type}" for o in spec.outputs) or "-"
-            summary = spec.description.splitlines()[0] if spec.description else ""
+            summary = " ".join(spec.description.split("\n\n")[0].split())  # the first paragraph, whole
             print(f"  {spec.id:<28} ({ins}) -> {outs}")
             if summary:
                 print(f"      {summary}")
@@ -139,6 +143,8 @@ def run_run(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     settings = registry.settings  # type: ignore[attr-defined]
+    if getattr(args, "workers", None) is not None or getattr(args, "ray", None) is not None:
+        return _run_on_workers(args, registry, document, conversion_problems, sets, sweeps)
     output_dir = Path(settings.output_dir)
     from engine.cache import ResultCache
 
@@ -175,8 +181,9 @@ def run_run(args: argparse.Namespace) -> int:
             result = executor.run(report.workflow, on_event=listener,
                                   services={"workflow_document": concrete, "workflow_path": args.workflow})
             renderer.close()
-            if not args.quiet:
-                print(format_summary(result, report.workflow), file=sys.stderr)
+            summary = format_summary(result, report.workflow)
+            if not args.quiet and summary:
+                print(summary, file=sys.stderr)
             if result.status == "failed" and result.failure:
                 failure = result.failure
                 print(f"error: node {failure.node_id} ({failure.node_type}) failed: {failure.message}",
@@ -196,6 +203,104 @@ def run_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    finally:
+        if events_file:
+            events_file.close()
+    return status
+
+
+def _run_on_workers(args: argparse.Namespace, registry: NodeRegistry, document: Any,
+                    conversion_problems: list[GraphProblem], sets: list[Any], sweeps: list[Any]) -> int:
+    """``run --workers N`` / ``--ray``: every run of the sweep is validated first, then queued
+    at once on the workers; the ``--events`` lines and the printed outputs follow the run
+    order, as in a local run (the runs themselves finish in any order)."""
+    from engine.queue import PromptQueue, QueueItem
+
+    runs: list[tuple[str, Any, Any]] = []  # (label, concrete document, workflow)
+    for combo in combinations(sweeps):
+        try:
+            concrete = apply_overrides(document, [*sets, *combo])
+        except OverrideError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        report = with_conversion_problems(validate_document(concrete, registry), conversion_problems)
+        for warning in report.warnings:
+            if not args.quiet:
+                print(warning.format(), file=sys.stderr)
+        if not report.ok:
+            print(report.format(), file=sys.stderr)
+            print(f"{args.workflow}: not run, {len(report.errors)} error(s)", file=sys.stderr)
+            return 1
+        runs.append((", ".join(o.label() for o in combo), concrete, report.workflow))
+    settings = registry.settings  # type: ignore[attr-defined]
+    custom_nodes = Path(args.custom_nodes) if args.custom_nodes else settings.custom_nodes_dir
+    try:
+        backend = args.build_backend(settings, custom_nodes, workers=args.workers, ray_address=args.ray)
+    except (ValueError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    events: dict[str, list[Event]] = {}
+    labels: dict[str, str] = {}
+
+    def listener(item: QueueItem | None, event: Event | None) -> None:
+        if item is not None and event is not None:
+            events.setdefault(item.prompt_id, []).append(event)
+        elif item is not None and not args.quiet:  # done: one line per run, as they finish
+            entry = queue.history_entry(item.prompt_id)
+            if entry is not None:
+                print(f"[{labels[item.prompt_id] or 'run'}] {entry.status} on {entry.worker} in "
+                      f"{entry.finished_at - entry.started_at:.2f}s", file=sys.stderr)
+
+    queue = PromptQueue(None, backend=backend, listener=listener)
+    queue.start()
+    try:
+        try:
+            backend.wait_ready()
+        except RuntimeError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        items = []
+        for index, (label, concrete, workflow) in enumerate(runs):
+            items.append(queue.submit(workflow, concrete, prompt_id=f"run-{index}"))
+            labels[items[-1].prompt_id] = label
+        idle_since = time.monotonic()
+        while not queue.wait_idle(0.5):
+            if backend.workers():
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > 60:  # every worker died and none came back
+                print("error: no worker is left to run the remaining prompts", file=sys.stderr)
+                return 3
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        queue.stop()
+    status = 0
+    events_file = open(args.events, "w", encoding="utf-8") if args.events else None
+    try:
+        writer = JsonlEventWriter(events_file) if events_file else None
+        for index, item in enumerate(items):
+            if writer:
+                writer.run_index = index
+                for event in events.get(item.prompt_id, []):
+                    writer(event)
+            entry = queue.history_entry(item.prompt_id)
+            if entry is None or entry.status == "interrupted":
+                return 130
+            if entry.status == "error":
+                error = entry.error or {}
+                where = f"node {error['node_id']} ({error['node_type']})" if error.get("node_id") else "the run"
+                print(f"error: {where} failed: {error.get('message', '')}", file=sys.stderr)
+                for name, described in (error.get("inputs") or {}).items():
+                    print(f"    {name} = {described}", file=sys.stderr)
+                status = 3
+            for node_id, ui in entry.outputs.items():
+                for text in ui.get("text", []):
+                    print(f"node {node_id}: {text}")
+                for image in ui.get("images", []):
+                    path = image.get("path") or image.get("filename")
+                    if path:
+                        print(path)
     finally:
         if events_file:
             events_file.close()
@@ -255,8 +360,8 @@ class ProgressRenderer:
 def format_summary(result: RunResult, workflow: Any) -> str:
     rows = [(n, workflow.nodes[n].type, "executed", f"{result.timings.get(n, 0.0):.3f}s") for n in result.executed]
     rows += [(n, workflow.nodes[n].type, "cached", "-") for n in result.cached]
-    if not rows:
-        return f"run {result.status}: nothing to do"
+    if not rows:  # a failure in the first node: the error that follows says it all
+        return "" if result.status == "failed" else f"run {result.status}: nothing to do"
     width = [max(len(r[i]) for r in rows + [("node", "type", "status", "time")]) for i in range(4)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(("node", "type", "status", "time"), width))]
     if len(rows) > 40:  # big graphs: summarise instead of listing every node

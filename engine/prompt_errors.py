@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.validation import ValidationError, ValidationReport
+from engine.validation import ValidationError, ValidationReport, _topological_order
+from engine.workflow import Link
 
 # Top-level errors that are about the whole prompt, in the order they win the summary.
 _PROMPT_LEVEL = ("invalid_prompt", "prompt_no_outputs")
@@ -44,11 +45,17 @@ def comfyui_error_body(report: ValidationReport) -> dict[str, Any]:
             "errors": [], "dependent_outputs": dependents.get(problem.node_id, []),
             "class_type": problem.node_type})
         entry["errors"].append(shaped)
-    return {"error": _summary(errors, general, node_errors), "node_errors": node_errors}
+    summary = _summary(errors, general, node_errors, report.omitted_errors)
+    if report.omitted:
+        # Past MAX_PROBLEMS_PER_CODE of a kind, problems are counted, not listed: the body stays
+        # bounded (a 50k-node prompt with 25k broken links answers in kilobytes, not megabytes).
+        summary["omitted"] = [{"severity": severity, "code": code, "count": count}
+                              for severity, code, count in report.omitted]
+    return {"error": summary, "node_errors": node_errors}
 
 
 def _summary(errors: list[ValidationError], general: list[dict[str, Any]],
-             node_errors: dict[str, dict[str, Any]]) -> dict[str, Any]:
+             node_errors: dict[str, dict[str, Any]], omitted: int = 0) -> dict[str, Any]:
     missing = [p for p in errors if p.error_type == "missing_node_type"]
     if missing:
         first = missing[0].comfyui_error()
@@ -59,21 +66,41 @@ def _summary(errors: list[ValidationError], general: list[dict[str, Any]],
         for shaped in general:
             if shaped["type"] == kind:
                 return {**shaped, "errors": general}
-    count = len(errors)
+    count = len(errors) + omitted
     lines = [f"{p.message}: {p.details if p.details is not None else (p.input or '')}" for p in errors]
+    unlisted = f" ({omitted} not listed: fix these and validate again)" if omitted else ""
     return {"type": "prompt_outputs_failed_validation",
-            "message": f"Prompt outputs failed validation: {count} problem{'s' * (count != 1)}; nothing was queued",
+            "message": f"Prompt outputs failed validation: {count} problem{'s' * (count != 1)}{unlisted}; "
+                       "nothing was queued",
             "details": "\n".join(lines), "extra_info": {}, "errors": general,
             "nodes": sorted(node_errors)}
 
 
+MAX_DEPENDENT_OUTPUTS = 20  # per node; a node feeding thousands of outputs lists the first ones
+
+
 def _dependent_outputs(report: ValidationReport) -> dict[str, list[str]]:
-    """node id -> the output nodes that read from it, directly or not (itself included)."""
+    """node id -> the output nodes that read from it, directly or not (itself included), for
+    the nodes with listed errors. One pass in reverse topological order, each set capped at
+    MAX_DEPENDENT_OUTPUTS: linear in the workflow (a walk per output was quadratic)."""
     workflow = report.workflow
-    if workflow is None:
+    if workflow is None or not report.outputs:
         return {}
-    dependents: dict[str, list[str]] = {}
-    for output in report.outputs:
-        for node_id in workflow.upstream_of([output]):
-            dependents.setdefault(node_id, []).append(output)
-    return dependents
+    wanted = {p.node_id for p in report.errors if p.node_id is not None}
+    outputs = set(report.outputs)
+    order, _ = _topological_order(workflow)
+    reach: dict[str, list[str]] = {}
+    for node_id in reversed(order):
+        found = reach.get(node_id)
+        if node_id in outputs:
+            found = [node_id] + [o for o in found or () if o != node_id][:MAX_DEPENDENT_OUTPUTS - 1]
+            reach[node_id] = found
+        if not found:
+            continue
+        for value in workflow.nodes[node_id].inputs.values():
+            if isinstance(value, Link) and value.node_id in workflow.nodes:
+                into = reach.setdefault(value.node_id, [])
+                if len(into) < MAX_DEPENDENT_OUTPUTS:
+                    into.extend(o for o in found[:MAX_DEPENDENT_OUTPUTS - len(into)] if o not in into)
+    position = {output: index for index, output in enumerate(report.outputs)}
+    return {node_id: sorted(reach[node_id], key=position.__getitem__) for node_id in wanted if reach.get(node_id)}

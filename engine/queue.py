@@ -1,7 +1,9 @@
-"""The prompt queue: validated workflows wait here and run one at a time in a worker thread.
+"""The prompt queue: validated workflows wait here and run on an execution backend's workers.
 
-The server submits work and returns at once; the worker runs each item through
-:class:`engine.scheduler.Executor` and records the outcome in a bounded history. Every
+The server submits work and returns at once; a dispatch thread hands each item to a free
+worker of the backend (:mod:`engine.backends`: by default one in-process worker running
+:class:`engine.scheduler.Executor`, so one prompt at a time; N workers run N prompts at
+once) and records the outcome in a bounded history, each entry naming its worker. Every
 engine event reaches the listener tagged with its queue item, so a front end can route
 it to the client that submitted the work. Nothing here knows about HTTP or websockets.
 """
@@ -19,6 +21,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Protocol
 
+from engine.backends import (
+    PROMPT_SERVICE_KEYS, Backend, InProcessBackend, RunRequest, WorkerLost, WorkerRunError, model_files, place,
+)
 from engine.scheduler import Event, RunResult
 from engine.store import PromptStore, StoredPrompt
 from engine.workflow import Workflow
@@ -62,6 +67,7 @@ class QueueItem:
     submitted_at: float = 0.0
     sequence: int = 0
     cancel: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+    size_bytes: int = field(default=0, compare=False)  # the request's size (the pending byte bound); 0: unknown
 
     @property
     def workflow_document(self) -> Mapping[str, Any]:
@@ -86,6 +92,7 @@ class HistoryEntry:
     executed: tuple[str, ...] = ()
     cached: tuple[str, ...] = ()
     error: Mapping[str, Any] | None = None
+    worker: str | None = None  # the worker that ran it (None: restored from an older store)
 
     def to_json(self) -> dict[str, Any]:
         """ComfyUI's history entry shape, plus timings and the executed/cached sets."""
@@ -106,6 +113,7 @@ class HistoryEntry:
                 "finished_at": self.finished_at,
                 "executed": list(self.executed),
                 "cached": list(self.cached),
+                "worker": self.worker,
             },
             "error": dict(self.error) if self.error else None,
         }
@@ -140,19 +148,30 @@ class FreesMemory(Protocol):
 
 
 class PromptQueue:
-    """A FIFO of :class:`QueueItem` with one worker thread, interrupt and a bounded history."""
+    """A FIFO of :class:`QueueItem` run on a backend's workers, interrupt and a bounded history.
 
-    def __init__(self, executor: RunsWorkflows, *, services: Mapping[str, Any] | None = None,
+    ``backend`` defaults to :class:`engine.backends.InProcessBackend` over ``executor`` (one
+    prompt at a time in a thread of this process); with a backend of N workers, N prompts run
+    at once. A prompt whose worker dies mid-run is queued again once (see :meth:`_lost`)."""
+
+    def __init__(self, executor: RunsWorkflows | None, *, services: Mapping[str, Any] | None = None,
                  listener: QueueListener | None = None, history_limit: int = 1000,
-                 store: PromptStore | None = None) -> None:
+                 store: PromptStore | None = None, backend: Backend | None = None) -> None:
         if history_limit < 1:
             raise ValueError(f"history_limit must be >= 1, got {history_limit}")
+        if executor is None and backend is None:
+            raise ValueError("give the queue an executor or an execution backend")
         self.executor = executor
+        self.backend: Backend = backend if backend is not None else InProcessBackend(executor)  # type: ignore[arg-type]
         self.services = dict(services or {})
         self.listener: QueueListener = listener or (lambda item, event: None)
         self.history_limit = history_limit
         self._pending: list[QueueItem] = []  # sorted by (number, sequence)
-        self._running: QueueItem | None = None
+        self._running: dict[str, QueueItem] = {}  # prompt id -> item, in start order
+        self._worker_of: dict[str, str] = {}  # running prompt id -> worker id
+        self._held: dict[str, frozenset[str]] = {}  # worker id -> model files it has loaded (affinity)
+        self._requeued: dict[str, tuple[str, Mapping[str, Any]]] = {}  # prompt id -> why (lost worker)
+        self._slots: list[threading.Thread] = []
         self._history: OrderedDict[str, HistoryEntry] = OrderedDict()
         self._number = 0  # the next automatic number (ComfyUI counts from 0)
         self._sequence = 0
@@ -207,28 +226,33 @@ class PromptQueue:
             self._closed = False
             self._thread = threading.Thread(target=self._work, name="prompt-queue", daemon=True)
             self._thread.start()
+        self.backend.start(self._wake)
 
     def stop(self, timeout: float | None = 10.0) -> None:
         """Stop accepting work, interrupt the running item, drop pending ones, join the worker.
 
         With a store, pending items and the interrupted running one stay there and are
         queued again by the next :meth:`restore`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._condition:
             self._closed = True
             self._pending.clear()
-            if self._running is not None:
-                self._running.cancel.set()
+            for running in self._running.values():
+                running.cancel.set()
             self._condition.notify_all()
             thread, self._thread = self._thread, None
+            slots, self._slots = self._slots, []
+        for joined in ([thread] if thread is not None else []) + slots:
+            joined.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         if thread is not None:
-            thread.join(timeout)
+            self.backend.stop(timeout if timeout is not None else 10.0)
 
     # ------------------------------------------------------------------ submit / inspect
 
     def submit(self, workflow: Workflow, prompt: Mapping[str, Any], *, document: Mapping[str, Any] | None = None,
                client_id: str | None = None, extra_data: Mapping[str, Any] | None = None,
                prompt_id: str | None = None, number: float | None = None, front: bool = False,
-               outputs: tuple[str, ...] = ()) -> QueueItem:
+               outputs: tuple[str, ...] = (), size_bytes: int = 0) -> QueueItem:
         """Queue a validated workflow; returns at once with its id and queue number.
 
         Numbers follow ComfyUI: without ``number`` the item gets the next count (from 0),
@@ -251,7 +275,7 @@ class PromptQueue:
             if client_id is not None:
                 extra["client_id"] = client_id
             item = QueueItem(prompt_id or str(uuid.uuid4()), number, workflow, prompt, client_id, extra,
-                             tuple(outputs), document, time.time(), self._sequence)
+                             tuple(outputs), document, time.time(), self._sequence, size_bytes=size_bytes)
             if self.store is not None:  # stored before the client is answered: a crash loses nothing
                 try:
                     self.store.add(_stored_from_item(item), next_number=self._number, next_sequence=self._sequence)
@@ -263,22 +287,38 @@ class PromptQueue:
         return item
 
     def _find(self, prompt_id: str) -> QueueItem | None:
-        if self._running is not None and self._running.prompt_id == prompt_id:
-            return self._running
+        if prompt_id in self._running:
+            return self._running[prompt_id]
         return next((i for i in self._pending if i.prompt_id == prompt_id), None)
 
     def pending(self) -> list[QueueItem]:
         with self._condition:
             return list(self._pending)
 
-    def running(self) -> QueueItem | None:
+    def pending_bytes(self) -> int:
+        """The summed ``size_bytes`` of the pending items (the server bounds it, see web.security.Limits)."""
         with self._condition:
-            return self._running
+            return sum(item.size_bytes for item in self._pending)
+
+    def running(self) -> QueueItem | None:
+        """The running item that started first (None when nothing runs); see :meth:`running_items`."""
+        with self._condition:
+            return next(iter(self._running.values()), None)
+
+    def running_items(self) -> list[QueueItem]:
+        """Every running item, in the order they started (one per busy worker)."""
+        with self._condition:
+            return list(self._running.values())
+
+    def worker_of(self, prompt_id: str) -> str | None:
+        """The id of the worker running ``prompt_id`` (None when it is not running)."""
+        with self._condition:
+            return self._worker_of.get(prompt_id)
 
     def remaining(self) -> int:
-        """Items not finished yet: pending plus the running one (ComfyUI's queue_remaining)."""
+        """Items not finished yet: pending plus running ones (ComfyUI's queue_remaining)."""
         with self._condition:
-            return len(self._pending) + (self._running is not None)
+            return len(self._pending) + len(self._running)
 
     def delete(self, prompt_ids: list[str]) -> list[str]:
         """Remove pending items; returns the ids that were removed (running ones are not:
@@ -309,9 +349,11 @@ class PromptQueue:
         anything was interrupted or removed.
         """
         with self._condition:
-            running = self._running
-            if running is not None and prompt_id in (None, running.prompt_id):
+            targets = list(self._running.values()) if prompt_id is None else \
+                [self._running[prompt_id]] if prompt_id in self._running else []
+            for running in targets:  # the backend passes it on to the worker running it
                 running.cancel.set()
+            if targets:
                 return True
         if prompt_id is not None:
             return bool(self.delete([prompt_id]))
@@ -331,7 +373,7 @@ class PromptQueue:
         """Block until nothing is pending or running (for tests and shutdown)."""
         deadline = time.monotonic() + timeout
         with self._condition:
-            while self._pending or self._running is not None:
+            while self._pending or self._running:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -377,36 +419,118 @@ class PromptQueue:
         except (OSError, TypeError, ValueError, sqlite3.Error):
             log.exception("queue store: %s failed", method)
 
-    # ------------------------------------------------------------------ worker
+    # ------------------------------------------------------------------ dispatch
+
+    def _wake(self) -> None:
+        """The backend's workers changed (one joined or died): look again for work to place."""
+        with self._condition:
+            self._condition.notify_all()
 
     def _work(self) -> None:
+        """The dispatch loop: hand pending items to idle workers, each run in a slot thread."""
         while True:
             with self._condition:
-                while not self._pending and not self._closed and not self._free_requested:
-                    self._condition.wait()
-                if self._closed:
-                    return
+                while True:
+                    if self._closed:
+                        return
+                    if self._free_requested:
+                        break
+                    placed = self._place()
+                    if placed is not None:
+                        break
+                    # Woken by submit, a finished run and the backend's on_change; the timeout
+                    # only bounds the cost of a missed wake-up.
+                    self._condition.wait(1.0 if self._pending else None)
                 free, self._free_requested = self._free_requested, {}
-                item = self._pending.pop(0) if self._pending and not free else None
-                self._running = item
+                if not free:
+                    item, worker = placed  # type: ignore[misc]
+                    self._pending.remove(item)
+                    self._running[item.prompt_id] = item
+                    self._worker_of[item.prompt_id] = worker
+                    self._held[worker] = self._held.get(worker, frozenset()) | model_files(item.workflow)
+                    slot = threading.Thread(target=self._run_slot, args=(item, worker), name=f"prompt-{worker}",
+                                            daemon=True)
+                    self._slots = [s for s in self._slots if s.is_alive()] + [slot]
+                    slot.start()
             if free:
                 self._free(free)
-                continue
-            assert item is not None
-            self._stored("mark_running", item.prompt_id)
-            self._notify(None, None)
-            entry = self._execute(item)
-            with self._condition:
-                # Stopped mid-run (server shutdown): the store keeps it running, so the next
-                # start queues it again instead of recording an interruption nobody asked for.
-                shutdown = self._closed and entry.status == "interrupted"
-            if not shutdown:
-                self._record(entry)
-            with self._condition:
-                self._running = None
+
+    def _place(self) -> tuple[QueueItem, str] | None:
+        """The next (item, worker id) to start, or None (call with the lock held)."""
+        if not self._pending:
+            return None
+        workers = self.backend.workers()
+        busy = set(self._worker_of.values())
+        for gone in set(self._held) - {w.worker_id for w in workers} - busy:
+            del self._held[gone]  # a worker that left takes its loaded models with it
+        idle = [w for w in workers if w.worker_id not in busy]
+        placed = place(self._pending, idle, self._held)
+        return None if placed is None else (placed[0], placed[1].worker_id)
+
+    def _run_slot(self, item: QueueItem, worker: str) -> None:
+        self._stored("mark_running", item.prompt_id)
+        self._notify(None, None)
+        try:
+            entry = self._execute(item, worker)
+        except WorkerLost as lost:
+            lost_entry = self._lost(item, worker, lost)
+            if lost_entry is None:
+                return  # queued again (or left running in the store at shutdown)
+            entry = lost_entry
+        with self._condition:
+            # Stopped mid-run (server shutdown): the store keeps it running, so the next
+            # start queues it again instead of recording an interruption nobody asked for.
+            shutdown = self._closed and entry.status == "interrupted"
+        if not shutdown:
+            self._record(entry)
+        with self._condition:
+            self._running.pop(item.prompt_id, None)
+            self._worker_of.pop(item.prompt_id, None)
+            self._requeued.pop(item.prompt_id, None)
+            self._condition.notify_all()
+        self._notify(None, None)
+        self._notify(item, None)
+
+    def _lost(self, item: QueueItem, worker: str, lost: WorkerLost) -> HistoryEntry | None:
+        """``item``'s worker went away mid-run. The first time, the item is queued again (it
+        keeps its place) and runs on another worker; the client is told by an error event. A
+        second loss is recorded as an error; an interrupted item as interrupted. Returns the
+        entry to record, or None when the item was queued again or the queue is stopping."""
+        now = time.time()
+        with self._condition:
+            self._held.pop(worker, None)
+            if self._closed and not item.cancel.is_set():
+                self._running.pop(item.prompt_id, None)
+                self._worker_of.pop(item.prompt_id, None)
                 self._condition.notify_all()
+                return None  # shutdown: the store keeps it running; the next start runs it
+            again = item.prompt_id not in self._requeued and not item.cancel.is_set()
+            if again:
+                note = f"{lost}; queued again to run on another worker"
+                self._running.pop(item.prompt_id, None)
+                self._worker_of.pop(item.prompt_id, None)
+                self._requeued[item.prompt_id] = (worker, {"message": note, "worker": worker, "timestamp": now})
+                bisect.insort(self._pending, item, key=_queue_order)
+                self._condition.notify_all()
+            elif item.cancel.is_set():
+                note = f"{lost} after it was interrupted"
+            else:
+                note = f"{lost}; not queued again: it had already been queued again once after losing a worker"
+        log.warning("prompt %s: %s", item.prompt_id[:8], note)
+        event = Event("run_failed", item.prompt_id, data={"message": f"WorkerLost: {note}", "worker": worker,
+                                                           "requeued": again})
+        self._notify(item, event)
+        if again:
             self._notify(None, None)
-            self._notify(item, None)
+            return None
+        status: HistoryStatus = "interrupted" if item.cancel.is_set() else "error"
+        messages = self._lost_messages(item) + (("run_failed", {**event.to_json(), "timestamp": now}),)
+        return HistoryEntry(item, status, {}, messages, now, now, error={"message": note}, worker=worker)
+
+    def _lost_messages(self, item: QueueItem) -> tuple[tuple[str, Mapping[str, Any]], ...]:
+        with self._condition:
+            requeued = self._requeued.get(item.prompt_id)
+        return (("worker_lost", requeued[1]),) if requeued is not None else ()
 
     def _record(self, entry: HistoryEntry) -> None:
         with self._condition:
@@ -417,17 +541,16 @@ class PromptQueue:
             self._stored("finish", entry.item.prompt_id, _entry_record(entry))
 
     def _free(self, flags: Mapping[str, bool]) -> None:
-        free = getattr(self.executor, "free", None)
-        if free is None:
-            log.info("the executor keeps no memory to free; /free ignored")
-            return
+        with self._condition:
+            self._held.clear()  # the workers drop their loaded models
         try:
-            free(unload_models=flags.get("unload_models", False), free_memory=flags.get("free_memory", False))
-        except Exception:  # freeing memory must not stop the worker; it is logged
+            self.backend.free(unload_models=flags.get("unload_models", False),
+                              free_memory=flags.get("free_memory", False))
+        except Exception:  # freeing memory must not stop the queue; it is logged
             log.exception("freeing memory failed")
 
-    def _execute(self, item: QueueItem) -> HistoryEntry:
-        messages: list[tuple[str, Mapping[str, Any]]] = []
+    def _execute(self, item: QueueItem, worker: str) -> HistoryEntry:
+        messages: list[tuple[str, Mapping[str, Any]]] = list(self._lost_messages(item))
         started = time.time()
 
         def on_event(event: Event) -> None:
@@ -438,19 +561,24 @@ class PromptQueue:
         # What nodes see of the submission (ctx.services): SaveImage writes ``prompt`` (the API
         # prompt as sent) and ``extra_pnginfo`` (ComfyUI's frontend puts the UI graph there
         # under "workflow") into its PNGs; ``workflow_document`` is our format.
-        services = {**self.services, "workflow_document": item.workflow_document, "prompt_id": item.prompt_id,
-                    "prompt": item.prompt, "extra_data": item.public_extra_data(),
-                    "extra_pnginfo": item.extra_data.get("extra_pnginfo"), "client_id": item.client_id}
+        per_prompt = {"workflow_document": item.workflow_document, "prompt_id": item.prompt_id,
+                      "prompt": item.prompt, "extra_data": item.public_extra_data(),
+                      "extra_pnginfo": item.extra_data.get("extra_pnginfo"), "client_id": item.client_id}
+        assert set(per_prompt) == set(PROMPT_SERVICE_KEYS)
+        request = RunRequest(item.prompt_id, item.workflow, {**self.services, **per_prompt}, item.cancel)  # type: ignore[arg-type]
         try:
-            result = self.executor.run(item.workflow, on_event=on_event, cancel=item.cancel,
-                                       run_id=item.prompt_id, services=services)
+            result = self.backend.run(worker, request, on_event)
+        except WorkerLost:
+            raise
         except BaseException as error:  # the engine itself failed: record it, keep the worker alive
             message = f"{type(error).__name__}: {error}"
             text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+            if isinstance(error, WorkerRunError) and error.remote_traceback:
+                message, text = str(error), error.remote_traceback
             event = Event("run_failed", item.prompt_id, data={"message": message, "traceback": text})
             on_event(event)
             return HistoryEntry(item, "error", {}, tuple(messages), started, time.time(),
-                                error={"message": message, "traceback": text})
+                                error={"message": message, "traceback": text}, worker=worker)
         status: HistoryStatus = {"success": "success", "failed": "error",
                                  "cancelled": "interrupted"}[result.status]
         error: dict[str, Any] | None = None
@@ -459,7 +587,7 @@ class PromptQueue:
             error = {"node_id": failure.node_id, "node_type": failure.node_type, "message": failure.message,
                      "traceback": failure.traceback, "inputs": dict(failure.inputs)}
         return HistoryEntry(item, status, dict(result.outputs), tuple(messages), started, time.time(),
-                            result.executed, result.cached, error)
+                            result.executed, result.cached, error, worker)
 
     def _notify(self, item: QueueItem | None, event: Event | None) -> None:
         try:
@@ -491,10 +619,11 @@ def _entry_record(entry: HistoryEntry) -> dict[str, Any]:
     return {"status": entry.status, "outputs": {k: dict(v) for k, v in entry.outputs.items()},
             "messages": [[kind, dict(data)] for kind, data in entry.messages], "started_at": entry.started_at,
             "finished_at": entry.finished_at, "executed": list(entry.executed), "cached": list(entry.cached),
-            "error": dict(entry.error) if entry.error else None}
+            "error": dict(entry.error) if entry.error else None, "worker": entry.worker}
 
 
 def _entry_from_record(item: QueueItem, record: Mapping[str, Any]) -> HistoryEntry:
     return HistoryEntry(item, record["status"], record["outputs"],
                         tuple((kind, data) for kind, data in record["messages"]), record["started_at"],
-                        record["finished_at"], tuple(record["executed"]), tuple(record["cached"]), record["error"])
+                        record["finished_at"], tuple(record["executed"]), tuple(record["cached"]), record["error"],
+                        record.get("worker"))

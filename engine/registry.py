@@ -5,6 +5,14 @@ and installed packages (entry-point group ``latentflow.nodes``) all feed one reg
 Nothing registers at import time: a pack is a list of :class:`NodeSpec` that the
 registry is given. Plugin node ids are namespaced by the plugin name unless they
 already carry a namespace (``"mypack.Invert"``).
+
+Plugin faults stay with their plugin. A plugin whose import raises anything, ``sys.exit()``
+and ``KeyboardInterrupt`` included, is listed in :attr:`NodeRegistry.failures` and the rest
+loads. A node whose ``Choice`` callable fails keeps its place in ``object_info`` with an
+empty choice list, a ``choices_error`` note on that input and an ``errors`` list on the node,
+and is listed in ``failures`` too (with ``node`` set) until the callable works again;
+validation refuses prompts that use it with a node-level error. (A node that raises at run
+time fails only its run; see ``engine.scheduler``.)
 """
 
 from __future__ import annotations
@@ -14,18 +22,24 @@ import importlib.metadata
 import importlib.util
 import logging
 import sys
+import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
-from engine.api import NodeSpec
+from engine.api import NodeSpec, describe_choices_failure
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "latentflow.nodes"
 # Types ComfyUI's frontend draws as widgets unless the input spec says "forceInput".
 WIDGET_TYPE_NAMES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
+
+
+# An input whose choice list failed: (input name, what happened in words, the exception);
+# the input name is "" when the node's whole catalogue entry could not be built.
+Broken = tuple[str, str, BaseException]
 
 
 class DuplicateNodeError(ValueError):
@@ -39,9 +53,21 @@ class PluginFailure:
     source: str
     message: str
     traceback: str
+    node: str = ""  # set when one node of a loaded plugin is broken (its choice list failed)
 
     def to_dict(self) -> dict[str, str]:
-        return {"source": self.source, "message": self.message, "traceback": self.traceback}
+        entry = {"source": self.source, "message": self.message, "traceback": self.traceback}
+        if self.node:
+            entry["node"] = self.node
+        return entry
+
+
+class ForeignPacks(Protocol):
+    """Loads plugins written for another engine's node API (``comfy_packs.ComfyPacks``)."""
+
+    def claims(self, location: Path) -> bool: ...
+
+    def load(self, registry: "NodeRegistry", name: str, location: Path, source: str) -> list[NodeSpec]: ...
 
 
 class NodeRegistry:
@@ -49,6 +75,10 @@ class NodeRegistry:
         self._specs: dict[str, NodeSpec] = {}
         self._sources: dict[str, str] = {}
         self.failures: list[PluginFailure] = []
+        self._failures_lock = threading.Lock()  # object_info runs in server worker threads
+        # Plugins written for another engine's node API, claimed by folder before our import
+        # (ComfyUI packs: main.py installs comfy_packs.ComfyPacks); None = our NODES API only.
+        self.foreign_packs: ForeignPacks | None = None
         # Bytes held by a value these nodes produce, for the result cache's byte bound;
         # main.py installs the model packs' measure (tensors and models), 0 by default.
         self.result_size: Callable[[Any], int] | None = None
@@ -122,10 +152,14 @@ class NodeRegistry:
                 continue
             source = f"custom_nodes/{path.name}"
             try:
+                if self.foreign_packs is not None and self.foreign_packs.claims(location):
+                    self.register_pack(self.foreign_packs.load(self, name, location, source), source)
+                    continue
                 module = _import_path(f"latentflow_plugins.{name}", location)
                 self.register_pack(_exported_nodes(module, source), source, namespace=name)
-            except Exception as error:  # a broken plugin must not take the others down
+            except BaseException as error:  # noqa: BLE001 - sys.exit() in a plugin must not stop us
                 self._fail(source, error)
+        self.check_plugin_nodes("custom_nodes/")
 
     def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
         """Load installed plugins declared as ``name = "package.module:NODES"``."""
@@ -135,23 +169,84 @@ class NodeRegistry:
                 loaded = entry_point.load()
                 nodes = loaded() if callable(loaded) and not isinstance(loaded, NodeSpec) else loaded
                 self.register_pack(nodes, source, namespace=entry_point.name)
-            except Exception as error:
+            except BaseException as error:  # noqa: BLE001 - as for custom_nodes/
                 self._fail(source, error)
+        self.check_plugin_nodes("entry point ")
 
     def _fail(self, source: str, error: BaseException) -> None:
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        failure = PluginFailure(source, f"{type(error).__name__}: {error}", text)
+        message = _describe(error)
+        if not isinstance(error, Exception):  # sys.exit(), KeyboardInterrupt, ... raised by the plugin
+            message += " (raised by the plugin while loading; it is skipped and everything else loads)"
+        failure = PluginFailure(source, message, text)
         self.failures.append(failure)
         log.error("plugin %s failed to load: %s", source, failure.message)
 
     # ------------------------------------------------------------------ catalogue
 
     def object_info(self) -> dict[str, Any]:
-        """The catalogue in ComfyUI's ``/object_info`` shape."""
-        return {spec.id: node_info(spec, self._sources[spec.id]) for spec in self.specs()}
+        """The catalogue in ComfyUI's ``/object_info`` shape.
+
+        Never raises for one node's fault: a node whose choice list fails is listed with an
+        empty list and an error note; a node whose entry cannot be built at all (a plugin's
+        own widget class failing) is left out. Either way it is listed in :attr:`failures`."""
+        catalogue: dict[str, Any] = {}
+        for spec in self.specs():
+            source = self._sources[spec.id]
+            try:
+                info, broken = _node_info(spec, source)
+            except BaseException as error:  # noqa: BLE001 - plugin code; the catalogue must still answer
+                self._note_node_faults(spec.id, source, [("", _describe(error), error)])
+                continue
+            self._note_node_faults(spec.id, source, broken)
+            catalogue[spec.id] = info
+        return catalogue
+
+    def check_plugin_nodes(self, source_prefix: str = "") -> None:
+        """Build the catalogue entries of the nodes whose source starts with ``source_prefix``
+        once, so a broken choice list is in :attr:`failures` (and shown by the CLI,
+        ``/api/node_failures`` and the editor) from the start, not from the first
+        ``/api/object_info``."""
+        for spec in self.specs():
+            source = self._sources[spec.id]
+            if not source.startswith(source_prefix):
+                continue
+            try:
+                _, broken = _node_info(spec, source)
+            except BaseException as error:  # noqa: BLE001
+                broken = [("", _describe(error), error)]
+            self._note_node_faults(spec.id, source, broken)
+
+    def _note_node_faults(self, node_id: str, source: str, broken: list[Broken]) -> None:
+        """Keep exactly one entry in :attr:`failures` for a broken node (none once it works)."""
+        if not broken and not any(f.node == node_id for f in self.failures):
+            return  # the common case: a healthy node, nothing to take the lock for
+        failure = None
+        if broken:
+            parts = [f"input {name!r} ({note})" if name else note for name, note, _ in broken]
+            what = "lists no choices for" if broken[0][0] else "is left out of the catalogue:"
+            error = broken[0][2]
+            failure = PluginFailure(
+                source, f"node {node_id!r} {what} " + "; ".join(parts),
+                "".join(traceback.format_exception(type(error), error, error.__traceback__)), node=node_id)
+        with self._failures_lock:
+            previous = [f for f in self.failures if f.node == node_id]
+            if failure is not None and [(f.source, f.message) for f in previous] == [(source, failure.message)]:
+                return  # already reported (object_info runs on every editor load)
+            self.failures[:] = [f for f in self.failures if f.node != node_id]
+            if failure is not None:
+                self.failures.append(failure)
+                log.error("plugin %s: %s", source, failure.message)
 
 
 def node_info(spec: NodeSpec, source: str = "") -> dict[str, Any]:
+    """One node's ``/object_info`` entry (a failing choice list shows as empty, with a note)."""
+    return _node_info(spec, source)[0]
+
+
+def _node_info(spec: NodeSpec, source: str) -> tuple[dict[str, Any], list[Broken]]:
+    """The entry, and the inputs whose choice list could not be computed (with what happened)."""
+    broken: list[Broken] = []
     required: dict[str, Any] = {}
     optional: dict[str, Any] = {}
     for item in spec.inputs:
@@ -160,7 +255,16 @@ def node_info(spec: NodeSpec, source: str = "") -> dict[str, Any]:
             if item.default is not None:
                 options["default"] = item.default
             choices = getattr(item.widget, "options", None)
-            entry: list[Any] = [choices(), options] if callable(choices) else [item.type, options]
+            if callable(choices):
+                try:
+                    listed = choices()
+                except BaseException as error:  # noqa: BLE001 - plugin code, of any kind
+                    listed = []
+                    options["choices_error"] = describe_choices_failure(item.widget, error)
+                    broken.append((item.name, options["choices_error"], error))
+                entry: list[Any] = [listed, options]
+            else:
+                entry = [item.type, options]
         else:
             options = {"tooltip": item.tooltip} if item.tooltip else {}
             if item.type in WIDGET_TYPE_NAMES:
@@ -180,7 +284,9 @@ def node_info(spec: NodeSpec, source: str = "") -> dict[str, Any]:
         marks["deprecated"] = True
     if spec.compat:
         marks["compat"] = spec.compat  # ours: editors may list compatibility nodes apart
-    return {
+    if broken:
+        marks["errors"] = [f"input {name!r}: {note}" for name, note, _ in broken]  # ours
+    info = {
         "input": inputs,
         "input_order": order,
         "output": [o.type for o in spec.outputs],
@@ -195,6 +301,11 @@ def node_info(spec: NodeSpec, source: str = "") -> dict[str, Any]:
         "version": spec.version,
         **marks,
     }
+    return info, broken
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 def _listed_required(item: Any) -> bool:

@@ -7,8 +7,10 @@ IMAGE values are (B, H, W, 3) float in [0, 1] and MASK values (B, H, W) in [0, 1
 1 = repaint (the ComfyUI conventions), on the CPU.
 """
 
+import errno
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -78,19 +80,41 @@ def comfy_prompt(document: Mapping[str, Any]) -> dict[str, Any]:
     return prompt
 
 
-def write_png_atomically(folder: Path, prefix: str, image: Any, text: Mapping[str, str]) -> Path:
+class OutputWriteError(OSError):
+    """An output file could not be written (full disk, no permission, ...); the message says
+    which file and what to do, and no partial or temporary file is left behind."""
+
+
+def write_png_atomically(folder: Path, prefix: str, image: Any, text: Mapping[str, str],
+                         node_id: str = "SaveImage", hint: str = "choose another folder with --output-directory",
+                         ) -> Path:
     """Save ``image`` as ``<prefix>_<NNNNN>_.png`` in ``folder``: the next free number,
     written to a temporary file first and linked into place, so a reader never sees a
-    half-written file and an existing file is never overwritten."""
+    half-written file and an existing file is never overwritten. A failed write (e.g. a
+    full disk) raises :class:`OutputWriteError` naming the file and removes the temporary."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
     for key, value in text.items():
         info.add_text(key, value)  # tEXt as ComfyUI writes it (iTXt only for non-Latin-1 text)
-    folder.mkdir(parents=True, exist_ok=True)
     stem = Path(prefix).name
-    temporary = folder / f".{stem}.{os.getpid()}.{id(image)}.tmp"
-    image.save(temporary, format="PNG", pnginfo=info, compress_level=4)
+    temporary: Path | None = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # O_EXCL with a random name: never writes through a file or link that is already there
+        # (mode 0o666 less the umask, as a plain open would give; mkstemp's 0o600 would not).
+        name = folder / f".{stem}.{secrets.token_hex(8)}.tmp"
+        handle = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        temporary = name
+        with os.fdopen(handle, "wb") as stream:
+            image.save(stream, format="PNG", pnginfo=info, compress_level=4)
+    except BaseException as error:  # a full disk, or anything else: never leave the temporary behind
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            final = folder / f"{stem}_{next_number(folder, stem):05d}_.png"
+            raise _write_error(error, final, node_id, hint) from error
+        raise
     try:
         number = next_number(folder, stem)
         while number < MAX_NUMBER:
@@ -101,8 +125,21 @@ def write_png_atomically(folder: Path, prefix: str, image: Any, text: Mapping[st
             except FileExistsError:
                 number += 1
         raise FileExistsError(f"no free file number for {folder / stem}_*.png")
+    except FileExistsError:
+        raise
+    except OSError as error:
+        raise _write_error(error, folder / f"{stem}_*_.png", node_id, hint) from error
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _write_error(error: OSError, path: Path, node_id: str, hint: str) -> OutputWriteError:
+    if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return OutputWriteError(f"{node_id}: no space left on device while writing {path}; free space or {hint}")
+    reason = error.strerror or str(error)
+    name = errno.errorcode.get(error.errno, "") if error.errno is not None else ""
+    return OutputWriteError(f"{node_id}: could not write {path}: {reason}{f' ({name})' if name else ''}; "
+                            f"check that the folder is writable and has free space, or {hint}")
 
 
 def next_number(folder: Path, stem: str) -> int:
@@ -154,10 +191,18 @@ def save_images(image: Any, folder: Path, prefix: str, kind: str, ctx: NodeConte
                          "(no '..' or absolute paths)")
     subfolder = Path(prefix).parent.as_posix()
     subfolder = "" if subfolder == "." else subfolder
+    # The name is checked above; the place it leads to is checked here, after symbolic links
+    # (a subfolder of output/ that is a link to elsewhere must not receive files).
+    root, resolved = folder.resolve(), target.parent.resolve()
+    if not resolved.is_relative_to(root):
+        raise ValueError(f"{node_id}: filename_prefix {prefix!r} leads outside {folder}: the subfolder "
+                         f"{subfolder!r} is a symbolic link to {resolved}; save into a real subfolder of "
+                         f"{folder} (or remove the link)")
+    hint = "choose another folder with --output-directory" if kind == "output" else f"empty {folder}"
     text = png_text(ctx.services if ctx is not None else {})
     images = []
     for picture in to_png_images(image):
-        path = write_png_atomically(target.parent, target.name, picture, text)
+        path = write_png_atomically(target.parent, target.name, picture, text, node_id, hint)
         images.append({"filename": path.name, "subfolder": subfolder, "type": kind, "path": str(path)})
     return Result(values=(), ui={"images": images})
 

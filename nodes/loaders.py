@@ -16,6 +16,7 @@ from engine.api import Choice, Float, Int, NodeSpec, Out, node
 from engine.model_paths import model_choice
 from nodes.runtime import Runtime, file_fingerprint
 from nodes.values import ClipValue, LatentFormat, LoraPatch, ModelValue, VaeValue
+from sgm.nets.speed_names import COMPILE_MODE_CHOICES, WEIGHT_DTYPE_CHOICES
 
 CHECKPOINTS = ("checkpoints",)
 VAES = ("vae",)
@@ -24,6 +25,19 @@ TEXT_ENCODERS = ("text_encoders",)  # models/text_encoders/ and models/clip/
 LORAS = ("loras",)
 NONE = "none"
 TEXT_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner")
+
+
+WEIGHT_DTYPE_TIP = ("how the diffusion model's weights are stored: default = as --weight-dtype says (else "
+                    "as loaded); fp8_e4m3fn / fp8_e5m2 / int8 = one byte per weight, computed in the usual "
+                    "dtype (an fp8 file stays as stored)")
+
+
+def weight_dtype_for(runtime: Runtime, choice: str, node_id: str) -> Any:
+    """The node's weight_dtype input, "default" deferring to the installation's --weight-dtype."""
+    from sgm.nets.quant import WeightDtype, parse_weight_dtype
+
+    chosen = parse_weight_dtype(choice, f"{node_id}: weight_dtype")
+    return runtime.weight_dtype() if chosen == WeightDtype.DEFAULT else chosen
 
 
 def nodes(runtime: Runtime) -> list[NodeSpec]:
@@ -42,7 +56,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
     def model_value(checkpoint: Any, name: str) -> ModelValue:
         unet, vae = checkpoint.unet, checkpoint.vae
         return ModelValue(
-            unet=unet,
+            unet=runtime.compiled(unet),
             model_sampling=checkpoint.model_sampling(),
             family=checkpoint.family,
             name=name,
@@ -54,6 +68,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
           fingerprint=fingerprint_for(CHECKPOINTS, "ckpt_name"))
     def load_checkpoint(
         ckpt_name: model_choice(models, *CHECKPOINTS, tooltip="a file in models/checkpoints/"),
+        weight_dtype: Choice(choices=WEIGHT_DTYPE_CHOICES, tooltip=WEIGHT_DTYPE_TIP) = "default",
     ) -> Out(model="MODEL", clip="CLIP", vae="VAE"):
         """Load a single-file checkpoint (SD 1.x, 2.x, SDXL, inpainting, or our own models):
         its diffusion model, text encoder and VAE. Architecture and family come from the file."""
@@ -61,7 +76,8 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
 
         path = runtime.resolve_model(CHECKPOINTS, ckpt_name, "LoadCheckpoint", "ckpt_name")
         checkpoint = runtime.load_model(path, "checkpoint", "LoadCheckpoint",
-                                        lambda dtype: load(path, device="cpu", dtype=dtype))
+                                        lambda dtype: load(path, device="cpu", dtype=dtype),
+                                        weight_dtype=weight_dtype_for(runtime, weight_dtype, "LoadCheckpoint"))
         if checkpoint.unet is None:
             raise ValueError(f"LoadCheckpoint: {ckpt_name!r} holds no diffusion model (family "
                              f"{checkpoint.family!r}); load it with LoadVAE if it is a VAE")
@@ -89,16 +105,18 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
     def load_unet(
         unet_name: model_choice(models, *UNETS, tooltip="a file in models/unet/ or models/diffusion_models/"),
         prediction: Choice(choices=("eps", "v"), tooltip="what the model predicts (v for SD 2.x 768-v)") = "eps",
+        weight_dtype: Choice(choices=WEIGHT_DTYPE_CHOICES, tooltip=WEIGHT_DTYPE_TIP) = "default",
     ) -> Out(model="MODEL"):
         """Load a diffusion model (UNet) on its own, original or diffusers keys."""
         from sgm.io.checkpoints import load_unet as load
 
         path = runtime.resolve_model(UNETS, unet_name, "LoadUNet", "unet_name")
-        unet = runtime.load_model(path, "unet", "LoadUNet", lambda dtype: load(path, device="cpu", dtype=dtype))
+        unet = runtime.load_model(path, "unet", "LoadUNet", lambda dtype: load(path, device="cpu", dtype=dtype),
+                                  weight_dtype=weight_dtype_for(runtime, weight_dtype, "LoadUNet"))
         family = unet_family(unet)
         from sgm.sampling.denoisers import model_sampling_for
 
-        return ModelValue(unet, model_sampling_for(prediction), family, unet_name,
+        return ModelValue(runtime.compiled(unet), model_sampling_for(prediction), family, unet_name,
                           LatentFormat(channels=int(unet.out_channels)))
 
     @node("LoadTextEncoder", display_name="Load Text Encoder", category="loaders",
@@ -152,6 +170,18 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
             clip, loras=clip.loras + (LoraPatch(lora_name, text_targets, float(strength_clip)),))
         return new_model, new_clip
 
+    @node("CompileModel", display_name="Compile Model", category="advanced/model")
+    def compile_model(
+        model: "MODEL",
+        mode: Choice(choices=COMPILE_MODE_CHOICES, tooltip=(
+            "torch.compile mode: default; reduce-overhead adds CUDA graphs for sizes seen first; "
+            "max-autotune searches kernels (slow to compile)")) = "default",
+    ) -> Out(model="MODEL"):
+        """Run the diffusion model through torch.compile (opt-in): the first image at each size
+        compiles (minutes on a CPU; cached on disk under user/compile-cache for the next start),
+        later ones run faster. If compiling fails, sampling runs uncompiled and the log says why."""
+        return replace(model, unet=runtime.compiled(model.unet, mode))
+
     @node("SetClipLayer", display_name="Set CLIP Layer", category="loaders")
     def clip_set_last_layer(
         clip: "CLIP",
@@ -160,7 +190,7 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         """Encode prompts from an earlier text-encoder layer (A1111's "clip skip")."""
         return replace(clip, clip_skip=-int(stop_at_clip_layer))
 
-    return [load_checkpoint, load_vae, load_unet, load_text_encoder, load_lora, clip_set_last_layer]
+    return [load_checkpoint, load_vae, load_unet, load_text_encoder, load_lora, compile_model, clip_set_last_layer]
 
 
 def unet_family(unet: Any) -> str:

@@ -28,6 +28,8 @@ class Runtime:
         self._device = device
         self._models: "ModelCache | None" = None
         self._lock = threading.Lock()
+        self._largest_cpu_model = 0  # parameters of the biggest model loaded for the CPU (thread policy)
+        self._default_threads: int | None = None
 
     @property
     def models(self) -> "ModelCache":
@@ -55,6 +57,61 @@ class Runtime:
         device = self.models.device
         return default_dtype(device, prefer_bf16=True)
 
+    def _extra(self, name: str, default: str | None = None) -> str | None:
+        return (getattr(self.settings, "extra", None) or {}).get(name, default)
+
+    def weight_dtype(self) -> Any:
+        """How diffusion-model weights are stored: ``settings.extra["weight_dtype"]`` (``--weight-dtype``),
+        a :class:`sgm.nets.quant.WeightDtype`; "default" keeps the load dtype."""
+        from sgm.nets.quant import parse_weight_dtype
+
+        return parse_weight_dtype(self._extra("weight_dtype", "default"), "settings weight_dtype (--weight-dtype)")
+
+    def compile_options(self, mode: str | None = None) -> Any:
+        """:class:`sgm.nets.compile.CompileOptions` for ``mode`` (default: ``settings.extra["compile"]``,
+        ``--compile``), or None when compiling is off. The cache lives in user/compile-cache."""
+        mode = mode if mode is not None else self._extra("compile")
+        if not mode:
+            return None
+        from sgm.nets.compile import CompileOptions, parse_compile_mode
+
+        return CompileOptions(mode=parse_compile_mode(mode, "settings compile (--compile)"),
+                              cache_dir=Path(self.settings.root) / "user" / "compile-cache")
+
+    def compiled(self, unet: Any, mode: str | None = None) -> Any:
+        """``unet`` compiled per :meth:`compile_options` (one shared compiled copy per model and
+        options), or ``unet`` itself when compiling is off."""
+        options = self.compile_options(mode)
+        if options is None:
+            return unet
+        from sgm.nets.compile import compiled_copy
+
+        return compiled_copy(unet, options)
+
+    def apply_thread_policy(self, value: Any) -> None:
+        """With ``settings.extra["threads"]`` "auto" (what main.py sets unless --threads is given): one
+        CPU thread while every model loaded for the CPU is small, all of them once a big one is
+        loaded; a number sets that many. Without the setting (tests, embedding) torch's count stays.
+
+        Why: the embedded model's 20-step image took 434 ms with 2 threads and 272 ms with one on
+        an idle 2-core machine, and one thread cannot be slowed by waiting for a busy core."""
+        choice = self._extra("threads")
+        if choice is None:
+            return
+        import torch
+
+        from sgm.devices import cpu_threads_for
+        from sgm.io.model_cache import modules_of
+
+        if choice != "auto":
+            torch.set_num_threads(int(choice))
+            return
+        if self._default_threads is None:
+            self._default_threads = torch.get_num_threads()
+        parameters = sum(p.numel() for module in modules_of(value) for p in module.parameters())
+        self._largest_cpu_model = max(self._largest_cpu_model, parameters)
+        torch.set_num_threads(cpu_threads_for(self._largest_cpu_model, self._default_threads))
+
     def prepared(self, value: Any, dtype: Any) -> Any:
         """A freshly loaded model with every module in inference form for the device policy.
 
@@ -74,18 +131,37 @@ class Runtime:
             else:
                 prepare_module(module, "cpu", module_dtype, channels_last=use_channels_last(device, module_dtype),
                                pack_weights=False)
+        if device.type == "cpu":
+            self.apply_thread_policy(value)
+        return value
+
+    def quantized(self, value: Any, weight_dtype: Any) -> Any:
+        """The diffusion model of a freshly loaded ``value`` (a checkpoint or a UNet) with its weights
+        stored as ``weight_dtype`` (:func:`sgm.nets.quant.quantize_module`); other parts untouched."""
+        from sgm.nets.quant import WeightDtype, quantize_module
+
+        if weight_dtype == WeightDtype.DEFAULT:
+            return value
+        unet = value if hasattr(value, "input_blocks") else getattr(value, "unet", None)
+        if unet is not None:
+            quantize_module(unet, weight_dtype)
         return value
 
     def load_model(self, path: Path, kind: str, node_id: str, build: Callable[[Any], Any],
-                   prepare: bool = True) -> Any:
+                   prepare: bool = True, weight_dtype: Any = None) -> Any:
         """``build(dtype)`` once per file version (see ``ModelCache.load``), in the dtype of
-        :meth:`load_dtype`, prepared for inference; errors name the node and the file."""
+        :meth:`load_dtype`, prepared for inference, its diffusion model's weights stored as
+        ``weight_dtype`` (a :class:`sgm.nets.quant.WeightDtype`; None: as loaded); errors name the
+        node and the file."""
         dtype = self.load_dtype()
 
         def load() -> Any:
             value = build(dtype)
-            return self.prepared(value, dtype) if prepare else value
+            value = self.prepared(value, dtype) if prepare else value
+            return value if weight_dtype is None else self.quantized(value, weight_dtype)
 
+        if weight_dtype is not None and weight_dtype.value != "default":
+            kind = f"{kind}:{weight_dtype.value}"  # a quantized copy is another cache entry
         try:
             return self.models.load(path, kind, load, dtype)
         except (FileNotFoundError, MemoryError):

@@ -43,6 +43,19 @@ class GuiderValue:
     positive: tuple[Any, ...]
     negative: tuple[Any, ...]
     cfg: float
+    # Dual CFG (``sgm.sampling.guidance_extra.dual_cfg``): a middle prompt between positive and
+    # negative, the scale from negative to middle, and the style; None = plain CFG.
+    middle: tuple[Any, ...] | None = None
+    cfg_middle: float = 1.0
+    dual_style: str = "regular"
+
+
+@dataclass(frozen=True)
+class NoiseValue:
+    """NOISE: the initial noise of a run, seeded by the seed rule (``sgm.sampling.sample``), or
+    none (``seed`` None: sample the latent as it is, for one that is already noisy)."""
+
+    seed: int | None
 
 
 @dataclass(frozen=True)
@@ -121,9 +134,30 @@ def _preview(denoised: Any, family: str) -> Any:
 def run_sampler(runtime: Runtime, guider: GuiderValue, sampler: SamplerValue, sigmas: Any, latent: LatentValue,
                 seed: int, add_noise: bool, ctx: NodeContext, node_id: str) -> LatentValue:
     """Sample ``latent`` along ``sigmas``: the shared body of SampleLatent and Sampler."""
+    return run_sampler_with_denoised(runtime, guider, sampler, sigmas, latent, seed, add_noise, ctx, node_id)[0]
+
+
+def _make_denoiser(guider: GuiderValue, positive: list[Any], negative: list[Any], middle: list[Any] | None,
+                   concat: Any) -> Any:
+    """The guided denoiser for a GUIDER: plain CFG, CFG with timestep-ranged conditions, or dual CFG."""
+    from sgm.sampling.guidance_extra import DualCFGDenoiser, TimestepRangeDenoiser, has_timestep_ranges
+    from sgm.sampling.guiders import GuidedDenoiser
+
+    model = guider.model
+    if middle is not None:
+        return DualCFGDenoiser(model.unet, model.model_sampling, positive, middle, negative, guider.cfg,
+                               guider.cfg_middle, guider.dual_style, inpaint_concat=concat)  # type: ignore[arg-type]
+    kind = TimestepRangeDenoiser if has_timestep_ranges(positive, negative) else GuidedDenoiser
+    return kind(model.unet, model.model_sampling, positive, negative or None, cfg=guider.cfg, inpaint_concat=concat)
+
+
+def run_sampler_with_denoised(runtime: Runtime, guider: GuiderValue, sampler: SamplerValue, sigmas: Any,
+                              latent: LatentValue, seed: int, add_noise: bool, ctx: NodeContext,
+                              node_id: str) -> tuple[LatentValue, LatentValue]:
+    """``run_sampler`` that also gives the last step's denoised estimate (x0) as a latent (the
+    sampled latent itself where no step ran)."""
     import torch
 
-    from sgm.sampling.guiders import GuidedDenoiser
     from sgm.io.lora import patched
     from sgm.sampling.sample import SamplingCancelled, sample
 
@@ -133,13 +167,17 @@ def run_sampler(runtime: Runtime, guider: GuiderValue, sampler: SamplerValue, si
     width = latent.width or samples.shape[-1] * model.latent_format.downscale
     positive = _prepare_conditions(guider.positive, model, height, width, node_id)
     negative = _prepare_conditions(guider.negative, model, height, width, node_id)
+    middle = None if guider.middle is None else _prepare_conditions(guider.middle, model, height, width, node_id)
     concat = _inpaint_concat(latent, samples) if model.is_inpaint else None
     offset = latent.batch_index[0] if latent.batch_index else 0  # a picked item keeps its seed
 
     preview_wanted = ctx.services.get("preview_wanted")  # the server: "does a client watch?"
     last_preview = [float("-inf")]
 
+    last_denoised: list[Any] = []
+
     def on_step(info: Any) -> None:
+        last_denoised[:] = [info.denoised]
         # A preview costs a decode-like pass; make one at most every PREVIEW_INTERVAL and only
         # while someone can see it (the last step always gets one: it is what a viewer keeps).
         now = time.monotonic()
@@ -153,10 +191,10 @@ def run_sampler(runtime: Runtime, guider: GuiderValue, sampler: SamplerValue, si
     def work() -> Any:
         with runtime.models.use(model.unet) as device, \
                 patched({"unet": model.unet}, [(p.targets, p.strength) for p in model.loras]):
-            denoiser = GuidedDenoiser(
-                model.unet, model.model_sampling,
-                [_to(c, device) for c in positive], [_to(c, device) for c in negative] or None,
-                cfg=guider.cfg, inpaint_concat=None if concat is None else concat.to(device))
+            denoiser = _make_denoiser(
+                guider, [_to(c, device) for c in positive], [_to(c, device) for c in negative],
+                None if middle is None else [_to(c, device) for c in middle],
+                None if concat is None else concat.to(device))
             with torch.no_grad():
                 return sample(
                     denoiser, sampler.name, sigmas.to(device), samples.to(device), (seed + offset) % 2**64,
@@ -169,7 +207,10 @@ def run_sampler(runtime: Runtime, guider: GuiderValue, sampler: SamplerValue, si
         out = runtime.models.retry_on_oom(work, f"{node_id} (sampling)")
     except SamplingCancelled as error:
         raise Cancelled(f"run cancelled while node {ctx.node_id} was sampling") from error
-    return replace(latent, samples=out, empty=False, width=width, height=height)
+    result = replace(latent, samples=out, empty=False, width=width, height=height)
+    if not last_denoised:
+        return result, result
+    return result, replace(result, samples=last_denoised[0].float().cpu())
 
 
 def _to(cond: Any, device: Any) -> Any:

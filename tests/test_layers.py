@@ -8,10 +8,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 FORBIDDEN = {
-    "engine": {"torch", "aiohttp", "nodes", "web", "sgm", "PIL", "numpy"},
-    "sgm": {"engine", "nodes", "web", "aiohttp"},
-    "nodes": {"web", "aiohttp"},
-    "web": {"nodes", "sgm"},
+    "engine": {"torch", "aiohttp", "nodes", "web", "sgm", "PIL", "numpy", "comfy_packs", "cluster", "ray"},
+    # execution backends (worker processes, Ray actors) over the engine; torch only through the nodes
+    "cluster": {"torch", "aiohttp", "nodes", "web", "sgm", "comfy_packs"},
+    "sgm": {"engine", "nodes", "web", "aiohttp", "comfy_packs"},
+    "nodes": {"web", "aiohttp", "comfy_packs"},
+    "web": {"nodes", "sgm", "comfy_packs"},  # packs reach the server through registry.foreign_packs
+    "comfy_packs": {"web"},  # ComfyUI packs: a layer over engine, nodes and sgm (its shims included)
 }
 
 

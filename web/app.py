@@ -12,6 +12,7 @@ from typing import Any, AsyncIterator, Callable, Literal
 
 from aiohttp import web
 
+from engine.backends import Backend
 from engine.cache import ResultCache
 from engine.queue import PromptQueue, RunsWorkflows
 from engine.store import PromptStore, StoredPrompt
@@ -37,19 +38,21 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' blob: data:; styl
 def create_app(registry: NodeRegistry, settings: Settings, *, policy: SecurityPolicy | None = None,
                limits: Limits | None = None, executor: RunsWorkflows | None = None,
                static_dir: Path | None = None, frontend: Literal["latentflow", "comfyui"] = "latentflow",
-               store: PromptStore | None = None) -> web.Application:
+               store: PromptStore | None = None, backend: Backend | None = None) -> web.Application:
     """The web application. The queue's worker starts with the app and stops with it.
 
     ``frontend="comfyui"`` serves the installed ``comfyui-frontend-package`` at ``/`` (our
     editor stays at ``/latentflow/``); it raises ``FrontendMissingError`` when not installed.
     With a ``store`` the queue and history are kept on disk: what was queued or running
-    when the last process stopped (or was killed) is queued again, validated anew.
+    when the last process stopped (or was killed) is queued again, validated anew. A
+    ``backend`` (``engine.backends``: e.g. ``cluster.local.LocalWorkers``) runs prompts on its
+    workers instead of an executor in this process; it starts and stops with the queue.
     """
     limits = limits or Limits()
     policy = policy or SecurityPolicy()
     app = web.Application(client_max_size=limits.max_body_bytes,
                           middlewares=[headers_middleware, security_middleware(policy)])
-    if executor is None:
+    if executor is None and backend is None:
         executor = Executor(registry, ResultCache.for_registry(registry, settings),
                             services={"settings": settings, "output_dir": settings.output_dir})
     app[SETTINGS] = settings
@@ -62,7 +65,7 @@ def create_app(registry: NodeRegistry, settings: Settings, *, policy: SecurityPo
     queue = PromptQueue(executor, services={"settings": settings, "output_dir": settings.output_dir,
                                             "preview_wanted": lambda: hub.client_count > 0},
                         listener=EventTranslator(lambda: status_message(queue), hub),
-                        history_limit=limits.history_limit, store=store)
+                        history_limit=limits.history_limit, store=store, backend=backend)
     queue.restore(_revalidate(registry))
     app[QUEUE] = queue
     app[HUB] = hub
@@ -73,6 +76,7 @@ def create_app(registry: NodeRegistry, settings: Settings, *, policy: SecurityPo
     app.router.add_routes(handlers_convert.routes)  # POST /api/convert (ComfyUI UI format)
     app.router.add_routes(internal.routes)
     _add_unprefixed_aliases(app)
+    _attach_foreign_packs(app, registry, hub)
     app.router.add_get("/ws", hub.handle)
     our_index = _index_handler(static_dir or STATIC_DIR)
     if frontend == "comfyui":
@@ -99,6 +103,20 @@ def _add_unprefixed_aliases(app: web.Application) -> None:
         for route in route_table:
             if isinstance(route, web.RouteDef) and route.path.startswith("/api/"):
                 app.router.add_route(route.method, route.path[4:], route.handler)
+
+
+def _attach_foreign_packs(app: web.Application, registry: NodeRegistry, hub: WebSocketHub) -> None:
+    """ComfyUI packs' own HTTP routes, and their ``PromptServer.instance.send_sync`` messages
+    forwarded to our websocket clients (``registry.foreign_packs``: comfy_packs)."""
+    packs = getattr(registry, "foreign_packs", None)
+    if packs is None or not hasattr(packs, "attach_server"):
+        return
+    from web.ws import Outgoing
+
+    def send(event: str, data: Any, client_id: str | None = None) -> None:
+        hub.post(Outgoing({"type": event, "data": data}, client_id))
+
+    packs.attach_server(app, send)
 
 
 def _index_handler(static_dir: Path) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from web.handlers import error_response, read_json
-from web.keys import FRONTEND_DIR, LIMITS, SETTINGS
+from web.keys import FRONTEND_DIR, LIMITS, REGISTRY, SETTINGS
 from web.model_folders import list_models, model_kinds
 from web.security import UnsafePathError, confined_path
 
@@ -134,6 +134,13 @@ def _data_dir(request: web.Request) -> Path:
     return _user_dir(request) / "data"
 
 
+# The folders and files the ComfyUI frontend reads on every start. Before the user saves one they
+# do not exist; ComfyUI answers 404, which the frontend takes as "none" but the browser logs as a
+# failed request in the console. We answer what the frontend makes of the 404: no files.
+FRONTEND_FOLDERS = frozenset({"workflows", "subgraphs"})
+FRONTEND_FILE_DEFAULTS = {"comfy.templates.json": b"[]"}  # the legacy node templates: none
+
+
 def _userdata_path(request: web.Request, name: str) -> Path:
     return confined_path(_data_dir(request), name)
 
@@ -161,6 +168,8 @@ async def list_userdata(request: web.Request) -> web.Response:
     except UnsafePathError as error:
         return error_response(400, "unsafe_path", str(error))
     if not folder.is_dir():
+        if directory.strip("/") in FRONTEND_FOLDERS and not folder.exists():
+            return web.json_response([])
         return error_response(404, "not_found", f"no user data folder {directory!r}")
     pattern = "**/*" if _flag(request, "recurse") else "*"
     files = sorted(p for p in folder.glob(pattern) if p.is_file() and not p.is_symlink())
@@ -213,6 +222,9 @@ async def get_userdata(request: web.Request) -> web.StreamResponse:
     except UnsafePathError as error:
         return error_response(400, "unsafe_path", str(error))
     if not path.is_file():
+        default = FRONTEND_FILE_DEFAULTS.get(request.match_info["name"])
+        if default is not None and not path.exists():
+            return web.Response(body=default, content_type="application/json")
         return error_response(404, "not_found", f"no user file {request.match_info['name']!r}")
     return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"
                                            if not path.suffix == ".json" else "application/json"})
@@ -277,12 +289,47 @@ async def delete_userdata(request: web.Request) -> web.Response:
 
 @routes.get("/api/extensions")
 async def extensions(request: web.Request) -> web.Response:
-    """The frontend's own ``extensions/**/*.js`` as URLs (our plugins ship no frontend code)."""
+    """The frontend's own ``extensions/**/*.js`` as URLs, then each ComfyUI pack's
+    ``WEB_DIRECTORY`` scripts as ``/extensions/<pack>/<path>`` (our own plugins ship none)."""
     static_dir = request.app.get(FRONTEND_DIR)
-    if static_dir is None or not (static_dir / "extensions").is_dir():
-        return web.json_response([])
-    return web.json_response(sorted("/" + p.relative_to(static_dir).as_posix()
-                                    for p in (static_dir / "extensions").rglob("*.js") if p.is_file()))
+    urls: list[str] = []
+    if static_dir is not None and (static_dir / "extensions").is_dir():
+        urls = sorted("/" + p.relative_to(static_dir).as_posix()
+                      for p in (static_dir / "extensions").rglob("*.js") if p.is_file())
+    for pack, folder in sorted(_pack_web_directories(request).items()):
+        urls.extend(sorted(f"/extensions/{pack}/{p.relative_to(folder).as_posix()}"
+                           for p in folder.rglob("*.js") if p.is_file() and not p.is_symlink()))
+    return web.json_response(urls)
+
+
+def _pack_web_directories(request: web.Request) -> dict[str, Path]:
+    packs = getattr(request.app[REGISTRY], "foreign_packs", None)
+    return dict(getattr(packs, "web_directories", None) or {})
+
+
+@routes.get("/extensions/{pack}/{path:.+}")
+async def pack_web_file(request: web.Request) -> web.StreamResponse:
+    """A file of a ComfyUI pack's ``WEB_DIRECTORY`` (confined to it); registered before the
+    frontend's own ``/extensions`` folder, whose files are answered from there otherwise."""
+    pack, name = request.match_info["pack"], request.match_info["path"]
+    folder = _pack_web_directories(request).get(pack)
+    static_dir = request.app.get(FRONTEND_DIR)
+    if folder is None:
+        if static_dir is not None:
+            try:
+                path = confined_path(static_dir / "extensions", f"{pack}/{name}")
+            except UnsafePathError as error:
+                return error_response(400, "unsafe_path", str(error))
+            if path.is_file():
+                return web.FileResponse(path)
+        return error_response(404, "not_found", f"no extension file {pack}/{name}")
+    try:
+        path = confined_path(folder, name)
+    except UnsafePathError as error:
+        return error_response(400, "unsafe_path", str(error))
+    if not path.is_file():
+        return error_response(404, "not_found", f"pack {pack!r} has no web file {name!r}")
+    return web.FileResponse(path)
 
 
 @routes.get("/api/embeddings")

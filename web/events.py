@@ -26,6 +26,7 @@ ComfyUI: a 4-byte big-endian event type (1 = preview image), a 4-byte image form
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import threading
 import time
@@ -35,6 +36,8 @@ from typing import Any, Callable
 from engine.queue import PromptQueue, QueueItem
 from engine.scheduler import Event
 from web.ws import Outgoing, WebSocketHub
+
+log = logging.getLogger("latentflow.prompts")
 
 PREVIEW_IMAGE = 1
 FORMAT_JPEG = 1
@@ -81,6 +84,7 @@ class _RunState:
     failed: bool = False
     cached_sent: bool = False
     cached_ids: list[str] = field(default_factory=list)  # every node reported cached so far
+    started: float = field(default_factory=time.monotonic)
 
 
 class EventTranslator:
@@ -118,7 +122,20 @@ class EventTranslator:
             out.extend(_translate(item.prompt_id, state, event))
             if event.type in ("run_finished", "run_failed", "run_cancelled"):
                 del self._runs[item.prompt_id]
+                log.info("%s", prompt_summary(item, state, event))
             return out
+
+
+_OUTCOMES = {"run_finished": "done", "run_failed": "failed", "run_cancelled": "interrupted"}
+
+
+def prompt_summary(item: QueueItem, state: _RunState, event: Event) -> str:
+    """The server console's one line per prompt: which, how it ended, nodes run / cached, time."""
+    seconds = event.seconds if event.seconds is not None else time.monotonic() - state.started
+    number = f"#{item.number:g} " if isinstance(item.number, (int, float)) else ""
+    where = f" at node {event.node_id} ({event.node_type})" if event.type == "run_failed" and event.node_id else ""
+    return (f"prompt {number}{item.prompt_id[:8]} {_OUTCOMES[event.type]}{where}: {len(state.executed)} nodes run, "
+            f"{len(state.cached_ids)} cached, {seconds:.2f}s")
 
 
 def _flush_cached(prompt_id: str, state: _RunState) -> list[dict[str, Any]]:

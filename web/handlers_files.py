@@ -9,6 +9,9 @@ from __future__ import annotations
 import io
 import json
 import mimetypes
+import struct
+import warnings
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +150,9 @@ async def upload_mask(request: web.Request) -> web.Response:
                               '{"filename": "x.png", "subfolder": "", "type": "input"}')
     if not original.is_file():
         return error_response(404, "not_found", f"original_ref names no file: {reference['filename']!r}")
+    refused = await off_loop(image_problem, data)  # before the merge decodes it
+    if refused is not None:
+        return error_response(*refused)
     try:
         merged = await off_loop(_merge_mask, original, data)
     except (OSError, ValueError) as error:
@@ -203,6 +209,9 @@ async def _store_upload(request: web.Request, data: bytes, filename: str, fields
     kind = sniff_image(data[:16])
     if kind is None:
         return error_response(415, "unsupported_type", "only PNG, JPEG and WebP images can be uploaded")
+    refused = await off_loop(image_problem, data)
+    if refused is not None:
+        return error_response(*refused)
     kind_folder = fields.get("type") or "input"
     try:
         name = safe_file_name(Path(filename).name if filename else f"upload.{kind}")
@@ -219,6 +228,69 @@ async def _store_upload(request: web.Request, data: bytes, filename: str, fields
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
     return web.json_response({"name": target.name, "subfolder": fields.get("subfolder", ""), "type": kind_folder})
+
+
+# An upload is refused from its header, before anything decodes it: a 140 KB PNG of
+# 12000x12000 (under PIL's own bomb limit of 179 megapixels) took 4.9 GiB through LoadImage.
+# nodes.limits.MAX_IMAGE_PIXELS is the same bound for files put into input/ by hand.
+MAX_UPLOAD_PIXELS = 8192 * 8192
+# One PNG text chunk, inflated (a ComfyUI UI graph is well under 1 MiB; a zTXt bomb of 300 MiB
+# of text took 640 MiB before anything refused it).
+MAX_TEXT_CHUNK_BYTES = 8 << 20
+
+
+def image_problem(data: bytes) -> tuple[int, str, str] | None:
+    """(status, type, message) refusing an uploaded image by its header, or None: too many
+    pixels, a text chunk that inflates past MAX_TEXT_CHUNK_BYTES, or a header PIL cannot read."""
+    from PIL import Image, UnidentifiedImageError  # heavy optional import
+
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):  # before PIL, which reads text chunks while opening
+        too_big = _oversized_text_chunk(data)
+        if too_big is not None:
+            return 413, "text_chunk_too_large", too_big
+    try:
+        with warnings.catch_warnings():  # PIL warns past 89 megapixels; we refuse past our own bound
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as opened:  # reads the header only; no pixels decoded
+                width, height = opened.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        return 415, "unsupported_type", f"the image header cannot be read: {error}"
+    except Image.DecompressionBombError as error:
+        return 413, "too_many_pixels", str(error)
+    if width * height > MAX_UPLOAD_PIXELS:
+        return (413, "too_many_pixels", f"the image is {width}x{height} = {width * height / 1e6:.0f} megapixels; "
+                f"uploads are limited to {MAX_UPLOAD_PIXELS / 1e6:.0f} megapixels (e.g. 8192x8192): downscale it first")
+    return None
+
+
+def _oversized_text_chunk(data: bytes) -> str | None:
+    """Why a PNG text chunk (tEXt, zTXt, iTXt) is too big once inflated, or None."""
+    offset = 8
+    while offset + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[offset:offset + 8])
+        body = data[offset + 8:offset + 8 + length]
+        offset += 12 + length
+        if kind not in (b"tEXt", b"zTXt", b"iTXt"):
+            continue
+        key, _, rest = body.partition(b"\x00")
+        name = key.decode("latin-1")[:80]
+        compressed = kind == b"zTXt" or (kind == b"iTXt" and rest[:1] == b"\x01")
+        if compressed:
+            if kind == b"iTXt":  # flag, method, language\0, translated keyword\0, text
+                rest = rest[2:].partition(b"\x00")[2].partition(b"\x00")[2]
+            else:
+                rest = rest[1:]
+            inflater = zlib.decompressobj()
+            try:
+                size = len(inflater.decompress(rest, MAX_TEXT_CHUNK_BYTES + 1))
+            except zlib.error as error:
+                return f"the PNG text chunk {name!r} is damaged ({error})"
+        else:
+            size = len(rest)
+        if size > MAX_TEXT_CHUNK_BYTES:
+            return (f"the PNG text chunk {name!r} holds more than {MAX_TEXT_CHUNK_BYTES >> 20} MiB of text; "
+                    "a workflow is well under that: strip the metadata and upload again")
+    return None
 
 
 async def _read_limited(part: BodyPartReader, limit: int) -> bytes | None:

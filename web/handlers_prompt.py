@@ -19,13 +19,14 @@ embeds; ``extra_data`` (``extra_pnginfo`` included) reaches nodes as ``ctx.servi
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 from aiohttp import web
 
 from engine.prompt_errors import comfyui_error_body
-from engine.queue import DuplicatePromptIdError, HistoryEntry, QueueClosedError, QueueStoreError
+from engine.queue import DuplicatePromptIdError, HistoryEntry, QueueClosedError, QueueItem, QueueStoreError
 from engine.validation import ValidationError, ValidationReport, looks_like_api_prompt
 from engine.workflow import Workflow
 from web.events import public_output
@@ -52,10 +53,11 @@ async def post_prompt(request: web.Request) -> web.Response:
     fields = _submission_fields(body)
     if isinstance(fields, web.Response):
         return fields
-    limit = request.app[LIMITS].max_pending
-    if request.app[QUEUE].remaining() >= limit:
-        return prompt_error(429, "queue_full", f"{limit} prompts are already waiting",
+    limits = request.app[LIMITS]
+    if request.app[QUEUE].remaining() >= limits.max_pending:
+        return prompt_error(429, "queue_full", f"{limits.max_pending} prompts are already waiting",
                             "try again when some have run, or clear the queue")
+    size = len(await request.read())  # aiohttp keeps the body read_json read
     document = body["prompt"]
     report = await checked_document(document, request.app[REGISTRY])
     targets = body.get("partial_execution_targets")
@@ -65,10 +67,20 @@ async def post_prompt(request: web.Request) -> web.Response:
         report = restricted_report(report, [str(t) for t in targets])
     if not report.ok or report.workflow is None:
         return web.json_response(comfyui_error_body(report), status=400, dumps=dumps_json)
+    # The pending queue is bounded in bytes too: 60 prompts of 5 MiB each held 382 MiB.
+    # (No await between this check and submit: two requests cannot both slip under it.)
+    waiting = request.app[QUEUE].pending_bytes()
+    if waiting + size > limits.max_pending_bytes:
+        return prompt_error(
+            413, "queue_bytes_exceeded",
+            f"the pending prompts hold {_mib(waiting)} and this one {_mib(size)}; the queue holds at most "
+            f"{_mib(limits.max_pending_bytes)} of prompts",
+            "wait until some have run, clear the queue, or send less extra_data / meta with each prompt")
     # SaveImage embeds our format (so `main.py run` reads it back); history keeps what was sent.
     ours = report.workflow.to_json() if looks_like_api_prompt(document) else document
     try:
-        item = request.app[QUEUE].submit(report.workflow, document, document=ours, outputs=report.outputs, **fields)
+        item = request.app[QUEUE].submit(report.workflow, document, document=ours, outputs=report.outputs,
+                                         size_bytes=size, **fields)
     except DuplicatePromptIdError as error:
         return prompt_error(400, "duplicate_prompt_id", str(error), str(fields["prompt_id"]))
     except QueueClosedError as error:
@@ -123,7 +135,8 @@ def restricted_report(report: ValidationReport, targets: list[str]) -> Validatio
         problems += (ValidationError("no_output", "none of partial_execution_targets is an output node",
                                      actual=", ".join(targets), hint="name output nodes such as SaveImage"),)
     nodes = {n: i for n, i in workflow.nodes.items() if n in keep}
-    return ValidationReport(Workflow(nodes, workflow.ui, workflow.meta, workflow.source_format), problems, outputs)
+    return ValidationReport(Workflow(nodes, workflow.ui, workflow.meta, workflow.source_format), problems, outputs,
+                            report.omitted)
 
 
 @routes.get("/api/prompt")
@@ -134,14 +147,57 @@ async def get_prompt(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------- queue
 
 
+def _mib(count: int) -> str:
+    return f"{count / (1 << 20):.1f} MiB"
+
+
+class Listing:
+    """Keeps ``/api/queue`` and ``/api/history`` bounded: an item is listed in full while it is
+    at most ``item_bytes`` and the listing so far at most ``LISTED_ITEMS`` such items; past
+    that it is a stub ``[number, id, {}, {client_id, latentflow_omitted_bytes, hint}, outputs]``
+    (``GET /api/history/{id}`` still answers a finished prompt in full). Before, 60 pending
+    prompts with 5 MiB of ``meta`` each made ``/api/queue`` answer 314 MB."""
+
+    LISTED_ITEMS = 16  # full-size items per response: at most 16 x item_bytes of prompts
+
+    def __init__(self, item_bytes: int) -> None:
+        self.item_bytes = item_bytes
+        self.budget = item_bytes * self.LISTED_ITEMS
+
+    def queue_entry(self, item: QueueItem) -> list[Any]:
+        size = item.size_bytes or _json_size(item)
+        if size <= self.item_bytes and size <= self.budget:
+            self.budget -= size
+            return item.to_json()
+        extra: dict[str, Any] = {"latentflow_omitted_bytes": size,
+                                 "latentflow_hint": "this prompt is too big to list here; "
+                                 f"GET /api/history/{item.prompt_id} once it has run"}
+        if item.client_id is not None:
+            extra["client_id"] = item.client_id
+        return [item.number, item.prompt_id, {}, extra, list(item.outputs)]
+
+
+def _json_size(item: QueueItem) -> int:
+    """The listed size of an item whose request size is unknown (restored from the store)."""
+    return len(json.dumps([item.prompt, item.public_extra_data()], default=str))
+
+
 @routes.get("/api/queue")
 async def get_queue(request: web.Request) -> web.Response:
     queue = request.app[QUEUE]
-    running = queue.running()
+    listing = Listing(request.app[LIMITS].max_listed_prompt_bytes)
     return web.json_response({
-        "queue_running": [running.to_json()] if running else [],
-        "queue_pending": [item.to_json() for item in queue.pending()],
+        # one running item per busy worker; extra_data names the worker (history's meta.worker too)
+        "queue_running": [_naming_worker(listing.queue_entry(item), queue.worker_of(item.prompt_id))
+                          for item in queue.running_items()],
+        "queue_pending": [listing.queue_entry(item) for item in queue.pending()],
     }, dumps=dumps_json)
+
+
+def _naming_worker(entry: list[Any], worker: str | None) -> list[Any]:
+    if worker is not None:
+        entry[3] = {**entry[3], "worker": worker}
+    return entry
 
 
 @routes.post("/api/queue")
@@ -161,10 +217,8 @@ async def interrupt(request: web.Request) -> web.Response:
     body = await read_json(request, required=False, lenient=True)
     prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
     queue = request.app[QUEUE]
-    if prompt_id:
-        running = queue.running()
-        if running is None or running.prompt_id != str(prompt_id):
-            return web.json_response({"interrupted": False})
+    if prompt_id and queue.worker_of(str(prompt_id)) is None:  # not running on any worker
+        return web.json_response({"interrupted": False})
     return web.json_response({"interrupted": queue.interrupt(str(prompt_id) if prompt_id else None)})
 
 
@@ -181,14 +235,15 @@ async def free(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------- history
 
 
-def history_json(entry: HistoryEntry) -> dict[str, Any]:
-    """ComfyUI's history entry; our run details (timings, executed/cached) under ``latentflow``."""
+def history_json(entry: HistoryEntry, listing: "Listing | None" = None) -> dict[str, Any]:
+    """ComfyUI's history entry; our run details (timings, executed/cached) under ``latentflow``.
+    In a listing, a big prompt is shown as a stub (``Listing``); ``/api/history/{id}`` gives it all."""
     item = entry.item
     outputs = {node_id: public_output(ui) for node_id, ui in entry.outputs.items()}
     meta = {node_id: {"node_id": node_id, "display_node": node_id, "parent_node": None,
                       "real_node_id": node_id} for node_id in outputs}
     return {
-        "prompt": item.to_json(),
+        "prompt": listing.queue_entry(item) if listing is not None else item.to_json(),
         "outputs": outputs,
         "status": {"status_str": "success" if entry.status == "success" else "error",
                    "completed": entry.status == "success", "messages": status_messages(entry),
@@ -197,7 +252,7 @@ def history_json(entry: HistoryEntry) -> dict[str, Any]:
         "latentflow": {"number": item.number, "client_id": item.client_id, "submitted_at": item.submitted_at,
                        "started_at": entry.started_at, "finished_at": entry.finished_at,
                        "executed": list(entry.executed), "cached": list(entry.cached),
-                       "error": dict(entry.error) if entry.error else None},
+                       "error": dict(entry.error) if entry.error else None, "worker": entry.worker},
     }
 
 
@@ -232,7 +287,9 @@ async def get_history(request: web.Request) -> web.Response:
     offset = int_query(request, "offset", 0) or 0
     entries = list(reversed(request.app[QUEUE].history()))
     end = None if max_items is None else offset + max_items
-    return web.json_response({e.item.prompt_id: history_json(e) for e in entries[offset:end]}, dumps=dumps_json)
+    listing = Listing(request.app[LIMITS].max_listed_prompt_bytes)
+    return web.json_response({e.item.prompt_id: history_json(e, listing) for e in entries[offset:end]},
+                             dumps=dumps_json)
 
 
 @routes.get("/api/history/{prompt_id}")

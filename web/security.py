@@ -89,6 +89,17 @@ def token_from(request: web.Request) -> str | None:
     return request.query.get("token") or request.cookies.get(TOKEN_COOKIE)
 
 
+def token_matches(given: str, token: str) -> bool:
+    """Constant-time comparison of the bytes the client sent with the token.
+
+    aiohttp decodes header bytes as UTF-8 with ``surrogateescape``, so a header sent in
+    Latin-1 (``Bearer t\xf6k\xe9n``) holds lone surrogates that plain ``str.encode()``
+    refuses; encoding them back with ``surrogateescape`` restores the bytes the client sent,
+    which then simply do not match (401), instead of raising (500)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+                               token.encode("utf-8", "surrogateescape"))
+
+
 def security_middleware(policy: SecurityPolicy) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     """Host check, Origin check and token check, in that order, before any handler runs."""
 
@@ -108,7 +119,7 @@ def security_middleware(policy: SecurityPolicy) -> Callable[[web.Request, Handle
                            f"server may change state (add --allow-origin {origin} to trust it)")
         if policy.token is not None and _needs_token(request):
             given = token_from(request)
-            if given is None or not hmac.compare_digest(given.encode(), policy.token.encode()):
+            if given is None or not token_matches(given, policy.token):
                 return _refuse(401, "unauthorized",
                                "this server requires its auth token: send 'Authorization: Bearer TOKEN' "
                                "or open the editor once with ?token=TOKEN")
@@ -231,3 +242,8 @@ class Limits:
     max_upload_bytes: int = 32 << 20
     history_limit: int = 1000
     max_pending: int = 10_000  # queued prompts; beyond this POST /api/prompt answers 429
+    # Summed request bytes of the pending prompts; past it POST /api/prompt answers 413.
+    max_pending_bytes: int = 256 << 20
+    # /api/queue and /api/history list a prompt in full up to this size; a bigger one lists its
+    # nodes' types and inputs with big extra_data / meta / ui values replaced by their size.
+    max_listed_prompt_bytes: int = 1 << 20

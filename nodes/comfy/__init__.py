@@ -31,10 +31,11 @@ NATIVE = ("SaveImage", "PreviewImage")
 
 def nodes(runtime: Runtime, ours: Mapping[str, NodeSpec]) -> list[NodeSpec]:
     """The adapters, given our built nodes by id (they call ``ours[id].function``)."""
-    from nodes.comfy import conditioning, image, latent, loaders, notes
+    from nodes.comfy import conditioning, custom_sampling, image, image_ops, latent, loaders, masks, notes
 
     return [*loaders.nodes(runtime, ours), *conditioning.nodes(runtime, ours), *latent.nodes(runtime, ours),
-            *image.nodes(runtime, ours), *notes.nodes()]
+            *custom_sampling.nodes(runtime, ours), *image.nodes(runtime, ours), *image_ops.nodes(runtime, ours),
+            *masks.nodes(runtime, ours), *notes.nodes()]
 
 
 def call(ours: Mapping[str, NodeSpec], node_id: str, **inputs: Any) -> Any:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from engine.api import Float, Int, NodeSpec, Out, Text, node
+from engine.api import Choice, Float, Int, NodeSpec, Out, Text, node
 from nodes.comfy import COMPAT, call
 from nodes.runtime import Runtime
 from nodes.text import encode_prompt_pair
 
 SIZE = dict(min=0, max=16384)
+LATENT_FACTOR = 8  # image pixels per latent pixel (as ComfyUI's area and mask nodes assume)
 
 
 def prompt() -> Text:
@@ -88,5 +89,64 @@ def nodes(runtime: Runtime, ours: Mapping[str, NodeSpec]) -> list[NodeSpec]:
         """All-zero text embeddings: a neutral negative (latentflow's ZeroConditioning)."""
         return call(ours, "ZeroConditioning", conditioning=conditioning)
 
+    @node("ConditioningSetMask", display_name="Conditioning (Set Mask)", category="conditioning", compat=COMPAT)
+    def conditioning_set_mask(
+        conditioning: "CONDITIONING",
+        mask: "MASK",
+        strength: Float(default=1.0, min=0.0, max=10.0, step=0.01),
+        set_cond_area: Choice(choices=("default", "mask bounds")),
+    ) -> Out(CONDITIONING="CONDITIONING"):
+        """Restrict the conditioning to a mask (image pixels, 1 = applies) with a strength; "mask bounds" also
+        runs the model only on the mask's bounding box (in latent pixels: image pixels / 8)."""
+        from sgm.data.image_ops import as_mask_batch, mask_bounds
+        from sgm.text.conditioning import Area
+
+        mask = as_mask_batch(mask).float()
+        area = None
+        if set_cond_area == "mask bounds":
+            bounds = mask_bounds(mask)
+            if bounds is None:
+                raise ValueError("ConditioningSetMask: set_cond_area 'mask bounds' needs a mask with some "
+                                 "non-zero pixel; this one is all zero")
+            x, y, w, h = bounds
+            x0, y0 = x // LATENT_FACTOR, y // LATENT_FACTOR
+            x1, y1 = -(-(x + w) // LATENT_FACTOR), -(-(y + h) // LATENT_FACTOR)  # round the far edge up
+            area = Area(x0, y0, x1 - x0, y1 - y0)
+        return [c.with_(mask=mask, strength=float(strength), **({"area": area} if area else {}))
+                for c in conditioning]
+
+    @node("ConditioningConcat", display_name="Conditioning (Concat)", category="conditioning", compat=COMPAT)
+    def conditioning_concat(conditioning_to: "CONDITIONING",
+                            conditioning_from: "CONDITIONING") -> Out(CONDITIONING="CONDITIONING"):
+        """Append the first conditioning_from's text tokens to each of conditioning_to (one longer prompt whose
+        parts were encoded apart); the pooled embedding stays conditioning_to's."""
+        import torch
+
+        if not conditioning_from:
+            return list(conditioning_to)
+        extra = conditioning_from[0].context
+        out = []
+        for cond in conditioning_to:
+            if extra.shape[-1] != cond.context.shape[-1]:
+                raise ValueError(f"ConditioningConcat: conditioning_from has {extra.shape[-1]} features per token, "
+                                 f"conditioning_to {cond.context.shape[-1]}; encode both with the same text encoder")
+            tail = extra if extra.shape[0] == cond.context.shape[0] else extra.expand(cond.context.shape[0], -1, -1)
+            out.append(cond.with_(context=torch.cat([cond.context, tail], dim=1)))
+        return out
+
+    @node("ConditioningSetTimestepRange", display_name="ConditioningSetTimestepRange",
+          category="advanced/conditioning", compat=COMPAT)
+    def conditioning_set_timestep_range(
+        conditioning: "CONDITIONING",
+        start: Float(default=0.0, min=0.0, max=1.0, step=0.001),
+        end: Float(default=1.0, min=0.0, max=1.0, step=0.001),
+    ) -> Out(CONDITIONING="CONDITIONING"):
+        """Apply the conditioning only from start to end of the sampling (fractions of the model's timesteps,
+        0 = pure noise, 1 = clean)."""
+        from sgm.sampling.guidance_extra import RANGE_KEY
+
+        return [c.with_(extra={**c.extra, RANGE_KEY: (float(start), float(end))}) for c in conditioning]
+
     return [clip_text_encode, clip_text_encode_sdxl, clip_text_encode_sdxl_refiner, conditioning_combine,
-            conditioning_set_area, conditioning_zero_out]
+            conditioning_set_area, conditioning_zero_out, conditioning_set_mask, conditioning_concat,
+            conditioning_set_timestep_range]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Mapping
 
 from engine.api import Choice, Context, Float, Int, NodeSpec, Out, node
@@ -166,5 +167,63 @@ def nodes(runtime: Runtime, ours: Mapping[str, NodeSpec]) -> list[NodeSpec]:
         """Sample only where the mask is 1 (latentflow's SetLatentMask)."""
         return call(ours, "SetLatentMask", latent=samples, mask=mask.reshape(-1, *mask.shape[-2:]))
 
+    @node("VAEEncodeForInpaint", display_name="VAE Encode (for Inpainting)", category="latent/inpaint",
+          compat=COMPAT)
+    def vae_encode_for_inpaint(
+        pixels: "IMAGE",
+        vae: "VAE",
+        mask: "MASK",
+        grow_mask_by: Int(default=6, min=0, max=64, step=1),
+    ) -> Out(LATENT="LATENT"):
+        """Encode the images with the masked region (1 = repaint) set to grey; the latent's noise mask is the
+        mask grown by grow_mask_by pixels, so the repaint blends in (best with an inpainting model)."""
+        import torch.nn.functional as F
+
+        from sgm.data.image_ops import as_mask_batch, inpaint_pixels_and_mask
+
+        vae = check_vae(vae, "VAEEncodeForInpaint")
+        f = vae.downscale
+        height, width = pixels.shape[1] // f * f, pixels.shape[2] // f * f
+        if height == 0 or width == 0:
+            raise ValueError(f"VAEEncodeForInpaint: the image ({pixels.shape[2]}x{pixels.shape[1]}) is smaller "
+                             f"than one latent pixel ({f}x{f})")
+        mask = as_mask_batch(mask).float()
+        if tuple(mask.shape[-2:]) != tuple(pixels.shape[1:3]):
+            mask = F.interpolate(mask[:, None], size=pixels.shape[1:3], mode="bilinear")[:, 0]
+        top, left = (pixels.shape[1] - height) // 2, (pixels.shape[2] - width) // 2
+        pixels = pixels[:, top:top + height, left:left + width, :3]
+        mask = mask[:, top:top + height, left:left + width]
+        blanked, noise_mask = inpaint_pixels_and_mask(pixels, mask, grow_mask_by)
+        samples = encode_images(runtime, vae, blanked.permute(0, 3, 1, 2) * 2.0 - 1.0, False, "VAEEncodeForInpaint")
+        return LatentValue(samples, noise_mask=noise_mask, masked_latent=samples, width=width, height=height)
+
+    @node("LatentComposite", display_name="Latent Composite", category="latent", compat=COMPAT)
+    def latent_composite(
+        samples_to: "LATENT",
+        samples_from: "LATENT",
+        x: Int(default=0, min=0, max=16384, step=8),
+        y: Int(default=0, min=0, max=16384, step=8),
+        feather: Int(default=0, min=0, max=16384, step=8),
+    ) -> Out(LATENT="LATENT"):
+        """Paste samples_from into samples_to at (x, y) image pixels (multiples of 8), fading in over feather
+        pixels on the sides inside samples_to."""
+        from sgm.data.image_ops import latent_composite as composite
+
+        out = composite(samples_to.samples, samples_from.samples, x // 8, y // 8, feather // 8)
+        return replace(samples_to, samples=out, empty=False)
+
+    @node("LatentBlend", display_name="Latent Blend", category="_for_testing", compat=COMPAT)
+    def latent_blend(samples1: "LATENT", samples2: "LATENT",
+                     blend_factor: Float(default=0.5, min=0, max=1, step=0.01)) -> Out(LATENT="LATENT"):
+        """blend_factor x samples1 + (1 - blend_factor) x samples2 (samples2 resized to samples1 where they
+        differ)."""
+        import torch.nn.functional as F
+
+        first, second = samples1.samples, samples2.samples
+        if second.shape != first.shape:
+            second = F.interpolate(second, size=first.shape[-2:], mode="bicubic", align_corners=False)
+        return replace(samples1, samples=first * blend_factor + second * (1 - blend_factor), empty=False)
+
     return [empty_latent_image, ksampler, vae_decode, vae_encode, vae_decode_tiled, vae_encode_tiled,
-            latent_upscale, latent_upscale_by, latent_from_batch, repeat_latent_batch, set_latent_noise_mask]
+            latent_upscale, latent_upscale_by, latent_from_batch, repeat_latent_batch, set_latent_noise_mask,
+            vae_encode_for_inpaint, latent_composite, latent_blend]

@@ -113,14 +113,13 @@ def nodes(runtime: Runtime, ours: Mapping[str, NodeSpec]) -> list[NodeSpec]:
           fingerprint=ours["LoadUNet"].fingerprint)
     def unet_loader(
         unet_name: files("LoadUNet", "unet_name"),
-        weight_dtype: Choice(choices=WEIGHT_DTYPES, tooltip="only 'default' is supported here"),
+        weight_dtype: Choice(choices=WEIGHT_DTYPES, tooltip="default: the installation's precision; fp8_*: "
+                                                            "weights stored in one byte, computed in it"),
     ) -> Out(MODEL="MODEL"):
-        """Load a diffusion model (UNet) file, eps prediction (latentflow's LoadUNet). Weights load in the
-        installation's precision; fp8 storage is not supported."""
-        if weight_dtype != "default":
-            raise ValueError(f"UNETLoader: weight_dtype {weight_dtype!r} is not supported (no fp8 weights "
-                             "here); use 'default' (the installation's precision)")
-        return call(ours, "LoadUNet", unet_name=unet_name, prediction="eps")
+        """Load a diffusion model (UNet) file, eps prediction (latentflow's LoadUNet). fp8 weights are stored in
+        one byte and computed in the installation's precision (fp8_e4m3fn_fast is fp8_e4m3fn here)."""
+        return call(ours, "LoadUNet", unet_name=unet_name, prediction="eps",
+                    weight_dtype="fp8_e4m3fn" if weight_dtype == "fp8_e4m3fn_fast" else weight_dtype)
 
     @node("CLIPLoader", display_name="Load CLIP", category="advanced/loaders", compat=COMPAT,
           fingerprint=lambda clip_name=None, **_: ours["LoadTextEncoder"].fingerprint(text_encoder_name=clip_name))

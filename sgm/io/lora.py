@@ -21,7 +21,8 @@ input (``in_proj_weight``) receives q, k and v LoRAs as row slices.
 
 Applying is reversible: :func:`patched` adds the deltas to the weights in place, keeping
 a copy of every weight it touches, and copies the originals back when the block ends, so
-the base model is restored bit for bit without reloading it.
+the base model is restored bit for bit without reloading it. Quantized layers
+(``sgm.nets.quant``) get the LoRA as a low-rank path beside their stored weight instead.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
+
+from sgm.nets.quant import LowRankPath, QuantizedWeight
 
 UNET = "unet"
 _SUFFIXES: tuple[tuple[str, str], ...] = (
@@ -271,6 +274,7 @@ def patched(modules: Mapping[str, nn.Module],
     """
     params = {name: dict(module.named_parameters()) for name, module in modules.items()}
     originals: dict[tuple[str, str], torch.Tensor] = {}
+    low_rank: list[tuple[QuantizedWeight, LowRankPath]] = []  # quantized layers: LoRA beside the weight
     try:
         with torch.no_grad():
             for targets, strength in patches:
@@ -282,6 +286,11 @@ def patched(modules: Mapping[str, nn.Module],
                     weight = params[target.module].get(target.key)
                     if weight is None:
                         raise LoraError(f"LoRA target {target.module}.{target.key} does not exist in the model")
+                    owner = _quantized_owner(modules[target.module], target.key)
+                    if owner is not None:
+                        low_rank.append((owner, owner.add_low_rank(target.up, target.down, target.scale * strength,
+                                                                   target.rows)))
+                        continue
                     slot = (target.module, target.key)
                     if slot not in originals:
                         originals[slot] = weight.detach().clone()
@@ -289,6 +298,16 @@ def patched(modules: Mapping[str, nn.Module],
                     view.add_(target.delta(view.shape, view.dtype, view.device) * strength)
         yield
     finally:
+        for owner, path in reversed(low_rank):
+            owner.remove_low_rank(path)
         with torch.no_grad():
             for (module, key), original in originals.items():
                 params[module][key].copy_(original)
+
+
+def _quantized_owner(module: nn.Module, key: str) -> QuantizedWeight | None:
+    """The quantized layer whose ``weight`` is ``key`` (its one-byte weight cannot take a LoRA
+    delta in place: the LoRA runs beside it, see ``sgm.nets.quant``), else None."""
+    path, _, name = key.rpartition(".")
+    owner = module.get_submodule(path) if path else module
+    return owner if name == "weight" and isinstance(owner, QuantizedWeight) else None

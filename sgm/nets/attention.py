@@ -14,6 +14,31 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from sgm.nets.interrupt import check_interrupt
+
+# Above this many queries, attention runs in query chunks with an interrupt point between
+# them: at 4096x4096 pixels one SD self-attention call is 262k x 262k and takes minutes on a
+# CPU. A chunk's score matrix (batch x heads x chunk x keys) is kept under CHUNK_SCORES
+# elements, which also bounds memory where the kernel materialises the scores. Each query
+# row is independent, so chunking changes no result.
+CHUNK_ABOVE = 16384
+CHUNK_SCORES = 1 << 25  # 128 MiB of float32 scores per chunk
+
+
+def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``scaled_dot_product_attention`` of q: (B, H, Tq, d), k/v: (B, H, Tk, d) -> (B, H, Tq, dv),
+    in query chunks (checking for interrupts between them) when Tq is large."""
+    length = q.shape[-2]
+    if length <= CHUNK_ABOVE:
+        return F.scaled_dot_product_attention(q, k, v)
+    rows = max(1, q[..., :1, :1].numel() * k.shape[-2])  # score elements per query
+    chunk = max(16, min(4096, CHUNK_SCORES // rows))
+    out = q.new_empty(*q.shape[:-1], v.shape[-1])
+    for start in range(0, length, chunk):
+        check_interrupt()
+        out[..., start:start + chunk, :] = F.scaled_dot_product_attention(q[..., start:start + chunk, :], k, v)
+    return out
+
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
     """Multi-head attention over packed heads.
@@ -23,7 +48,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> 
     batch, _, inner = q.shape
     dim_head = inner // heads
     q, k, v = (t.view(batch, -1, heads, dim_head).transpose(1, 2) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, Tq, d)
+    out = chunked_attention(q, k, v)  # (B, heads, Tq, d)
     return out.transpose(1, 2).reshape(batch, -1, inner)
 
 
@@ -159,6 +184,7 @@ class SpatialTransformer(nn.Module):
         if self.use_linear:
             h = self.proj_in(h)
         for block in self.transformer_blocks:
+            check_interrupt()
             h = block(h, context)
         if self.use_linear:
             h = self.proj_out(h)

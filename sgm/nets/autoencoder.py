@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sgm.nets.attention import chunked_attention
+from sgm.nets.interrupt import check_interrupt
+
 
 def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(32, channels, eps=1e-6)
@@ -35,6 +38,7 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
+        check_interrupt()
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         shortcut = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
         return shortcut + h
@@ -56,7 +60,7 @@ class AttnBlock(nn.Module):
         h = self.norm(x)
         # (B, C, H, W) -> (B, 1, H*W, C): one head over every pixel
         q, k, v = (t.flatten(2).transpose(1, 2)[:, None] for t in (self.q(h), self.k(h), self.v(h)))
-        h = F.scaled_dot_product_attention(q, k, v)[:, 0]
+        h = chunked_attention(q, k, v)[:, 0]
         h = h.transpose(1, 2).reshape(batch, channels, height, width)
         return x + self.proj_out(h)
 
@@ -100,11 +104,17 @@ class _Mid(nn.Module):
         self.block_2 = ResnetBlock(channels, channels, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block_2(self.attn_1(self.block_1(x)))
+        check_interrupt()
+        h = self.block_1(x)
+        check_interrupt()
+        h = self.attn_1(h)
+        check_interrupt()
+        return self.block_2(h)
 
 
 def _run_level(level: _Level, h: torch.Tensor) -> torch.Tensor:
     for index, block in enumerate(level.block):
+        check_interrupt()  # a block at full resolution can take seconds on a large image
         h = block(h)
         if len(level.attn):
             h = level.attn[index](h)
@@ -140,6 +150,7 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
         for level in self.down:
+            check_interrupt()
             h = _run_level(level, h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
@@ -176,6 +187,7 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
         for level in reversed(self.up):
+            check_interrupt()
             h = _run_level(level, h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
@@ -377,6 +389,7 @@ def tiled_apply(
         weight_sum = torch.zeros(1, 1, round(height * scale), round(width * scale), device=x.device)
         for y0 in ys:
             for x0 in xs:
+                check_interrupt()
                 if shared is not None:
                     shared.next_pass()
                 piece = fn(x[..., y0:y0 + tile, x0:x0 + tile]).float()

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from sgm.nets.attention import SpatialTransformer
+from sgm.nets.interrupt import check_interrupt
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -71,6 +72,7 @@ class ResBlock(nn.Module):
         # x: (B, C, H, W); emb: (B, E)
         h = self.in_layers(x)
         h = h + self.emb_layers(emb).to(h.dtype)[:, :, None, None]
+        check_interrupt()
         return self.skip_connection(x) + self.out_layers(h)
 
 
@@ -270,11 +272,16 @@ class UNetModel(nn.Module):
             context = context.to(dtype)
         h = x.to(dtype)
         skips = []
+        # An interrupt lands between blocks (and inside attention): one call at a large size
+        # can take minutes, the sampler only checks between steps.
         for block in self.input_blocks:
+            check_interrupt()
             h = block(h, emb, context)
             skips.append(h)
+        check_interrupt()
         h = self.middle_block(h, emb, context)
         for block in self.output_blocks:
+            check_interrupt()
             h = torch.cat([h, skips.pop()], dim=1)
             # The next skip (if any) tells an Upsample its target size.
             size = skips[-1].shape[-2:] if skips else None

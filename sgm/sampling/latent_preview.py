@@ -16,7 +16,7 @@ import torch
 if TYPE_CHECKING:
     from PIL import Image
 
-Family = Literal["sd1", "sd2", "sdxl"]
+Family = Literal["sd1", "sd2", "sdxl", "tiny-shapes"]
 
 # (4, 3): RGB = latent_channels @ factors (+ bias), RGB in [-1, 1].
 _SD1_FACTORS = (
@@ -32,22 +32,35 @@ _SDXL_FACTORS = (
     (-0.3165, -0.2492, -0.2188),
 )
 _SDXL_BIAS = (0.1084, -0.0175, -0.0011)
+# The embedded tiny-shapes model's VAE has a latent space of its own: a least-squares fit of
+# 4x-pooled RGB on its scaled latents over 512 rendered shapes images (SD's factors turned a
+# red circle on blue into a green blob). Each colour of the data set weighs the same in the
+# fit and only flat 4x4 blocks count; a linear map still mixes some hues (green reads brownish).
+_TINY_SHAPES_FACTORS = (
+    (0.302, 0.7929, -0.0774),
+    (-0.506, 0.0991, -0.1974),
+    (-0.1038, 0.1394, 0.3185),
+    (-0.2546, -0.0558, 0.3734),
+)
+_TINY_SHAPES_BIAS = (0.6111, 0.0638, -0.1454)
 
 LATENT_RGB_FACTORS: dict[str, tuple[tuple[float, ...], ...]] = {
     "sd1": _SD1_FACTORS,
     "sd2": _SD1_FACTORS,
     "sdxl": _SDXL_FACTORS,
+    "tiny-shapes": _TINY_SHAPES_FACTORS,
 }
 LATENT_RGB_BIAS: dict[str, tuple[float, ...]] = {
     "sd1": (0.0, 0.0, 0.0),
     "sd2": (0.0, 0.0, 0.0),
     "sdxl": _SDXL_BIAS,
+    "tiny-shapes": _TINY_SHAPES_BIAS,
 }
 
 
 def _family_key(family: str) -> str:
     """Checkpoint family names ('sd2-v', 'sdxl-refiner', ...) -> a factor table key."""
-    for key in ("sdxl", "sd2", "sd1"):
+    for key in ("sdxl", "sd2", "sd1", "tiny-shapes"):
         if family.startswith(key):
             return key
     raise ValueError(

@@ -18,6 +18,7 @@ from typing import Any, Callable, Protocol
 import torch
 import torch.nn.functional as F
 
+from sgm.nets.interrupt import interruptible
 from sgm.sampling.denoisers import ModelSampling
 from sgm.sampling.sampler_common import guided_and_uncond
 from sgm.sampling.samplers import SAMPLERS, Sampler, StepCallback, StepInfo
@@ -167,7 +168,9 @@ def sample(
     region before every model call and into the model's output, and the result keeps the
     input latent exactly where the mask is 0. ``noise`` overrides the seeded initial noise
     (ancestral noise still follows the seed rule). Raises ``SamplingCancelled`` when
-    ``cancel()`` returns True, checked before every model evaluation (so every step).
+    ``cancel()`` returns True, checked before every model evaluation (so every step) and
+    between the network's blocks inside one (``sgm.nets.interrupt``), so it lands within
+    about a block's time even when one step takes minutes.
     """
     options = dict(sampler_options or {})
     sampler_fn = resolve_sampler(sampler)
@@ -199,7 +202,12 @@ def sample(
         if callback is not None:
             callback(info)
 
-    out = sampler_fn(denoiser, x, sigmas, callback=on_step, generator=generators, **options)
+    def interrupt() -> None:  # also checked inside each model call (between UNet blocks)
+        if cancel is not None and cancel():
+            raise SamplingCancelled("sampling cancelled inside a model evaluation")
+
+    with interruptible(interrupt if cancel is not None else None):
+        out = sampler_fn(denoiser, x, sigmas, callback=on_step, generator=generators, **options)
     if mask is not None:
         out = out * mask + latent * (1 - mask)
     return out

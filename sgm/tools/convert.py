@@ -14,7 +14,7 @@ import sys
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__
+    parser.description = __doc__.replace("``", "")  # the docstring's markup is not for a terminal
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("src", help="a diffusers folder or a .safetensors/.ckpt/.pt checkpoint")
     parser.add_argument("dst", help="a .safetensors file, or a folder (no suffix) for diffusers layout")

@@ -25,6 +25,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--psnr-images", type=int, default=64)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--weight-dtype", default="default", choices=("default", "fp8_e4m3fn", "fp8_e5m2", "int8"),
+                        help="store the UNet's weights as this (sgm.nets.quant; compute stays fp32)")
     parser.add_argument("--save-grid", help="write the generated images as one PNG grid here")
     parser.add_argument("--show-failures", type=int, default=0, help="list this many wrong images")
 
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(args.checkpoint, count=args.n, steps=args.steps, cfg=args.cfg,
                                  batch_size=args.batch_size, seed=args.seed, psnr_images=args.psnr_images,
                                  on_batch=on_batch, grid_path=args.save_grid, scheduler=args.scheduler,
-                                 sampler=args.sampler)
+                                 sampler=args.sampler, weight_dtype=args.weight_dtype)
     sys.stderr.write("\n")
     print(format_table(result))
     for caption, analysis in result.report.failures[: args.show_failures]:

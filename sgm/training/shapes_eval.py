@@ -200,8 +200,9 @@ def evaluate_checkpoint(path: str, *, count: int = 96, steps: int = 20, cfg: flo
                         seed: int = 0, psnr_images: int = 64,
                         on_batch: Callable[[int, int], None] | None = None,
                         grid_path: str | None = None, scheduler: str = "sgm_uniform",
-                        sampler: str = "euler") -> CheckpointEval:
-    """Load a tiny-shapes model file and measure accuracy, VAE PSNR and speed."""
+                        sampler: str = "euler", weight_dtype: str = "default") -> CheckpointEval:
+    """Load a tiny-shapes model file and measure accuracy, VAE PSNR and speed (the UNet's weights
+    stored as ``weight_dtype``, see ``sgm.nets.quant``)."""
     import time
 
     import torch
@@ -213,9 +214,12 @@ def evaluate_checkpoint(path: str, *, count: int = 96, steps: int = 20, cfg: flo
     from sgm.training.diffusion import generate as generate_images
     from sgm.training.vae import psnr
 
+    from sgm.nets.quant import quantize_module
+
     checkpoint = load_checkpoint(path, dtype=torch.float32)
     if checkpoint.unet is None or checkpoint.vae is None or checkpoint.conditioner is None:
         raise ValueError(f"{path} lacks a UNet, VAE or text encoder; eval needs a full text-to-image model")
+    quantize_module(checkpoint.unet, weight_dtype)
     sampling = checkpoint.model_sampling()
     latent_size = 64 // checkpoint.vae.downscale
 

@@ -107,3 +107,24 @@ def autosaved(page) -> dict[str, Any]:
 
 def link_count(page) -> int:
     return page.locator("#links path.link:not(.temp)").count()
+
+
+def empty_point(page, near: tuple[float, float] = (700, 700)) -> tuple[float, float]:
+    """A point of the empty canvas (no node, no link under it), the nearest to ``near``
+    (the editor fits a loaded workflow into view, so where nodes are depends on the window)."""
+    point = page.evaluate("""([nx, ny]) => {
+        const rect = document.querySelector('#canvas').getBoundingClientRect();
+        let best = null;
+        for (let y = rect.top + 20; y < rect.bottom - 30; y += 20) {
+            for (let x = rect.left + 20; x < rect.right - 20; x += 20) {
+                const hit = document.elementFromPoint(x, y);
+                if (hit && (hit.id === 'canvas' || hit.id === 'world' || hit.id === 'links')) {
+                    const d = (x - nx) ** 2 + (y - ny) ** 2;
+                    if (!best || d < best[2]) best = [x, y, d];
+                }
+            }
+        }
+        return best && [best[0], best[1]];
+    }""", list(near))
+    assert point, "no empty spot on the canvas"
+    return point[0], point[1]

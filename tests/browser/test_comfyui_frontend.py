@@ -7,7 +7,8 @@ import json
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -22,6 +23,34 @@ pytest.importorskip("comfyui_frontend_package",
                     reason="the optional ComfyUI frontend is not installed (pip install -e '.[comfyui]')")
 
 OUTPUT_INDEX = {"model": 0, "clip": 1, "vae": 2, "conditioning": 0, "latent": 0, "image": 0}
+
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def is_local(url: str) -> bool:
+    return (urlsplit(url).hostname or "") in LOCAL_HOSTS
+
+
+def collect_console_errors(page: Any) -> list[str]:
+    """The page's uncaught errors and console errors, except failed requests to the internet
+    (the frontend asks for fonts, release notes and templates online; the test machine is
+    offline). A failed request to our own server is kept: it is ours to fix."""
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(f"pageerror: {error}"))
+
+    def on_console(message: Any) -> None:
+        if message.type != "error":
+            return
+        url = (message.location or {}).get("url", "")
+        text = message.text
+        failed_request = text.startswith("Failed to load resource") or "net::ERR_" in text
+        if failed_request and url and not is_local(url):
+            return
+        errors.append(f"console.error: {text} (at {url or '?'})")
+
+    page.on("console", on_console)
+    return errors
 
 
 def comfyui_api_prompt(document: dict) -> dict:
@@ -46,6 +75,7 @@ def comfy_server(settings: Settings) -> Iterator[ServerThread]:
 def test_comfyui_frontend_shows_our_nodes_and_queues_a_prompt(browser, comfy_server, settings: Settings):
     context = browser.new_context(viewport={"width": 1500, "height": 900})
     page = context.new_page()
+    errors = collect_console_errors(page)
     try:
         page.goto(comfy_server.url)
         wait_until(page, "() => !!(window.app && window.app.graph && window.LiteGraph)", timeout=60)
@@ -72,5 +102,7 @@ def test_comfyui_frontend_shows_our_nodes_and_queues_a_prompt(browser, comfy_ser
         wait_until(page, """async () => {
             const r = await fetch('/api/jobs?status=completed');
             return (await r.json()).jobs.length === 1; }""")
+        page.wait_for_timeout(500)  # late errors from the finished job's UI updates
+        assert errors == [], "\n".join(errors)
     finally:
         context.close()

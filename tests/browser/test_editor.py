@@ -8,7 +8,7 @@ import urllib.request
 from tests.browser.conftest import screenshot
 from tests.web.fake_pack import png_bytes, txt2img_document
 from tests.browser.editor import (
-    TXT2IMG_LAYOUT, TXT2IMG_LINKS, add_node, autosaved, center, drag, drag_link, link_count, new_canvas,
+    TXT2IMG_LAYOUT, TXT2IMG_LINKS, add_node, autosaved, center, drag, drag_link, empty_point, link_count, new_canvas,
     open_editor, socket, wait_for_image, wait_for_node_count, wait_until,
 )
 
@@ -174,12 +174,13 @@ def test_upload_an_image_into_a_load_image_node(page, server, settings):
 def test_zoom_and_pan_are_kept_in_the_workflow(page, server):
     open_editor(page, server.url)
     before = page.locator('[data-node-id="1"]').bounding_box()
-    page.mouse.move(400, 300)
+    page.mouse.move(*empty_point(page, (400, 300)))  # not over a text field, which scrolls instead
     page.mouse.wheel(0, -400)  # zoom in around the pointer
     wait_until(page, "() => JSON.parse(localStorage.getItem('latentflow.workflow')).ui.view.scale > 1.5")
     zoomed = page.locator('[data-node-id="1"]').bounding_box()
     assert zoomed["width"] > before["width"] * 1.5
-    drag(page, (700, 700), (600, 650))  # pan on the empty canvas
+    x, y = empty_point(page, (700, 700))
+    drag(page, (x, y), (x - 100, y - 50))  # pan on the empty canvas
     view = autosaved(page)["ui"]["view"]
     page.reload()
     page.wait_for_selector("body[data-ready=true]")

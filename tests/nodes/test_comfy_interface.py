@@ -24,13 +24,22 @@ from tests.reference import COMFYUI_OBJECT_INFO, comfyui_object_info
 HERE = Path(__file__).resolve().parent
 # The SD1.x / SD2.x / SDXL core that issue 14 names (PrimitiveNode, Reroute and Note are UI-side).
 CORE_NODES = ('CLIPLoader', 'CLIPSetLastLayer', 'CLIPTextEncode', 'CLIPTextEncodeSDXL', 'CLIPTextEncodeSDXLRefiner', 'CheckpointLoader', 'CheckpointLoaderSimple', 'ConditioningCombine', 'ConditioningSetArea', 'ConditioningZeroOut', 'DualCLIPLoader', 'EmptyLatentImage', 'ImageScale', 'ImageScaleBy', 'KSampler', 'LatentFromBatch', 'LatentUpscale', 'LatentUpscaleBy', 'LoadImage', 'LoadImageMask', 'LoraLoader', 'LoraLoaderModelOnly', 'PreviewImage', 'RepeatLatentBatch', 'SaveImage', 'SetLatentNoiseMask', 'UNETLoader', 'VAEDecode', 'VAEDecodeTiled', 'VAEEncode', 'VAEEncodeTiled', 'VAELoader')
+# What ComfyUI's official SD1.5 / SDXL templates need besides (issue 15).
+TEMPLATE_NODES = (
+    'KSamplerAdvanced', 'KSamplerSelect', 'BasicScheduler', 'SDTurboScheduler', 'SamplerCustom', 'SamplerCustomAdvanced',
+    'BasicGuider', 'CFGGuider', 'DualCFGGuider', 'RandomNoise', 'DisableNoise', 'SetFirstSigma', 'SplitSigmas',
+    'SplitSigmasDenoise', 'FlipSigmas', 'VAEEncodeForInpaint', 'ImagePadForOutpaint', 'ImageScaleToTotalPixels',
+    'ImageInvert', 'ImageBlur', 'ImageSharpen', 'LatentComposite', 'LatentBlend', 'InvertMask', 'GrowMask', 'SolidMask',
+    'MaskComposite', 'FeatherMask', 'CropMask', 'ImageToMask', 'MaskToImage', 'ThresholdMask', 'ConditioningSetMask',
+    'ConditioningConcat', 'ConditioningSetTimestepRange', 'ModelSamplingDiscrete', 'Canny')
 REFERENCE = comfyui_object_info()
 pytestmark = pytest.mark.skipif(REFERENCE is None, reason=f"the interface spec is not at {COMFYUI_OBJECT_INFO}")
-SPEC = {name: REFERENCE[name] for name in CORE_NODES} if REFERENCE is not None else {}
+SPEC = {name: REFERENCE[name] for name in CORE_NODES + TEMPLATE_NODES} if REFERENCE is not None else {}
 # Choice lists ComfyUI fills from its folders: the reference machine's files are not ours.
 FOLDER_CHOICES = {"ckpt_name", "vae_name", "lora_name", "unet_name", "clip_name", "clip_name1", "clip_name2", "image"}
 # The sampler and scheduler lists are the library's tables (another change completes them).
-LIBRARY_CHOICES = {("KSampler", "sampler_name"), ("KSampler", "scheduler")}
+LIBRARY_CHOICES = {("KSampler", "sampler_name"), ("KSampler", "scheduler"), ("KSamplerAdvanced", "sampler_name"),
+                   ("KSamplerAdvanced", "scheduler"), ("KSamplerSelect", "sampler_name"), ("BasicScheduler", "scheduler")}
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +56,15 @@ def object_info(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def nodes(tmp_path: Path) -> dict[str, Any]:
     runtime = Runtime(Settings.for_root(tmp_path), device="cpu")
     return {spec.id: spec.function for spec in build_nodes(runtime)}
+
+
+def combo_entry(entry: list[Any]) -> list[Any]:
+    """ComfyUI's newer (V3) nodes write a choice as ``["COMBO", {"options": [...], "multiselect": false}]``, the
+    older ones (and we) as ``[[...], {}]``; the frontend reads both alike."""
+    if entry[0] == "COMBO" and len(entry) > 1 and not entry[1].get("multiselect"):
+        options = {k: v for k, v in entry[1].items() if k not in ("options", "multiselect")}
+        return [list(entry[1]["options"]), options]
+    return entry
 
 
 def normal_options(kind: Any, options: dict[str, Any]) -> dict[str, Any]:
@@ -79,6 +97,7 @@ def test_interface_matches_comfyui(object_info: dict[str, Any], name: str) -> No
             assert actual == expected
             continue
         for input_name, entry in expected.items():
+            entry = combo_entry(entry)
             kind, options = entry[0], entry[1] if len(entry) > 1 else {}
             our_kind, our_options = actual[input_name][0], actual[input_name][1]
             where = f"{name}.{input_name}"
@@ -231,11 +250,99 @@ def test_notes_run_nothing(nodes: dict[str, Any]) -> None:
 
 
 def test_unsupported_choices_fail_naming_node_input_and_support(nodes: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match=r"UNETLoader: weight_dtype 'fp8_e4m3fn' is not supported.*'default'"):
-        nodes["UNETLoader"](unet_name="x.safetensors", weight_dtype="fp8_e4m3fn")
     with pytest.raises(ValueError, match=r"CLIPLoader: type 'sd3' is not supported.*'stable_diffusion'"):
         nodes["CLIPLoader"](clip_name="x.safetensors", type="sd3")
     with pytest.raises(ValueError, match=r"DualCLIPLoader: type 'flux' is not supported.*'sdxl'"):
         nodes["DualCLIPLoader"](clip_name1="a.safetensors", clip_name2="b.safetensors", type="flux")
     with pytest.raises(FileNotFoundError, match="CLIPLoader: clip_name: .*'x.safetensors' not found"):
         nodes["CLIPLoader"](clip_name="x.safetensors", type="stable_diffusion")
+
+
+# --------------------------------------------------------------------------- issue 15: template nodes on plain values
+
+
+def test_mask_nodes(nodes: dict[str, Any]) -> None:
+    mask = torch.zeros(1, 6, 6)
+    mask[0, 2, 2] = 1.0
+    assert torch.equal(nodes["InvertMask"](mask=mask), 1 - mask)
+    assert nodes["GrowMask"](mask=mask, expand=1, tapered_corners=True).sum() == 5
+    assert nodes["GrowMask"](mask=mask, expand=1, tapered_corners=False).sum() == 9
+    solid = nodes["SolidMask"](value=0.25, width=5, height=3)
+    assert solid.shape == (1, 3, 5) and solid.eq(0.25).all()
+    composite = nodes["MaskComposite"](destination=solid, source=torch.ones(1, 2, 2), x=4, y=1, operation="add")
+    assert composite[0, 1, 4] == 1.0 and composite[0, 2, 4] == 1.0 and composite[0, 1, 3] == 0.25
+    feathered = nodes["FeatherMask"](mask=torch.ones(1, 2, 4), left=2, top=0, right=0, bottom=0)
+    assert feathered[0, 0].tolist() == [0.5, 1.0, 1.0, 1.0]
+    crop = nodes["CropMask"](mask=torch.arange(36.0).reshape(1, 6, 6), x=1, y=2, width=3, height=10)
+    assert crop.shape == (1, 4, 3) and crop[0, 0, 0] == 13
+    image = torch.rand(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(nodes["ImageToMask"](image=image, channel="green"), image[..., 1])
+    as_image = nodes["MaskToImage"](mask=mask)
+    assert as_image.shape == (1, 6, 6, 3) and torch.equal(as_image[..., 2], mask)
+    assert nodes["ThresholdMask"](mask=torch.tensor([[[0.2, 0.5, 0.7]]]), value=0.5).tolist() == [[[0, 0, 1]]]
+    with pytest.raises(ValueError, match="ImageToMask: channel 'alpha' needs 4 channels"):
+        nodes["ImageToMask"](image=image[..., :3], channel="alpha")
+
+
+def test_image_nodes(nodes: dict[str, Any]) -> None:
+    image = torch.rand(1, 24, 32, 3, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(nodes["ImageInvert"](image=image), 1 - image)
+    scaled = nodes["ImageScaleToTotalPixels"](image=image, upscale_method="bilinear", megapixels=0.01)
+    assert scaled.shape == (1, 89, 118, 3)  # int(0.01 * 2^20) = 10485 pixels: x sqrt(10485 / 768) = 3.695
+    padded, mask = nodes["ImagePadForOutpaint"](image=image, left=8, top=0, right=0, bottom=0, feathering=4)
+    assert padded.shape == (1, 24, 40, 3) and mask.shape == (1, 24, 40) and mask[0, 5, 8] == 1.0
+    blurred = nodes["ImageBlur"](image=image, blur_radius=2, sigma=1.0)
+    assert blurred.shape == image.shape and blurred.std() < image.std()
+    sharpened = nodes["ImageSharpen"](image=image, sharpen_radius=1, sigma=1.0, alpha=1.0)
+    assert sharpened.shape == image.shape and sharpened.min() >= 0 and sharpened.max() <= 1
+    square = torch.zeros(1, 32, 32, 3)
+    square[:, 8:24, 8:24] = 1.0
+    edges = nodes["Canny"](image=square, low_threshold=0.1, high_threshold=0.2)
+    assert edges.shape == (1, 32, 32, 3) and edges[0, 16, :, 0].sum() == 2 and edges[0, 16, 16, 0] == 0
+    with pytest.raises(ValueError, match="Canny: low_threshold 0.9 is above high_threshold 0.5"):
+        nodes["Canny"](image=square, low_threshold=0.9, high_threshold=0.5)
+
+
+def test_latent_composite_and_blend(nodes: dict[str, Any]) -> None:
+    to = LatentValue(torch.zeros(1, 4, 8, 8), width=64, height=64)
+    source = LatentValue(torch.ones(1, 4, 4, 4), width=32, height=32)
+    pasted = nodes["LatentComposite"](samples_to=to, samples_from=source, x=16, y=40, feather=0)
+    assert pasted.samples[0, 0, 5:, 2:6].eq(1).all() and pasted.samples.sum() == 4 * 3 * 4
+    assert (pasted.width, pasted.height) == (64, 64) and to.samples.sum() == 0
+    soft = nodes["LatentComposite"](samples_to=to, samples_from=source, x=16, y=16, feather=16)
+    assert soft.samples[0, 0, 2, 2] == pytest.approx(0.25) and soft.samples[0, 0, 3, 3] == 1
+    blended = nodes["LatentBlend"](samples1=to, samples2=LatentValue(torch.ones(1, 4, 8, 8)), blend_factor=0.25)
+    assert blended.samples.eq(0.75).all()
+    resized = nodes["LatentBlend"](samples1=to, samples2=source, blend_factor=0.5)
+    assert resized.samples.shape == (1, 4, 8, 8) and resized.samples.mean() == pytest.approx(0.5, abs=0.01)
+
+
+def test_conditioning_mask_concat_and_timestep_range(nodes: dict[str, Any]) -> None:
+    from sgm.sampling.guidance_extra import RANGE_KEY
+    from sgm.text.conditioning import Condition
+
+    a = Condition(context=torch.ones(1, 77, 8), pooled=torch.ones(1, 4))
+    b = Condition(context=torch.zeros(1, 77, 8), pooled=torch.zeros(1, 4))
+    mask = torch.zeros(64, 64)
+    mask[20:36, 9:17] = 1.0
+    (masked,) = nodes["ConditioningSetMask"](conditioning=[a], mask=mask, strength=0.5, set_cond_area="default")
+    assert masked.mask.shape == (1, 64, 64) and masked.strength == 0.5 and masked.area is None
+    (bounded,) = nodes["ConditioningSetMask"](conditioning=[a], mask=mask, strength=1.0, set_cond_area="mask bounds")
+    area = bounded.area  # pixels 9..16 x 20..35 -> latent 1..2 x 2..4
+    assert (area.x, area.y, area.width, area.height) == (1, 2, 2, 3)
+    (joined,) = nodes["ConditioningConcat"](conditioning_to=[a], conditioning_from=[b, a])
+    assert joined.context.shape == (1, 154, 8) and joined.context[0, 77:].eq(0).all() and joined.pooled is a.pooled
+    (ranged,) = nodes["ConditioningSetTimestepRange"](conditioning=[a], start=0.2, end=0.8)
+    assert ranged.extra[RANGE_KEY] == (0.2, 0.8) and RANGE_KEY not in a.extra
+
+
+def test_sigma_nodes(nodes: dict[str, Any]) -> None:
+    sigmas = torch.tensor([10.0, 5.0, 2.0, 1.0, 0.0])
+    high, low = nodes["SplitSigmas"](sigmas=sigmas, step=1)
+    assert high.tolist() == [10.0, 5.0] and low.tolist() == [5.0, 2.0, 1.0, 0.0]
+    high, low = nodes["SplitSigmasDenoise"](sigmas=sigmas, denoise=0.5)
+    assert high.tolist() == [10.0, 5.0, 2.0] and low.tolist() == [2.0, 1.0, 0.0]
+    assert nodes["FlipSigmas"](sigmas=sigmas).tolist() == pytest.approx([1e-4, 1.0, 2.0, 5.0, 10.0])
+    assert nodes["SetFirstSigma"](sigmas=sigmas, sigma=136.0).tolist() == [136.0, 5.0, 2.0, 1.0, 0.0]
+    assert nodes["KSamplerSelect"](sampler_name="dpmpp_2m").name == "dpmpp_2m"
+    assert nodes["RandomNoise"](noise_seed=7).seed == 7 and nodes["DisableNoise"]().seed is None

@@ -111,12 +111,19 @@ def write_image(ctx: NodeContext, image: dict[str, Any], prefix: str) -> dict[st
     settings = ctx.services["settings"]
     folder = Path(settings.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    index = len(list(folder.glob(f"{prefix}_*.png"))) + 1
-    name = f"{prefix}_{index:05d}.png"
     width, height = image["size"]
     seed = int(image["seed"])
     text = {"workflow": json.dumps(ctx.services.get("workflow_document", {}))}
-    (folder / name).write_bytes(png_bytes(width, height, (seed % 256, 128, 255 - seed % 256), text))
+    data = png_bytes(width, height, (seed % 256, 128, 255 - seed % 256), text)
+    index = len(list(folder.glob(f"{prefix}_*.png"))) + 1
+    while True:  # claim the name exclusively, as the real SaveImage does: workers may save at once
+        name = f"{prefix}_{index:05d}.png"
+        try:
+            with open(folder / name, "xb") as stream:
+                stream.write(data)
+            break
+        except FileExistsError:
+            index += 1
     # Like the real SaveImage, the UI entry carries the absolute path; the server must not leak it.
     return {"filename": name, "subfolder": "", "type": "output", "path": str(folder / name)}
 

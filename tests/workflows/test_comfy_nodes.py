@@ -138,6 +138,25 @@ def test_clip_text_encode_sdxl_prompts_per_tower(nodes: dict[str, Any]) -> None:
         nodes["CLIPTextEncodeSDXLRefiner"](ascore=6.0, width=1024, height=1024, text="x", clip=clip)
 
 
+def test_unet_loader_keeps_fp8_weights_in_one_byte(nodes: dict[str, Any], runtime: Runtime) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from sgm.io.checkpoints import UNET_PREFIX, read_state_dict, strip_prefix
+    from sgm.nets.quant import is_quantized
+
+    folder = Path(runtime.settings.models_dir) / "diffusion_models"
+    folder.mkdir(exist_ok=True)
+    tensors, _ = read_state_dict(Path(runtime.settings.models_dir) / "checkpoints" / SD1)
+    save_file({k: v.contiguous() for k, v in strip_prefix(tensors, UNET_PREFIX).items()}, str(folder / "unet.safetensors"))
+    plain = nodes["UNETLoader"](unet_name="unet.safetensors", weight_dtype="default")
+    fast = nodes["UNETLoader"](unet_name="unet.safetensors", weight_dtype="fp8_e4m3fn_fast")
+    assert not any(is_quantized(m) for m in plain.unet.modules())
+    stored = [m for m in fast.unet.modules() if is_quantized(m)]
+    assert stored, "fp8_e4m3fn_fast is ComfyUI's name for fp8 weights with fast matmuls: stored as fp8 here"
+    assert {m.weight.dtype for m in stored} == {torch.float8_e4m3fn}
+
+
 def test_clip_loaders_read_the_family_from_the_file(nodes: dict[str, Any], runtime: Runtime) -> None:
     from safetensors.torch import save_file
 
@@ -238,3 +257,98 @@ def test_save_image_subfolder_prefix_and_counter(runtime: Runtime, settings: Any
     assert (saved["filename"], saved["subfolder"]) == ("shot_00005_.png", "runs/day1")
     with Image.open(folder / "shot_00005_.png") as image:
         assert json.loads(image.text["prompt"]) == prompt and "workflow" not in image.text
+
+
+# --------------------------------------------------------------------------- issue 15: custom sampling on a model
+
+
+@pytest.fixture(scope="module")
+def shapes(nodes: dict[str, Any]) -> dict[str, Any]:
+    model, clip, vae = nodes["CheckpointLoaderSimple"](ckpt_name=EMBEDDED)
+    return dict(model=model, clip=clip, vae=vae, positive=nodes["CLIPTextEncode"](text="a red circle", clip=clip),
+                negative=nodes["CLIPTextEncode"](text="", clip=clip),
+                latent=nodes["EmptyLatentImage"](width=64, height=64, batch_size=1))
+
+
+def test_custom_sampling_chains_are_ksampler(nodes: dict[str, Any], shapes: dict[str, Any]) -> None:
+    model, positive, negative, latent = (shapes[k] for k in ("model", "positive", "negative", "latent"))
+    plain = nodes["KSampler"](model=model, seed=5, steps=3, cfg=4.0, sampler_name="euler", scheduler="karras",
+                              positive=positive, negative=negative, latent_image=latent, denoise=1.0, ctx=context())
+    sigmas = nodes["BasicScheduler"](model=model, scheduler="karras", steps=3, denoise=1.0)
+    sampler = nodes["KSamplerSelect"](sampler_name="euler")
+    custom, denoised = nodes["SamplerCustom"](model=model, add_noise=True, noise_seed=5, cfg=4.0, positive=positive,
+                                              negative=negative, sampler=sampler, sigmas=sigmas, latent_image=latent,
+                                              ctx=context())
+    assert torch.allclose(custom.samples, plain.samples, atol=1e-5)
+    assert torch.allclose(denoised.samples, custom.samples, atol=1e-4)  # the last step ends at sigma 0
+    guider = nodes["CFGGuider"](model=model, positive=positive, negative=negative, cfg=4.0)
+    advanced, _ = nodes["SamplerCustomAdvanced"](noise=nodes["RandomNoise"](noise_seed=5), guider=guider,
+                                                 sampler=sampler, sigmas=sigmas, latent_image=latent, ctx=context())
+    assert torch.allclose(advanced.samples, plain.samples, atol=1e-5)
+    # DualCFG with the same prompt twice is CFG at cfg_cond2_negative, in either style
+    dual = nodes["DualCFGGuider"](model=model, cond1=positive, cond2=positive, negative=negative, cfg_conds=7.0,
+                                  cfg_cond2_negative=4.0, style="nested")
+    dual_out, _ = nodes["SamplerCustomAdvanced"](noise=nodes["RandomNoise"](noise_seed=5), guider=dual,
+                                                 sampler=sampler, sigmas=sigmas, latent_image=latent, ctx=context())
+    assert torch.allclose(dual_out.samples, plain.samples, atol=1e-4)
+    # one prompt over the whole range is the prompt
+    ranged = nodes["ConditioningSetTimestepRange"](conditioning=positive, start=0.0, end=1.0)
+    ranged_out = nodes["KSampler"](model=model, seed=5, steps=3, cfg=4.0, sampler_name="euler", scheduler="karras",
+                                   positive=ranged, negative=negative, latent_image=latent, denoise=1.0, ctx=context())
+    assert torch.allclose(ranged_out.samples, plain.samples, atol=1e-5)
+    basic, _ = nodes["SamplerCustomAdvanced"](noise=nodes["RandomNoise"](noise_seed=5),
+                                              guider=nodes["BasicGuider"](model=model, conditioning=positive),
+                                              sampler=sampler, sigmas=sigmas, latent_image=latent, ctx=context())
+    no_cfg = nodes["KSampler"](model=model, seed=5, steps=3, cfg=1.0, sampler_name="euler", scheduler="karras",
+                               positive=positive, negative=negative, latent_image=latent, denoise=1.0, ctx=context())
+    assert torch.allclose(basic.samples, no_cfg.samples, atol=1e-5)
+
+
+def test_ksampler_advanced_two_halves_are_one_run(nodes: dict[str, Any], shapes: dict[str, Any]) -> None:
+    model, positive, negative, latent = (shapes[k] for k in ("model", "positive", "negative", "latent"))
+    common = dict(model=model, noise_seed=9, steps=4, cfg=3.0, sampler_name="euler", scheduler="normal",
+                  positive=positive, negative=negative, ctx=context())
+    whole = nodes["KSamplerAdvanced"](add_noise="enable", latent_image=latent, start_at_step=0, end_at_step=10000,
+                                      return_with_leftover_noise="disable", **common)
+    ksampler = nodes["KSampler"](model=model, seed=9, steps=4, cfg=3.0, sampler_name="euler", scheduler="normal",
+                                 positive=positive, negative=negative, latent_image=latent, denoise=1.0, ctx=context())
+    assert torch.allclose(whole.samples, ksampler.samples, atol=1e-5)
+    first = nodes["KSamplerAdvanced"](add_noise="enable", latent_image=latent, start_at_step=0, end_at_step=2,
+                                      return_with_leftover_noise="enable", **common)
+    assert first.samples.std() > whole.samples.std()  # still noisy
+    second = nodes["KSamplerAdvanced"](add_noise="disable", latent_image=first, start_at_step=2, end_at_step=10000,
+                                       return_with_leftover_noise="disable", **common)
+    assert torch.allclose(second.samples, whole.samples, atol=1e-4)
+    nothing = nodes["KSamplerAdvanced"](add_noise="enable", latent_image=first, start_at_step=4, end_at_step=10000,
+                                        return_with_leftover_noise="disable", **common)
+    assert torch.equal(nothing.samples, first.samples)
+
+
+def test_sd_turbo_scheduler_and_model_sampling_discrete(nodes: dict[str, Any], shapes: dict[str, Any]) -> None:
+    model = shapes["model"]
+    sigmas = nodes["SDTurboScheduler"](model=model, steps=2, denoise=1.0)
+    assert sigmas[0] == pytest.approx(model.model_sampling.sigma_max, rel=1e-5) and len(sigmas) == 3
+    before = model.model_sampling
+    lcm = nodes["ModelSamplingDiscrete"](model=model, sampling="lcm", zsnr=False)
+    assert len(lcm.model_sampling.sigmas) == 50 and lcm.unet is model.unet and model.model_sampling is before
+    v = nodes["ModelSamplingDiscrete"](model=model, sampling="v_prediction", zsnr=True)
+    assert v.model_sampling.prediction == "v" and v.model_sampling.zero_terminal_snr
+    with pytest.raises(ValueError, match="ModelSamplingDiscrete: sampling 'img_to_img' is not supported"):
+        nodes["ModelSamplingDiscrete"](model=model, sampling="img_to_img", zsnr=False)
+    out = nodes["KSampler"](model=lcm, seed=1, steps=2, cfg=1.0, sampler_name="euler", scheduler="sgm_uniform",
+                            positive=shapes["positive"], negative=shapes["negative"], latent_image=shapes["latent"],
+                            denoise=1.0, ctx=context())
+    assert torch.isfinite(out.samples).all() and out.samples.abs().sum() > 0
+
+
+def test_vae_encode_for_inpaint_blanks_the_mask_and_grows_it(nodes: dict[str, Any], shapes: dict[str, Any]) -> None:
+    vae = shapes["vae"]
+    image, mask = nodes["LoadImage"](image="example.png")  # transparent centre 16..47 = the mask
+    latent = nodes["VAEEncodeForInpaint"](pixels=image, vae=vae, mask=mask, grow_mask_by=6)
+    # a 6 x 6 box grows the mask (16..47) by 2 pixels up-left and 3 down-right
+    assert latent.noise_mask.shape == (1, 64, 64) and latent.noise_mask[0, 14, 14] == 1
+    assert latent.noise_mask[0, 13, 13] == 0 and latent.noise_mask[0, 50, 50] == 1 and latent.noise_mask[0, 51, 51] == 0
+    grey = image.clone()
+    grey[:, 16:48, 16:48] = 0.5
+    assert torch.allclose(latent.samples, nodes["VAEEncode"](pixels=grey, vae=vae).samples, atol=1e-5)
+    assert latent.masked_latent is latent.samples

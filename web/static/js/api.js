@@ -44,8 +44,11 @@ export class Api {
 
   objectInfo() { return this.request("GET", "/api/object_info"); }
   nodeFailures() { return this.request("GET", "/api/node_failures"); }
-  queuePrompt(prompt) {
-    return this.request("POST", "/api/prompt", { prompt, client_id: this.clientId, extra_data: {} });
+  /** Queue `prompt`; `front` puts it before everything pending (ComfyUI's "Queue Front"). */
+  queuePrompt(prompt, { front = false } = {}) {
+    const body = { prompt, client_id: this.clientId, extra_data: {} };
+    if (front) body.front = true;
+    return this.request("POST", "/api/prompt", body);
   }
   queue() { return this.request("GET", "/api/queue"); }
   deleteFromQueue(ids) { return this.request("POST", "/api/queue", { delete: ids }); }

@@ -23,7 +23,8 @@ export function describeNode(info) {
   }
   const outputs = (info.output ?? []).map((type, i) => ({ name: info.output_name?.[i] ?? type.toLowerCase(), type }));
   return { type: info.name, title: info.display_name || info.name, category: info.category || "misc",
-           description: info.description || "", outputNode: !!info.output_node, inputs, outputs };
+           description: info.description || "", outputNode: !!info.output_node, compat: info.compat || null,
+           inputs, outputs };
 }
 
 function describeInput(name, kind, options, optional) {

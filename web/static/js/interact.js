@@ -9,7 +9,8 @@ export class Interaction {
   /**
    * @param view GraphView
    * @param hooks {openSearch(clientX, clientY), openMenu(clientX, clientY), openNodeMenu(id, clientX, clientY), notify(text, kind),
-   *               copy(), paste(), undo(), redo(), deleteSelected()}
+   *               copy(), paste(), undo(), redo(), deleteSelected(), queue(front), setMode(mode), collapse(),
+   *               toggleLibrary(), linkDropped(drag, clientX, clientY)}
    */
   constructor(view, hooks) {
     this.view = view;
@@ -134,6 +135,9 @@ export class Interaction {
       if (target) {
         const problem = this.graph.connect(drag.from, drag.output, target.nodeId, target.name);
         if (problem) this.hooks.notify(`link refused: ${problem}`, "error");
+      } else if (!document.elementFromPoint(event.clientX, event.clientY)?.closest(".node")) {
+        // dropped on the empty canvas: search the nodes that take it (ComfyUI's link release)
+        this.hooks.linkDropped(drag, event.clientX, event.clientY);
       }
       this.view.renderLinks();
     } else if (drag.kind === "select") {
@@ -215,7 +219,17 @@ export class Interaction {
     } else if (mod && key === "a") {
       this.view.setSelection([...this.graph.nodes.keys()]);
     } else if (mod && key === "enter") {
-      this.hooks.queue();
+      this.hooks.queue(event.shiftKey);
+    } else if (mod && key === "b") {
+      this.hooks.setMode("bypassed");
+    } else if (mod && key === "m") {
+      this.hooks.setMode("muted");
+    } else if (event.altKey && key === "c") {
+      this.hooks.collapse();
+    } else if (!mod && !event.altKey && key === ".") {
+      this.view.fitView();
+    } else if (!mod && !event.altKey && key === "n") {
+      this.hooks.toggleLibrary();
     } else {
       return;
     }

@@ -2,10 +2,15 @@
 
 import { Api, ApiError } from "./api.js";
 import { describeProblem, downloadJson, isUiGraph, problemsByNode } from "./comfyui.js";
-import { Graph, isLink } from "./graph.js";
+import { RunFeedback } from "./feedback.js";
+import { Graph, isLink, typesCompatible } from "./graph.js";
 import { UndoStack } from "./history.js";
 import { Interaction } from "./interact.js";
-import { CategoryMenu, SearchBox, showActions } from "./menus.js";
+import { NodeLibrary } from "./library.js";
+import { Lightbox } from "./lightbox.js";
+import { CategoryMenu, SearchBox } from "./menus.js";
+import { promptDocument, toggleMode } from "./modes.js";
+import { openNodeMenu } from "./nodemenu.js";
 import { SidePanel, Toasts } from "./panels.js";
 import { workflowFromPng } from "./png.js";
 import { GraphView } from "./view.js";
@@ -33,16 +38,32 @@ class Editor {
     this.lastPointer = [200, 200];
     this.search = new SearchBox(document.querySelector("#search"), this.graph, (type, x, y) => this.addNodeAt(type, x, y));
     this.menu = new CategoryMenu(document.querySelector("#menu"), this.graph, (type, x, y) => this.addNodeAt(type, x, y));
+    this.lightbox = new Lightbox(document.querySelector("#lightbox"));
+    this.library = new NodeLibrary(document.querySelector("#library"), this.graph, (type, x, y) => this.addNodeAt(type, x, y));
     this.panel = new SidePanel(document.querySelector("#panel"), api, {
-      onLoad: (doc) => this.load(doc, "history"), notify: (text, kind) => this.notify(text, kind) });
+      onLoad: (doc) => this.load(doc, "history"), notify: (text, kind) => this.notify(text, kind),
+      onImage: (url, urls) => this.lightbox.open(url, urls) });
+    this.promptSizes = new Map();  // prompt id -> how many nodes it runs (for the progress)
+    this.feedback = new RunFeedback(document.querySelector("#canvas"), {
+      nodeCount: () => this.promptSizes.get(this.runningPrompt) ?? this.graph.nodes.size,
+      describe: (id) => { const node = this.graph.nodes.get(id);
+        return node ? (node.ui.title || this.graph.spec(node.type)?.title || node.type) : `#${id}`; },
+      onTimes: (times) => this.view.setTimes(times) });
     this.interaction = new Interaction(this.view, {
-      openSearch: (x, y) => this.search.open(x, y),
+      openSearch: (x, y) => { this.pendingLink = null; this.search.open(x, y); },
+      linkDropped: (drag, x, y) => this.searchForLink(drag, x, y),
+      setMode: (mode) => this.setMode(mode), collapse: () => this.toggleCollapsed(),
+      toggleLibrary: () => this.library.toggle(),
       openMenu: (x, y) => this.menu.open(x, y),
       openNodeMenu: (id, x, y) => this.openNodeMenu(id, x, y),
       notify: (text, kind) => this.notify(text, kind),
       copy: () => this.copy(), paste: () => this.paste(),
       undo: () => this.restore(this.undo.undo()), redo: () => this.restore(this.undo.redo()),
-      deleteSelected: () => this.deleteSelected(), queue: () => this.queue(),
+      deleteSelected: () => this.deleteSelected(), queue: (front) => this.queue({ front }),
+    });
+    document.querySelector("#canvas").addEventListener("lightbox", (event) => {
+      const urls = [...document.querySelectorAll("#world .node-images img")].map((image) => image.src);
+      this.lightbox.open(event.detail.url, urls.length ? urls : [event.detail.url]);
     });
     this.graph.addEventListener("change", (event) => this.changed(event.detail));
     document.querySelector("#canvas").addEventListener("notify", (event) => this.notify(event.detail.text, event.detail.kind));
@@ -76,10 +97,45 @@ class Editor {
     }
   }
 
+  /** Add a node at the pointer (null: the middle of the view); a link dropped on the
+   * canvas that opened the search is connected to the new node's first input that takes it. */
   addNodeAt(type, clientX, clientY) {
+    if (clientX === null) {
+      const rect = this.view.canvas.getBoundingClientRect();
+      [clientX, clientY] = [rect.left + rect.width / 2 - 110, rect.top + rect.height / 3];
+    }
     const [x, y] = this.view.toWorld(clientX, clientY);
     const id = this.graph.addNode(type, [x, y]);
+    const link = this.pendingLink;
+    this.pendingLink = null;
+    if (link && this.graph.nodes.has(link.from)) {
+      const inputs = this.graph.spec(type).inputs;
+      const input = inputs.find((i) => !i.widget && typesCompatible(link.type, i.type)) ??
+        inputs.find((i) => i.widget && typesCompatible(link.type, i.type, true));
+      if (input) this.graph.connect(link.from, link.output, id, input.name);
+    }
     this.view.setSelection([id]);
+  }
+
+  /** A link dropped on the empty canvas: search among the nodes that can take it. */
+  searchForLink(drag, clientX, clientY) {
+    this.pendingLink = drag;
+    this.search.open(clientX, clientY, (spec) => spec.inputs.some((i) => typesCompatible(drag.type, i.type, !!i.widget)));
+  }
+
+  setMode(mode) {
+    if (this.view.selection.size) toggleMode(this.graph, [...this.view.selection], mode);
+  }
+
+  toggleCollapsed() {
+    const nodes = [...this.view.selection].map((id) => this.graph.nodes.get(id)).filter(Boolean);
+    if (!nodes.length) return;
+    const collapse = !nodes.every((node) => node.ui.collapsed);
+    for (const node of nodes) {
+      if (collapse) node.ui.collapsed = true;
+      else delete node.ui.collapsed;
+    }
+    this.graph.changed({ collapsed: nodes.map((node) => node.id) });
   }
 
   load(doc, source) {
@@ -87,7 +143,8 @@ class Editor {
       this.graph.loadDocument(doc);
       this.view.clearRunState();
       this.view.outputs.clear();
-      this.view.applyRunState();
+      this.view.setTimes(new Map());
+      if (!doc?.ui?.view) this.view.fitView();  // a workflow without a saved view: show all of it
       const unknown = [...this.graph.nodes.values()].filter((n) => !this.graph.spec(n.type)).map((n) => n.type);
       if (unknown.length) this.notify(`unknown node types in ${source}: ${[...new Set(unknown)].join(", ")}`, "error");
     } catch (error) {
@@ -96,19 +153,7 @@ class Editor {
   }
 
   openNodeMenu(id, clientX, clientY) {
-    const node = this.graph.nodes.get(id);
-    showActions(document.querySelector("#menu"), clientX, clientY, [
-      { id: "rename", label: "Rename…", run: () => {
-        const title = prompt("node title", node.ui.title || this.graph.spec(node.type)?.title || node.type);
-        if (title !== null) {
-          node.ui.title = title.trim() || undefined;
-          this.graph.changed({ renamed: [id] });
-        }
-      } },
-      { id: "duplicate", label: "Duplicate", run: () => { this.copy(); this.lastPointer = [clientX + 30, clientY + 30]; this.paste(); } },
-      { id: "delete", label: `Delete ${this.view.selection.size > 1 ? `${this.view.selection.size} nodes` : "node"}`,
-        run: () => this.deleteSelected() },
-    ]);
+    openNodeMenu(this, id, clientX, clientY);
   }
 
   deleteSelected() {
@@ -146,15 +191,21 @@ class Editor {
     this.view.setSelection([...ids.values()]);
   }
 
-  async queue() {
+  /** Queue the workflow `batch count` times (seeds advance in between); `front`: run next. */
+  async queue({ front = false } = {}) {
     const button = document.querySelector("#queue-button");
     button.disabled = true;
     // Clear old errors now, not after the reply: a fast run may already report new ones.
     this.view.setErrors({});
+    const count = Math.max(1, Math.min(100, Number(document.querySelector("#batch-count").value) || 1));
     try {
-      const result = await this.api.queuePrompt(this.graph.toDocument());
-      this.notify(`queued #${result.number}`);
-      advanceSeeds(this.graph);
+      for (let i = 0; i < count; i++) {
+        const prompt = promptDocument(this.graph, this.graph.toDocument());
+        const result = await this.api.queuePrompt(prompt, { front });
+        this.promptSizes.set(result.prompt_id, Object.keys(prompt.nodes).length);
+        this.notify(`queued #${result.number}${front ? " at the front" : ""}`);
+        advanceSeeds(this.graph);
+      }
       this.view.render();
     } catch (error) {
       if (error instanceof ApiError && error.body?.node_errors) this.showValidation(error.body);
@@ -185,20 +236,30 @@ class Editor {
       this.panel.refresh();
     } else if (type === "execution_start") {
       this.view.clearRunState();
+      this.runningPrompt = data.prompt_id;
+      this.outcome = null;
+      this.feedback.start();
+    } else if (type === "execution_cached") {
+      this.feedback.cached(data.nodes ?? []);
     } else if (type === "executing") {
       this.view.setRunning(data.node);
+      if (data.node === null) this.feedback.finish(this.outcome ?? "done");
+      else this.feedback.executing(data.node);
     } else if (type === "progress") {
       this.view.setProgress(data.node, data.value, data.max);
+      this.feedback.progress(data.node, data.value, data.max);
     } else if (type === "executed") {
       this.view.setOutput(data.node, data.output);
       for (const image of data.output?.images ?? []) this.panel.addImage(image);
     } else if (type === "execution_error") {
       this.view.stopRunning();
+      this.outcome = "failed";
       const message = `${data.exception_type ? `${data.exception_type}: ` : ""}${data.exception_message}`;
       if (data.node_id) this.view.setErrors({ [data.node_id]: [{ message }] });
       this.notify(`node ${data.node_id ?? "?"} failed: ${message}`, "error");
     } else if (type === "execution_interrupted") {
       this.view.stopRunning();
+      this.outcome = "interrupted";
       this.notify("interrupted");
     }
   }
@@ -299,6 +360,9 @@ class Editor {
 function bindToolbar(editor) {
   const on = (selector, event, handler) => document.querySelector(selector).addEventListener(event, handler);
   on("#queue-button", "click", () => editor.queue());
+  on("#queue-front-button", "click", () => editor.queue({ front: true }));
+  on("#library-button", "click", () => editor.library.toggle());
+  on("#fit-button", "click", () => editor.view.fitView());
   on("#interrupt-button", "click", () => editor.api.interrupt().catch((e) => editor.notify(e.message, "error")));
   on("#new-button", "click", () => { editor.graph.loadDocument({ version: 1, nodes: {} }); editor.view.clearRunState(); });
   on("#undo-button", "click", () => editor.restore(editor.undo.undo()));
@@ -320,6 +384,11 @@ function bindToolbar(editor) {
   canvas.addEventListener("dragover", (event) => event.preventDefault());
   canvas.addEventListener("drop", (event) => {
     event.preventDefault();
+    const nodeType = event.dataTransfer.getData("application/x-latentflow-node");
+    if (nodeType) {
+      editor.addNodeAt(nodeType, event.clientX, event.clientY);
+      return;
+    }
     const [file] = event.dataTransfer.files;
     if (file) editor.openFile(file);
   });

@@ -31,8 +31,11 @@ export class SearchBox {
     }, 150));
   }
 
-  open(clientX, clientY) {
+  /** Open at the pointer; `filter(spec)`, when given, keeps only the nodes it accepts
+   * (a link dropped on the canvas: nodes that can take it). */
+  open(clientX, clientY, filter = null) {
     this.at = [clientX, clientY];
+    this.filter = filter;
     this.root.hidden = false;
     this.root.style.left = `${clientX}px`;
     this.root.style.top = `${clientY}px`;
@@ -49,9 +52,11 @@ export class SearchBox {
   results() {
     const query = this.input.value;
     return Object.values(this.graph.catalogue)
+      .filter((spec) => !this.filter || this.filter(spec))
       .map((spec) => ({ spec, score: matchScore(spec, query) }))
       .filter((r) => r.score !== null)
-      .sort((a, b) => a.score - b.score || a.spec.title.localeCompare(b.spec.title))
+      // ours before the ComfyUI compatibility pack's namesakes, then by title
+      .sort((a, b) => a.score - b.score || !!a.spec.compat - !!b.spec.compat || a.spec.title.localeCompare(b.spec.title))
       .slice(0, 30)
       .map((r) => r.spec);
   }
@@ -65,7 +70,8 @@ export class SearchBox {
       item.dataset.type = spec.type;
       item.innerHTML = `<span class="search-title"></span><span class="search-category"></span>`;
       item.querySelector(".search-title").textContent = spec.title;
-      item.querySelector(".search-category").textContent = `${spec.category} · ${spec.type}`;
+      item.querySelector(".search-category").textContent =
+        `${spec.compat === "comfyui" ? "ComfyUI · " : ""}${spec.category} · ${spec.type}`;
       item.title = spec.description;
       item.addEventListener("mousedown", (event) => { event.preventDefault(); this.pick(spec.type); });
       return item;

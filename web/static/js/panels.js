@@ -17,10 +17,11 @@ export class Toasts {
 
 export class SidePanel {
   /** `onLoad(document)` loads a workflow from history into the editor. */
-  constructor(root, api, { onLoad, notify }) {
+  constructor(root, api, { onLoad, notify, onImage }) {
     this.root = root;
     this.api = api;
     this.onLoad = onLoad;
+    this.onImage = onImage;  // (url, all gallery urls): the lightbox
     this.notify = notify;
     this.queueList = root.querySelector("#queue-list");
     this.historyList = root.querySelector("#history-list");
@@ -128,6 +129,11 @@ export class SidePanel {
     link.className = "gallery-item";
     link.dataset.filename = image.filename;
     link.append(Object.assign(document.createElement("img"), { src: link.href, alt: image.filename, loading: "lazy" }));
+    link.addEventListener("click", (event) => {
+      if (!this.onImage || event.ctrlKey || event.metaKey) return;  // Ctrl+click: a new tab
+      event.preventDefault();
+      this.onImage(link.href, [...this.gallery.querySelectorAll("a")].map((a) => a.href));
+    });
     this.gallery.prepend(link);
   }
 }

@@ -1,8 +1,17 @@
 // Rendering: nodes are absolutely positioned divs in a transformed "world", links an SVG layer.
 // Run state (running node, progress, errors, images) lives here so re-renders keep it.
 
+import { formatSeconds } from "./feedback.js";
 import { isLink } from "./graph.js";
+import { nodeMode } from "./modes.js";
 import { createWidget } from "./widgets.js";
+
+/** The colours a node can be given (ComfyUI's palette names); saved as ui.color. */
+export const NODE_COLORS = { red: "#7a3b3b", brown: "#6b4d2e", green: "#3b6b3f", blue: "#2f4d7a", pale_blue: "#3f6b7a",
+                             cyan: "#2f6b6b", purple: "#5a3b7a", yellow: "#7a6b2e", black: "#202020" };
+
+const FIT_PADDING = 24;
+const FIT_MAX_SCALE = 1;
 
 const PALETTE = {
   MODEL: "#b39ddb", CLIP: "#ffd54f", VAE: "#ef9a9a", CONDITIONING: "#ffb74d", LATENT: "#f48fb1",
@@ -36,6 +45,7 @@ export class GraphView {
     this.errors = new Map();  // node id -> [{message, input}]
     this.outputs = new Map();  // node id -> ui output ({images, text})
     this.previews = new Map();  // node id -> object URL
+    this.times = new Map();  // node id -> {seconds} | {cached: true} (the last run)
     this.tempLink = null;
   }
 
@@ -46,6 +56,26 @@ export class GraphView {
     this.world.style.transform = `translate(${x}px, ${y}px) scale(${scale})`;
     this.canvas.style.backgroundPosition = `${x}px ${y}px`;
     this.canvas.style.backgroundSize = `${24 * scale}px ${24 * scale}px`;
+  }
+
+  /** Zoom and pan so that every node is in view (at most 100%). */
+  fitView() {
+    const elements = [...this.world.querySelectorAll(".node")];
+    const rect = this.canvas.getBoundingClientRect();
+    if (!elements.length || !rect.width || !rect.height) {
+      Object.assign(this.graph.view, { x: 0, y: 0, scale: 1 });
+    } else {
+      const left = Math.min(...elements.map((e) => e.offsetLeft)), top = Math.min(...elements.map((e) => e.offsetTop));
+      const right = Math.max(...elements.map((e) => e.offsetLeft + e.offsetWidth));
+      const bottom = Math.max(...elements.map((e) => e.offsetTop + e.offsetHeight));
+      const scale = Math.min(FIT_MAX_SCALE, (rect.width - 2 * FIT_PADDING) / (right - left),
+                             (rect.height - 2 * FIT_PADDING) / (bottom - top));
+      const x = (rect.width - (right - left) * scale) / 2 - left * scale;
+      const y = (rect.height - (bottom - top) * scale) / 2 - top * scale;
+      Object.assign(this.graph.view, { x: Math.round(x), y: Math.round(y), scale: Math.round(scale * 1000) / 1000 });
+    }
+    this.applyTransform();
+    this.graph.changed({ view: true }, { rerender: false, record: false });
   }
 
   /** Client (screen) coordinates -> world coordinates. */
@@ -86,14 +116,32 @@ export class GraphView {
     element.style.left = `${node.ui.pos[0]}px`;
     element.style.top = `${node.ui.pos[1]}px`;
     element.classList.toggle("selected", this.selection.has(node.id));
+    const mode = nodeMode(node);
+    if (mode) element.classList.add(`mode-${mode}`);
+    element.classList.toggle("collapsed", !!node.ui.collapsed);
+    if (NODE_COLORS[node.ui.color]) {
+      element.dataset.color = node.ui.color;
+      element.style.setProperty("--node-color", NODE_COLORS[node.ui.color]);
+    }
+    if (spec?.outputNode && spec.inputs.some((input) => input.type === "IMAGE")) element.classList.add("output-node");
     const title = document.createElement("div");
     title.className = "node-title";
-    title.textContent = node.ui.title || spec?.title || node.type;
+    const toggle = Object.assign(document.createElement("span"), {
+      className: "collapse-toggle", title: "collapse / expand (Alt+C)" });  // its arrow is CSS: not in the title's text
+    toggle.addEventListener("pointerdown", (event) => event.stopPropagation());
+    toggle.addEventListener("click", () => {
+      if (node.ui.collapsed) delete node.ui.collapsed;
+      else node.ui.collapsed = true;
+      this.graph.changed({ collapsed: [node.id] });
+    });
+    title.append(toggle, document.createTextNode(node.ui.title || spec?.title || node.type));
     title.title = spec ? `${spec.type}\n${spec.description}` : `unknown node type ${node.type}`;
     const badge = document.createElement("span");
     badge.className = "node-id";
     badge.textContent = `#${node.id}`;
-    title.append(badge);
+    const time = Object.assign(document.createElement("span"), { className: "node-time" });
+    title.append(...(mode ? [Object.assign(document.createElement("span"), {
+      className: "node-mode-badge", textContent: mode === "muted" ? "muted" : "bypass" })] : []), time, badge);
     const progress = document.createElement("div");
     progress.className = "node-progress";
     progress.append(Object.assign(document.createElement("div"), { className: "node-progress-bar" }));
@@ -261,7 +309,21 @@ export class GraphView {
       if (bar) bar.style.width = `${Math.round((this.progress.get(id) ?? 0) * 100)}%`;
       this.renderErrors(element, this.errors.get(id) ?? []);
       this.renderOutput(element, id);
+      this.renderTime(element, this.times.get(id));
     }
+  }
+
+  setTimes(times) {
+    this.times = new Map(times);
+    this.applyRunState();
+  }
+
+  renderTime(element, time) {
+    const label = element.querySelector(".node-time");
+    if (!label) return;
+    label.classList.toggle("cached", !!time?.cached);
+    label.textContent = time ? (time.cached ? "cached" : formatSeconds(time.seconds)) : "";
+    label.title = time ? (time.cached ? "not run: its inputs did not change" : "time it took in the last run") : "";
   }
 
   renderErrors(element, errors) {
@@ -291,7 +353,12 @@ export class GraphView {
     const urls = preview ? [preview] : (output?.images ?? []).map((image) => this.api.viewUrl(image));
     if (images.dataset.urls !== urls.join("|")) {
       images.dataset.urls = urls.join("|");
-      images.replaceChildren(...urls.map((url) => Object.assign(document.createElement("img"), { src: url, draggable: false })));
+      images.replaceChildren(...urls.map((url) => {
+        const image = Object.assign(document.createElement("img"), { src: url, draggable: false, title: "click to enlarge" });
+        image.addEventListener("pointerdown", (event) => event.stopPropagation());
+        image.addEventListener("click", () => this.canvas.dispatchEvent(new CustomEvent("lightbox", { detail: { url } })));
+        return image;
+      }));
     }
     text.textContent = (output?.text ?? []).join("\n");
   }

@@ -126,12 +126,17 @@ function uploadButton(select, upload, onChange) {
   return wrap;
 }
 
-/** Apply each seed's "after queue" mode to a graph (call after a successful queue). */
+/**
+ * Apply each seed's "after queue" mode to a graph (call after a successful queue). A seed
+ * without a saved mode (a shipped or ComfyUI workflow) does what its widget shows: randomize.
+ */
 export function advanceSeeds(graph) {
   for (const node of graph.nodes.values()) {
     const controls = node.ui.controls ?? {};
     const spec = graph.spec(node.type);
-    for (const [name, mode] of Object.entries(controls)) {
+    const seeds = (spec?.inputs ?? []).filter((i) => i.widget?.kind === "seed").map((i) => i.name);
+    for (const name of new Set([...seeds, ...Object.keys(controls)])) {
+      const mode = controls[name] ?? "randomize";
       const input = spec?.inputs.find((i) => i.name === name);
       if (!input?.widget || typeof node.inputs[name] !== "number") continue;
       if (mode === "randomize") graph.setValue(node.id, name, randomSeed(input.widget));

@@ -1,0 +1,44 @@
+"""Execution backends with workers outside the server's process (see ``engine.backends``).
+
+- :mod:`cluster.worker`: what a worker is (one registry, model cache and executor) and how
+  its messages cross a process boundary;
+- :mod:`cluster.local`: ``--workers N``, N worker processes on this machine;
+- :mod:`cluster.ray_backend`: ``--ray ADDRESS``, one Ray actor per worker (``pip install
+  -e '.[ray]'``; ray is imported only there).
+
+The engine defines the interface and never imports this package; ``main.py`` and the
+command modules pick a backend at start-up.
+"""
+
+from __future__ import annotations
+
+
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from engine.backends import Backend
+    from engine.registry import NodeRegistry
+    from engine.settings import Settings
+
+
+def backend_for(build_registry: Callable[..., "NodeRegistry"], settings: "Settings", custom_nodes: Path | None, *,
+                workers: int | None = None, ray_address: str | None = None) -> "Backend":
+    """The backend for ``--workers N`` (local processes) or ``--ray ADDRESS`` (Ray actors;
+    ``local`` starts a Ray instance in this process). ``build_registry`` must pickle by name
+    (a module-level function such as ``main.build_registry``)."""
+    from cluster.worker import WorkerSetup
+
+    if ray_address is not None:
+        from cluster.ray_backend import RayWorkers
+
+        return RayWorkers(WorkerSetup(build_registry, settings, custom_nodes, threads=1), ray_address,
+                          count=workers)
+    if not workers or workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    from cluster.local import LocalWorkers
+
+    threads = max(1, (os.cpu_count() or 1) // workers)  # N workers share the cores, not fight over them
+    return LocalWorkers(WorkerSetup(build_registry, settings, custom_nodes, threads=threads), workers)

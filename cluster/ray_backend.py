@@ -1,0 +1,300 @@
+"""``--ray ADDRESS``: one Ray actor per worker, each with its own model cache and executor.
+
+``ray`` is imported here only (``pip install -e '.[ray]'``). ``ADDRESS`` is what
+``ray.init(address=...)`` takes (``auto``, ``ray://head:10001``...); ``local`` starts a Ray
+instance in this process. Ray's token authentication (on by default since 2.52) is left
+as Ray configures it: clients of the cluster need its token (``RAY_AUTH_TOKEN`` or
+``~/.ray/auth_token``), while our ``--auth-token`` guards the HTTP side.
+
+A run is an actor method that yields its events and then its result (a Ray streaming
+generator): they reach the queue in order. Interrupts call the actor's ``cancel`` (the
+actor runs two methods at once: a run and a cancel). An actor that dies mid-run raises
+``RayActorError`` here: the prompt is reported lost (the queue runs it again on another
+worker) and a new actor takes the dead one's place. Outputs are written by the actor into
+the server's output folder, which must be shared storage when actors run on other machines.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from cluster.worker import WorkerRuntime, WorkerSetup, portable_event, portable_services
+from engine.backends import RunRequest, WorkerInfo, WorkerLost, WorkerRunError
+from engine.scheduler import Event, RunResult
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class RayWorker:
+    """The actor: a :class:`WorkerRuntime` plus the cancel event of the prompt it runs."""
+
+    def __init__(self, setup: WorkerSetup) -> None:
+        self.runtime = WorkerRuntime(setup)
+        self._cancels: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def info(self) -> tuple[int, str]:
+        return os.getpid(), socket.gethostname()
+
+    def run(self, prompt_id: str, workflow: Any, services: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+        """Yields ``("event", Event)``... then ``("result", RunResult)``."""
+        with self._lock:
+            cancel = self._cancels.setdefault(prompt_id, threading.Event())
+        events: list[Event] = []
+        done = threading.Event()
+        outcome: dict[str, Any] = {}
+        wake = threading.Condition()
+
+        def emit(event: Event) -> None:
+            with wake:
+                events.append(portable_event(event))
+                wake.notify()
+
+        def work() -> None:
+            try:
+                outcome["result"] = self.runtime.run(prompt_id, workflow, services, emit, cancel)
+            except BaseException as error:  # reported to the server as an engine failure
+                outcome["error"] = error
+            with wake:
+                done.set()
+                wake.notify()
+
+        # The executor runs in a thread so that events can be yielded while it works.
+        threading.Thread(target=work, name=f"run-{prompt_id[:8]}", daemon=True).start()
+        try:
+            while True:
+                with wake:
+                    while not events and not done.is_set():
+                        wake.wait()
+                    batch, events[:] = list(events), []
+                    finished = done.is_set()
+                for event in batch:
+                    yield "event", event
+                if finished:
+                    break
+        finally:
+            with self._lock:
+                self._cancels.pop(prompt_id, None)
+        if "error" in outcome:
+            raise outcome["error"]
+        yield "result", outcome["result"]
+
+    def cancel(self, prompt_id: str) -> None:
+        with self._lock:
+            self._cancels.setdefault(prompt_id, threading.Event()).set()
+
+    def free(self, unload_models: bool, free_memory: bool) -> None:
+        self.runtime.free(unload_models, free_memory)
+
+
+class RayWorkers:
+    """An execution backend (``engine.backends.Backend``) of Ray actors."""
+
+    def __init__(self, setup: WorkerSetup, address: str, count: int | None = None, max_restarts: int | None = None,
+                 num_cpus: float = 1.0, num_gpus: float = 0.0) -> None:
+        import ray  # noqa: F401  (fail at start-up, with pip's hint, when the extra is missing)
+
+        if count is not None and count < 1:
+            raise ValueError(f"--workers must be at least 1, got {count}")
+        self.setup, self.address, self.count = setup, address, count
+        self.num_cpus, self.num_gpus = num_cpus, num_gpus
+        self._actors: dict[str, Any] = {}  # worker id -> actor handle (ready or starting)
+        self._ready: dict[str, WorkerInfo] = {}
+        self._lock = threading.Condition()
+        self._numbered = 0
+        self._restarts_left = max_restarts
+        self._on_change: Callable[[], None] = lambda: None
+        self._stopping = False
+        self._owns_ray = False
+        self._starter: threading.Thread | None = None
+        self.start_errors: list[str] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, on_change: Callable[[], None]) -> None:
+        """Connect (or start Ray for ``local``) on the calling thread (Ray wants the main
+        thread: its signal handlers), then start the actors in a thread: a server answers
+        while they load."""
+        self._on_change = on_change
+        if self._connect():
+            self._starter = threading.Thread(target=self._start, name="ray-start", daemon=True)
+            self._starter.start()
+
+    def _connect(self) -> bool:
+        import ray
+
+        try:
+            if not ray.is_initialized():
+                env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT),
+                                                                                os.environ.get("PYTHONPATH")]))}}
+                if self.address == "local":
+                    ray.init(num_cpus=self.count or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                             runtime_env=env)
+                    self._owns_ray = True
+                else:
+                    ray.init(address=self.address, log_to_driver=False, runtime_env=env)
+            return True
+        except Exception as error:  # reported by wait_ready and the log; the server keeps answering
+            log.exception("could not connect to the Ray cluster at %s", self.address)
+            with self._lock:
+                self.start_errors.append(f"{type(error).__name__}: {error}")
+                self._lock.notify_all()
+            return False
+
+    def _start(self) -> None:
+        import ray
+
+        try:
+            count = self.count or max(1, int(ray.cluster_resources().get("CPU", 1) // self.num_cpus))
+            if self._restarts_left is None:
+                self._restarts_left = 2 * count
+            for _ in range(count):
+                self._spawn()
+        except Exception as error:  # reported by wait_ready and the log; the server keeps answering
+            log.exception("could not start the Ray workers at %s", self.address)
+            with self._lock:
+                self.start_errors.append(f"{type(error).__name__}: {error}")
+                self._lock.notify_all()
+
+    def _spawn(self) -> None:
+        import ray
+
+        with self._lock:
+            self._numbered += 1
+            worker_id = f"ray-{self._numbered}"
+        actor_class = ray.remote(RayWorker).options(num_cpus=self.num_cpus, num_gpus=self.num_gpus,
+                                                    max_concurrency=2, max_restarts=0,
+                                                    name=None, lifetime=None)
+        actor = actor_class.remote(self.setup)
+        with self._lock:
+            self._actors[worker_id] = actor
+        threading.Thread(target=self._await_ready, args=(worker_id, actor), name=f"ready-{worker_id}",
+                         daemon=True).start()
+
+    def _await_ready(self, worker_id: str, actor: Any) -> None:
+        import ray
+
+        try:
+            pid, host = ray.get(actor.info.remote())
+        except Exception as error:  # the actor could not build its registry, or died
+            with self._lock:
+                self._actors.pop(worker_id, None)
+                self.start_errors.append(f"worker {worker_id}: {error}")
+                self._lock.notify_all()
+            log.error("Ray worker %s could not start: %s", worker_id, error)
+            return
+        with self._lock:
+            if worker_id in self._actors:
+                self._ready[worker_id] = WorkerInfo(worker_id, "ray", host, pid)
+            self._lock.notify_all()
+        log.info("Ray worker %s ready (pid %s on %s)", worker_id, pid, host)
+        self._on_change()
+
+    def wait_ready(self, timeout: float = 120.0) -> list[WorkerInfo]:
+        deadline = time.monotonic() + timeout
+        if self._starter is not None:
+            self._starter.join(timeout)
+        with self._lock:
+            while set(self._actors) - set(self._ready) and time.monotonic() < deadline:
+                self._lock.wait(max(0.0, min(0.5, deadline - time.monotonic())))
+            ready = list(self._ready.values())
+            if not ready and self.start_errors:
+                raise RuntimeError(f"no Ray worker could start: {self.start_errors[0]}")
+            return ready
+
+    def stop(self, timeout: float = 10.0) -> None:
+        import ray
+
+        with self._lock:
+            self._stopping = True
+            actors = list(self._actors.values())
+            self._actors.clear()
+            self._ready.clear()
+        if self._starter is not None:
+            self._starter.join(timeout)
+        if not ray.is_initialized():
+            return
+        for actor in actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # already dead
+                log.debug("killing a Ray worker failed", exc_info=True)
+        if self._owns_ray:
+            ray.shutdown()
+
+    # ------------------------------------------------------------------ Backend
+
+    def workers(self) -> list[WorkerInfo]:
+        with self._lock:
+            return list(self._ready.values())
+
+    def actor(self, worker_id: str) -> Any:
+        """The actor handle of a worker (tests kill it with ``ray.kill``)."""
+        with self._lock:
+            return self._actors[worker_id]
+
+    def run(self, worker_id: str, request: RunRequest, on_event: Callable[[Event], None]) -> RunResult:
+        import ray
+
+        with self._lock:
+            actor = self._actors.get(worker_id)
+        if actor is None:
+            raise WorkerLost(worker_id, "it was gone before the prompt reached it")
+        stream = actor.run.options(num_returns="streaming").remote(
+            request.prompt_id, request.workflow, portable_services(request.services))
+        finished = threading.Event()
+
+        def pass_on_interrupt() -> None:  # only this prompt's actor hears it
+            while not finished.is_set():
+                if request.cancel.wait(0.05):
+                    try:
+                        actor.cancel.remote(request.prompt_id)
+                    except Exception:
+                        log.debug("cancel did not reach %s", worker_id, exc_info=True)
+                    return
+
+        threading.Thread(target=pass_on_interrupt, name=f"cancel-{worker_id}", daemon=True).start()
+        try:
+            for reference in stream:
+                kind, value = ray.get(reference)
+                if kind == "event":
+                    on_event(value)
+                else:
+                    return value
+            raise WorkerRunError(f"worker {worker_id} ended the run without a result")
+        except ray.exceptions.RayActorError as error:
+            self._lost(worker_id, actor)
+            raise WorkerLost(worker_id, f"the Ray actor died: {type(error).__name__}") from None
+        except ray.exceptions.RayTaskError as error:
+            raise WorkerRunError(f"{type(error.cause).__name__}: {error.cause}" if error.cause else str(error),
+                                 str(error)) from None
+        finally:
+            finished.set()
+
+    def free(self, *, unload_models: bool, free_memory: bool) -> None:
+        with self._lock:
+            actors = [self._actors[w] for w in self._ready]
+        for actor in actors:
+            actor.free.remote(unload_models, free_memory)
+
+    def _lost(self, worker_id: str, actor: Any) -> None:
+        with self._lock:
+            if self._actors.get(worker_id) is not actor:
+                return
+            self._actors.pop(worker_id, None)
+            self._ready.pop(worker_id, None)
+            replace = not self._stopping and (self._restarts_left or 0) > 0
+            if replace:
+                self._restarts_left = (self._restarts_left or 0) - 1
+        log.warning("Ray worker %s died%s", worker_id, "; starting another in its place" if replace else "")
+        if replace:
+            self._spawn()
+        self._on_change()

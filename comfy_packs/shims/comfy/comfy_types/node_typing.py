@@ -1,0 +1,1 @@
+from comfy.comfy_types import IO, InputTypeDict, ComfyNodeABC, CheckLazyMixin  # noqa: F401

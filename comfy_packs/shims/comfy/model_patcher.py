@@ -1,0 +1,3 @@
+"""ComfyUI's ``comfy.model_patcher``: ModelPatcher is the MODEL packs get here."""
+
+from comfy_packs.models import ComfyModel as ModelPatcher  # noqa: F401
