@@ -29,6 +29,8 @@ import types
 from pathlib import Path
 from typing import Any
 
+from engine.registry import import_plugin_file
+
 SHIM_DIR = Path(__file__).resolve().parent / "shims"
 NODES_ALIAS = "comfyui_nodes"  # the shim module packs get as `nodes`
 # Top-level modules of ComfyUI itself: a pack missing one of these needs ComfyUI's internals.
@@ -141,24 +143,7 @@ def import_pack(module_name: str, location: Path) -> types.ModuleType:
     with _lock:
         if folder not in _pack_folders:
             _pack_folders.append(folder)
-    if "latentflow_plugins" not in sys.modules:
-        package = types.ModuleType("latentflow_plugins")
-        package.__path__ = []
-        sys.modules["latentflow_plugins"] = package
-    spec = importlib.util.spec_from_file_location(
-        module_name, location,
-        submodule_search_locations=[str(location.parent)] if location.name == "__init__.py" else None)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {location}")
-    spec.loader = _PackLoader(spec.loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(module_name, None)
-        raise
-    return module
+    return import_plugin_file(module_name, location, wrap_loader=_PackLoader)
 
 
 # --------------------------------------------------------------------------- no silent installs

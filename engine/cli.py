@@ -155,19 +155,10 @@ def run_run(args: argparse.Namespace) -> int:
     status = 0
     try:
         for index, combo in enumerate(combinations(sweeps)):
-            try:
-                concrete = apply_overrides(document, [*sets, *combo])
-            except OverrideError as error:
-                print(f"error: {error}", file=sys.stderr)
-                return 2
-            report = with_conversion_problems(validate_document(concrete, registry), conversion_problems)
-            for warning in report.warnings:
-                if not args.quiet:
-                    print(warning.format(), file=sys.stderr)
-            if not report.ok:
-                print(report.format(), file=sys.stderr)
-                print(f"{args.workflow}: not run, {len(report.errors)} error(s)", file=sys.stderr)
-                return 1
+            checked = _checked_combination(args, document, [*sets, *combo], registry, conversion_problems)
+            if isinstance(checked, int):
+                return checked
+            concrete, report = checked
             if writer:
                 writer.run_index = index
             label = ", ".join(o.label() for o in combo)
@@ -218,19 +209,10 @@ def _run_on_workers(args: argparse.Namespace, registry: NodeRegistry, document: 
 
     runs: list[tuple[str, Any, Any]] = []  # (label, concrete document, workflow)
     for combo in combinations(sweeps):
-        try:
-            concrete = apply_overrides(document, [*sets, *combo])
-        except OverrideError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        report = with_conversion_problems(validate_document(concrete, registry), conversion_problems)
-        for warning in report.warnings:
-            if not args.quiet:
-                print(warning.format(), file=sys.stderr)
-        if not report.ok:
-            print(report.format(), file=sys.stderr)
-            print(f"{args.workflow}: not run, {len(report.errors)} error(s)", file=sys.stderr)
-            return 1
+        checked = _checked_combination(args, document, [*sets, *combo], registry, conversion_problems)
+        if isinstance(checked, int):
+            return checked
+        concrete, report = checked
         runs.append((", ".join(o.label() for o in combo), concrete, report.workflow))
     settings = registry.settings  # type: ignore[attr-defined]
     custom_nodes = Path(args.custom_nodes) if args.custom_nodes else settings.custom_nodes_dir
@@ -370,3 +352,24 @@ def format_summary(result: RunResult, workflow: Any) -> str:
     lines.append(f"run {result.status} in {result.seconds:.3f}s: {len(result.executed)} executed, "
                  f"{len(result.cached)} cached")
     return "\n".join(lines)
+
+
+def _checked_combination(args: argparse.Namespace, document: Any, overrides: list[Any], registry: Any,
+                         conversion_problems: Any) -> tuple[Any, Any] | int:
+    """``document`` with ``overrides`` applied and validated: (document, report), or the exit
+    status after printing why it cannot run (2: a bad override, 1: validation errors)."""
+    try:
+        concrete = apply_overrides(document, overrides)
+    except OverrideError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    report = with_conversion_problems(validate_document(concrete, registry), conversion_problems)
+    for warning in report.warnings:
+        if not args.quiet:
+            print(warning.format(), file=sys.stderr)
+    if not report.ok:
+        print(report.format(), file=sys.stderr)
+        print(f"{args.workflow}: not run, {len(report.errors)} error(s)", file=sys.stderr)
+        return 1
+    return concrete, report
+

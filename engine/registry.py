@@ -155,7 +155,7 @@ class NodeRegistry:
                 if self.foreign_packs is not None and self.foreign_packs.claims(location):
                     self.register_pack(self.foreign_packs.load(self, name, location, source), source)
                     continue
-                module = _import_path(f"latentflow_plugins.{name}", location)
+                module = import_plugin_file(f"latentflow_plugins.{name}", location)
                 self.register_pack(_exported_nodes(module, source), source, namespace=name)
             except BaseException as error:  # noqa: BLE001 - sys.exit() in a plugin must not stop us
                 self._fail(source, error)
@@ -326,7 +326,11 @@ def _exported_nodes(module: Any, source: str, settings: Any = None) -> list[Node
     return list(nodes)
 
 
-def _import_path(module_name: str, location: Path) -> Any:
+def import_plugin_file(module_name: str, location: Path,
+                       wrap_loader: Callable[[Any], Any] | None = None) -> Any:
+    """Import a plugin file or package (``location``: its file or ``__init__.py``) as
+    ``module_name`` under the ``latentflow_plugins`` namespace; ``wrap_loader`` may wrap the
+    import loader (ComfyUI packs run with their own import rules, see ``comfy_packs``)."""
     if "latentflow_plugins" not in sys.modules:
         import types
 
@@ -339,6 +343,8 @@ def _import_path(module_name: str, location: Path) -> Any:
     )
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {location}")
+    if wrap_loader is not None:
+        spec.loader = wrap_loader(spec.loader)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
