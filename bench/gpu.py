@@ -365,6 +365,20 @@ def child_first_image(side: str, folder: Path, device: str, dtype_name: str, dry
     return 0
 
 
+def _sd15_step_inputs(shapes: Any, device: str, dtype: Any) -> tuple[Any, Any, Any]:
+    """A CFG batch of 2 for the SD1.5-shaped UNet: latent (channels_last on CUDA), context, timesteps."""
+    import torch
+
+    side = shapes.sd15_latent
+    generator = torch.Generator(device).manual_seed(0)
+    x = torch.randn(2, 4, side, side, device=device, generator=generator).to(dtype)
+    if device == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    context = torch.randn(2, shapes.text_tokens, shapes.sd15_unet["cross_attention_dim"], device=device,
+                          generator=generator).to(dtype)
+    return x, context, torch.tensor([500.0, 500.0], device=device)
+
+
 def compiled_rows(table: Table, timer: Timer, shapes: Shapes, device: str, dtype: Any, backend: str) -> None:
     import torch
 
@@ -373,14 +387,7 @@ def compiled_rows(table: Table, timer: Timer, shapes: Shapes, device: str, dtype
     peer = diffusers_unet(shapes.sd15_unet, device, dtype)
     ours = our_unet(peer, "sd1", device, dtype)
     del peer
-    side = shapes.sd15_latent
-    generator = torch.Generator(device).manual_seed(0)
-    x = torch.randn(2, 4, side, side, device=device, generator=generator).to(dtype)
-    if device == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    context = torch.randn(2, shapes.text_tokens, shapes.sd15_unet["cross_attention_dim"], device=device,
-                          generator=generator).to(dtype)
-    t = torch.tensor([500.0, 500.0], device=device)
+    x, context, t = _sd15_step_inputs(shapes, device, dtype)
     for mode in ("reduce-overhead",):
         compiled = compile_model(ours, CompileOptions(mode=mode, backend=backend,
                                                       cache_dir=Path(tempfile.gettempdir()) / "latentflow-bench-compile"))
@@ -409,14 +416,7 @@ def quantized_rows(table: Table, timer: Timer, shapes: Shapes, device: str, dtyp
     peer = diffusers_unet(shapes.sd15_unet, device, dtype)
     base = our_unet(peer, "sd1", device, dtype)
     del peer
-    side = shapes.sd15_latent
-    generator = torch.Generator(device).manual_seed(0)
-    x = torch.randn(2, 4, side, side, device=device, generator=generator).to(dtype)
-    if device == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    context = torch.randn(2, shapes.text_tokens, shapes.sd15_unet["cross_attention_dim"], device=device,
-                          generator=generator).to(dtype)
-    t = torch.tensor([500.0, 500.0], device=device)
+    x, context, t = _sd15_step_inputs(shapes, device, dtype)
     with torch.inference_mode():
         reference = base(x, t, context)
         base_ms = timer(lambda: base(x, t, context))
