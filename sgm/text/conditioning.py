@@ -33,6 +33,10 @@ class Condition:
     strength: multiplier of this condition's contribution.
     mask:    optional (B or 1, H, W) latent-resolution mask in [0, 1].
     extra:   free-form metadata (e.g. the prompt text) that never reaches the UNet.
+    control: a ControlNet / T2I-Adapter chain applied while this condition is evaluated
+             (``sgm.nets.controlnet``), or None.
+    unclip:  image embeddings for unCLIP models, one ``(embeds (B, D), strength, noise_augmentation)``
+             per unCLIPConditioning, turned into the vector ``y`` when sampling.
     """
 
     context: torch.Tensor
@@ -42,6 +46,8 @@ class Condition:
     strength: float = 1.0
     mask: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    control: Any = None
+    unclip: tuple[tuple[torch.Tensor, float, float], ...] = ()
 
     def with_(self, **changes: Any) -> "Condition":
         """A copy with some fields replaced (conditions are never mutated)."""
