@@ -71,11 +71,11 @@ async def list_jobs(request: web.Request) -> web.Response:
         return error_response(400, "bad_request", "limit and offset must be whole numbers")
     queue = request.app[QUEUE]
     jobs: list[dict[str, Any]] = []
-    running = queue.running()
+    running = queue.running_items()  # one per busy worker
     if "pending" in wanted:
         jobs += [_queued_job(item, "pending") for item in reversed(queue.pending())]
-    if running is not None and "in_progress" in wanted:
-        jobs.append(_queued_job(running, "in_progress"))
+    if "in_progress" in wanted:
+        jobs += [_queued_job(item, "in_progress") for item in reversed(running)]
     jobs += [_finished_job(entry) for entry in reversed(queue.history())
              if HISTORY_STATUS[entry.status] in wanted]
     page = jobs[offset:offset + limit]
@@ -90,9 +90,9 @@ async def job_detail(request: web.Request) -> web.Response:
     entry = queue.history_entry(prompt_id)
     if entry is not None:
         return web.json_response(_finished_job(entry, detail=True))
-    running = queue.running()
-    if running is not None and running.prompt_id == prompt_id:
-        return web.json_response(_queued_job(running, "in_progress"))
+    for item in queue.running_items():
+        if item.prompt_id == prompt_id:
+            return web.json_response(_queued_job(item, "in_progress"))
     for item in queue.pending():
         if item.prompt_id == prompt_id:
             return web.json_response(_queued_job(item, "pending"))

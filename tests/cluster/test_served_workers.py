@@ -33,6 +33,11 @@ async def test_two_clients_get_their_own_events_and_files_from_two_workers(tmp_p
     queue = await (await client.get("/api/queue")).json()
     assert len(queue["queue_running"]) == 2  # one per worker, each naming it
     assert {entry[3]["worker"] for entry in queue["queue_running"]} == {"process-1", "process-2"}
+    jobs = await (await client.get("/api/jobs", params={"status": "in_progress"})).json()
+    running_ids = {entry[1] for entry in queue["queue_running"]}
+    assert {job["id"] for job in jobs["jobs"]} == running_ids  # every busy worker's prompt, not the first only
+    for prompt_id in running_ids:
+        assert (await (await client.get(f"/api/jobs/{prompt_id}")).json())["status"] == "in_progress"
     for name, socket in sockets.items():
         done: set[str] = set()
         messages = await receive_until(socket, lambda m: m["type"] == "executing" and m["data"]["node"] is None
