@@ -10,7 +10,10 @@ A run is an actor method that yields its events and then its result (a Ray strea
 generator): they reach the queue in order. Interrupts call the actor's ``cancel`` (the
 actor runs two methods at once: a run and a cancel). An actor that dies mid-run raises
 ``RayActorError`` here: the prompt is reported lost (the queue runs it again on another
-worker) and a new actor takes the dead one's place. Outputs are written by the actor into
+worker) and a new actor takes the dead one's place. Without a fixed ``count`` the backend
+sizes itself by the cluster: one actor per ``num_gpus`` GPUs (or ``num_cpus`` CPUs), and a
+watcher looks at the cluster's resources every ``poll_s`` seconds, so that a machine that
+joins later (``ray start --address=HEAD``) gets actors and work. Outputs are written by the actor into
 the server's output folder, which must be shared storage when actors run on other machines.
 """
 
@@ -99,7 +102,7 @@ class RayWorkers:
     """An execution backend (``engine.backends.Backend``) of Ray actors."""
 
     def __init__(self, setup: WorkerSetup, address: str, count: int | None = None, max_restarts: int | None = None,
-                 num_cpus: float = 1.0, num_gpus: float = 0.0) -> None:
+                 num_cpus: float = 1.0, num_gpus: float = 0.0, poll_s: float = 5.0) -> None:
         import ray  # noqa: F401  (fail at start-up, with pip's hint, when the extra is missing)
 
         if count is not None and count < 1:
@@ -115,6 +118,8 @@ class RayWorkers:
         self._stopping = False
         self._owns_ray = False
         self._starter: threading.Thread | None = None
+        self._poll_s = poll_s
+        self._stopped = threading.Event()
         self.start_errors: list[str] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -149,11 +154,18 @@ class RayWorkers:
                 self._lock.notify_all()
             return False
 
-    def _start(self) -> None:
+    def capacity(self) -> int:
+        """How many actors the cluster's resources hold now (GPUs when a worker takes GPUs)."""
         import ray
 
+        resources = ray.cluster_resources()
+        if self.num_gpus > 0:
+            return int(resources.get("GPU", 0) // self.num_gpus)
+        return max(1, int(resources.get("CPU", 1) // self.num_cpus))
+
+    def _start(self) -> None:
         try:
-            count = self.count or max(1, int(ray.cluster_resources().get("CPU", 1) // self.num_cpus))
+            count = self.count or self.capacity()
             if self._restarts_left is None:
                 self._restarts_left = 2 * count
             for _ in range(count):
@@ -163,6 +175,24 @@ class RayWorkers:
             with self._lock:
                 self.start_errors.append(f"{type(error).__name__}: {error}")
                 self._lock.notify_all()
+            return
+        if self.count is None:
+            threading.Thread(target=self._watch_capacity, name="ray-capacity", daemon=True).start()
+
+    def _watch_capacity(self) -> None:
+        """Start actors for machines that join the cluster later (a thread of its own)."""
+        while not self._stopped.wait(self._poll_s):
+            try:
+                missing = self.capacity() - len(self._actors)
+            except Exception:  # the cluster is unreachable for a moment: look again later
+                log.debug("reading the Ray cluster's resources failed", exc_info=True)
+                continue
+            if missing > 0:
+                log.info("the Ray cluster grew: starting %d more worker(s)", missing)
+            for _ in range(max(0, missing)):
+                if self._stopped.is_set():
+                    return
+                self._spawn()
 
     def _spawn(self) -> None:
         import ray
@@ -213,6 +243,7 @@ class RayWorkers:
     def stop(self, timeout: float = 10.0) -> None:
         import ray
 
+        self._stopped.set()
         with self._lock:
             self._stopping = True
             actors = list(self._actors.values())
