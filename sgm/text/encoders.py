@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -333,7 +334,18 @@ def build_conditioner(
         module_name, _, function_name = hook.partition(":")
         if not function_name:
             raise ValueError(f"metadata {TEXT_ENCODER_HOOK!r} = {hook!r} must look like 'pkg.module:function'")
-        builder = getattr(importlib.import_module(module_name), function_name)
+        # A model file is data from anywhere: its metadata may name our own builders or one of
+        # a module already imported (a plugin that brings a model format), never make us import
+        # new code.
+        if not (module_name == "sgm" or module_name.startswith("sgm.") or module_name in sys.modules):
+            raise ValueError(
+                f"metadata {TEXT_ENCODER_HOOK!r} names {hook!r}, but {module_name!r} is neither part of sgm "
+                "nor an already imported module; a model file may not make us import code. Install the "
+                "plugin that provides this model format (it imports its module when it loads)"
+            )
+        builder = getattr(importlib.import_module(module_name), function_name, None)
+        if builder is None:
+            raise ValueError(f"metadata {TEXT_ENCODER_HOOK!r} = {hook!r}: {module_name} has no {function_name!r}")
         return builder(text_state_dict, family, metadata, model_path=model_path, device=device, dtype=dtype)
     towers: list[tuple[EncoderRole, _TextTower]] = []
     claimed: set[str] = set()

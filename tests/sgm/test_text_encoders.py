@@ -6,6 +6,7 @@ sgm.text.encoders.build_conditioner, i.e. the path a single-file checkpoint take
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -206,6 +207,12 @@ def test_unknown_family_uses_metadata_hook_or_explains(tmp_path: Path, monkeypat
         "    return ('built', sorted(sd), family, metadata['x'], device)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("my_text_hook", None)
+    with pytest.raises(ValueError, match="may not make us import code"):  # a file names a module never imported
+        build_conditioner(tensors, "tinyshapes", {"latentflow.text_encoder": "my_text_hook:build"},
+                          model_path=None, device="cpu", dtype=None)
+    assert "my_text_hook" not in sys.modules
+    importlib.import_module("my_text_hook")  # as a plugin that brings this format would have
     result = build_conditioner(
         tensors, "tinyshapes", {"latentflow.text_encoder": "my_text_hook:build", "x": "1"},
         model_path=None, device="cpu", dtype=None,
