@@ -13,8 +13,10 @@ from nodes.runtime import Runtime
 from nodes.values import ClipValue
 
 
-def encode_prompt(runtime: Runtime, clip: ClipValue, text: str, node_id: str) -> tuple[Any, Any]:
-    """(context (1, T, C), pooled (1, P) or None) for one prompt, LoRA patches applied."""
+def encode_prompt(runtime: Runtime, clip: ClipValue, text: str, node_id: str,
+                  force_pooled: bool = False) -> tuple[Any, Any]:
+    """(context (1, T, C), pooled (1, P) or None) for one prompt, LoRA patches applied;
+    ``force_pooled``: a pooled output even where the family's conditioning has none."""
     if clip is None or clip.conditioner is None:
         raise ValueError(
             f"{node_id}: the CLIP input carries no text encoder (the checkpoint {getattr(clip, 'name', '?')!r} "
@@ -30,6 +32,8 @@ def encode_prompt(runtime: Runtime, clip: ClipValue, text: str, node_id: str) ->
         kwargs["clip_skip"] = clip.clip_skip
     if clip.embeddings_dir is not None and "embedding:" in text:
         kwargs["embeddings_dir"] = clip.embeddings_dir
+    if force_pooled:
+        kwargs["force_pooled"] = True
 
     def work() -> tuple[Any, Any]:
         with runtime.models.use(*towers), patched(modules, [(p.targets, p.strength) for p in clip.loras]):

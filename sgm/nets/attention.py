@@ -9,6 +9,8 @@ device and dtype (flash / memory-efficient on CUDA, the blocked CPU kernel elsew
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -123,6 +125,9 @@ class BasicTransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
         self.use_checkpoint = use_checkpoint
+        # Set only while an extension runs (GLIGEN's fuser, ``sgm.nets.gligen.gligen_applied``):
+        # a map of the tokens between self- and cross-attention.
+        self.between_attentions: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
@@ -132,6 +137,8 @@ class BasicTransformerBlock(nn.Module):
 
     def _forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
         x = self.attn1(self.norm1(x)) + x
+        if self.between_attentions is not None:
+            x = self.between_attentions(x)
         x = self.attn2(self.norm2(x), context) + x
         return self.ff(self.norm3(x)) + x
 

@@ -37,6 +37,8 @@ class Condition:
              (``sgm.nets.controlnet``), or None.
     unclip:  image embeddings for unCLIP models, one ``(embeds (B, D), strength, noise_augmentation)``
              per unCLIPConditioning, turned into the vector ``y`` when sampling.
+    gligen:  GLIGEN grounding, ``(model, ((phrase_embedding (1, D), height, width, y, x), ...))``
+             with boxes in latent pixels (``sgm.nets.gligen``), or None.
     """
 
     context: torch.Tensor
@@ -48,6 +50,7 @@ class Condition:
     extra: dict[str, Any] = field(default_factory=dict)
     control: Any = None
     unclip: tuple[tuple[torch.Tensor, float, float], ...] = ()
+    gligen: Any = None
 
     def with_(self, **changes: Any) -> "Condition":
         """A copy with some fields replaced (conditions are never mutated)."""

@@ -200,8 +200,13 @@ class TextConditioner:
         *,
         clip_skip: int | None = None,
         embeddings_dir: Path | None = None,
+        force_pooled: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Prompts -> (context (B, 77*k, C), pooled (B, P) or None), weighting applied."""
+        """Prompts -> (context (B, 77*k, C), pooled (B, P) or None), weighting applied.
+
+        ``force_pooled``: in families whose conditioning has no pooled output (SD 1.x / 2.x),
+        give the first tower's anyway (its final-norm end-token state, projected where the tower
+        has a projection): what GLIGEN takes as a phrase embedding, as ComfyUI's CLIP gives it."""
         if isinstance(prompts, str) or not prompts:
             raise TypeError(f"encode_text takes a non-empty list of prompts, got {prompts!r}; wrap one prompt as [prompt]")
         embeddings: dict[str, dict[str, torch.Tensor]] = {}
@@ -218,7 +223,8 @@ class TextConditioner:
             if not isinstance(skip, int) or not 1 <= skip <= layers:
                 raise ValueError(f"clip_skip must be an int in 1..{layers} (1 = last layer), got {clip_skip!r}")
             eos_index = None
-            if role.pooled:
+            if role.pooled or (force_pooled and tower is self.towers[0][1]
+                               and not any(r.pooled for r, _ in self.towers)):
                 eos_index = batch.eos_index if not weighted else torch.cat([batch.eos_index, torch.ones(1, dtype=torch.long)])
                 eos_index = eos_index.to(tower.token_embedding_weight().device)
             z, p = tower(self._embeds(role, tower, ids, batch, embeddings), hidden_layer=layers - skip + 1,

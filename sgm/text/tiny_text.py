@@ -151,14 +151,21 @@ class TinyTextConditioner:
         self.family = family
         self.modules: list[nn.Module] = [encoder]
 
-    def encode_text(self, prompts: list[str], **kwargs: Any) -> tuple[torch.Tensor, None]:
-        """prompts -> (context (B, T, C), None). Extra kwargs (clip_skip, ...) do not apply and are ignored."""
+    def encode_text(self, prompts: list[str], *, force_pooled: bool = False,
+                    **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """prompts -> (context (B, T, C), None). Extra kwargs (clip_skip, ...) do not apply and are ignored.
+        ``force_pooled``: also the final state at each prompt's ``<eos>`` (B, C), CLIP's pooled output
+        (GLIGEN's phrase embedding) in place of None."""
         if isinstance(prompts, str):
             raise TypeError("encode_text takes a list of prompts, not a single string")
         weight = self.encoder.token_embedding.weight
         tokens = self.tokenizer.encode(list(prompts)).to(weight.device)
         with torch.no_grad():
-            return self.encoder(tokens), None
+            context = self.encoder(tokens)
+        if not force_pooled:
+            return context, None
+        eos = (tokens == EOS).int().argmax(dim=1)  # (B,) every sequence has one (truncation keeps it)
+        return context, context[torch.arange(context.shape[0], device=context.device), eos]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors with their ``cond_stage_model.`` prefix, ready for ``save_checkpoint``."""
