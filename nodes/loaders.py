@@ -195,7 +195,8 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
 
 def unet_family(unet: Any) -> str:
     """A UNet's family told from its shape (SDXL's vector width tells base from refiner)."""
-    if getattr(unet, "num_classes", None) == "sequential":
+    if getattr(unet, "num_classes", None) == "sequential" and getattr(unet, "context_dim", None) != 1024:
+        # (SD 2.1 unCLIP has a vector input too, with SD 2's 1024-wide text: it falls through to "sd2")
         return "sdxl-refiner" if getattr(unet, "adm_in_channels", None) == 2560 else "sdxl"
     family = "sd2" if getattr(unet, "context_dim", None) == 1024 else "sd1"
     return f"{family}-inpaint" if getattr(unet, "in_channels", 4) == 9 else family

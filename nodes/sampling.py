@@ -67,15 +67,43 @@ class SamplerValue:
 
 
 def _prepare_conditions(conditions: tuple[Any, ...], model: ModelValue, height: int, width: int,
-                        what: str) -> list[Any]:
-    """Give SDXL conditions their vector ``y`` (size = the image being made) and drop ``y``
-    for models that take none."""
+                        what: str, seed: int = 0) -> list[Any]:
+    """Give SDXL conditions their vector ``y`` (size = the image being made), SD 2.1 unCLIP
+    conditions theirs (the noise-augmented image embeddings of ``Condition.unclip``), and drop
+    ``y`` for models that take none. With unCLIP embeddings an SDXL condition's pooled text is
+    replaced by them (Revision). ``seed``: the sampling seed (the embedding noise derives from it)."""
     if not model.needs_vector:
         return [c if c.y is None else replace(c, y=None) for c in conditions]
-    from sgm.text.sdxl_conditioning import sdxl_refiner_vector, sdxl_vector
+    from sgm.sampling import unclip as uc
+    from sgm.text.sdxl_conditioning import SIZE_EMBED_DIM, sdxl_refiner_vector, sdxl_vector
 
+    adm = int(getattr(model.unet, "adm_in_channels", 0) or 0)
+    noise_seed = seed + uc.NOISE_SEED_OFFSET
+    if model.family.startswith("sd2"):  # an SD 2.x UNet with a vector input: SD 2.1 unCLIP
+        dim = uc.unclip_adm_dim(adm)
+        augmentation = uc.EmbeddingNoiseAugmentation(dim)
+        # without an image the model gets zeros, as ComfyUI gives it
+        try:
+            return [replace(c, y=uc.unclip_vector(c.unclip, augmentation, seed=noise_seed) if c.unclip
+                            else uc.no_image_vector(adm)) for c in conditions]
+        except ValueError as error:
+            raise ValueError(f"{what}: {error}") from error
     out = []
     for cond in conditions:
+        if cond.unclip:  # SDXL Revision: the image embeddings' mix stands in for the pooled text
+            numbers = 5 if model.family.startswith("sdxl-refiner") else 6  # size/crop(/score) features
+            dim = int(cond.pooled.shape[-1]) if cond.pooled is not None else adm - numbers * SIZE_EMBED_DIM
+            try:
+                vector = uc.unclip_vector(cond.unclip, uc.EmbeddingNoiseAugmentation(dim), seed=noise_seed,
+                                          merge_noise_augmentation=uc.REVISION_MERGE_AUGMENTATION)
+            except ValueError as error:
+                raise ValueError(f"{what}: SDXL Revision: {error}") from error
+            pooled = vector[:, :dim]  # (1, dim)
+            if cond.y is not None:
+                y = cond.y.clone()
+                y[:, :dim] = pooled.to(y)
+                cond = replace(cond, y=y)
+            cond = replace(cond, pooled=pooled.expand(cond.context.shape[0], -1))
         if cond.y is None:
             if cond.pooled is None:
                 raise ValueError(
@@ -165,9 +193,10 @@ def run_sampler_with_denoised(runtime: Runtime, guider: GuiderValue, sampler: Sa
     samples = _model_latent(latent, model)
     height = latent.height or samples.shape[-2] * model.latent_format.downscale
     width = latent.width or samples.shape[-1] * model.latent_format.downscale
-    positive = _prepare_conditions(guider.positive, model, height, width, node_id)
-    negative = _prepare_conditions(guider.negative, model, height, width, node_id)
-    middle = None if guider.middle is None else _prepare_conditions(guider.middle, model, height, width, node_id)
+    positive = _prepare_conditions(guider.positive, model, height, width, node_id, seed)
+    negative = _prepare_conditions(guider.negative, model, height, width, node_id, seed)
+    middle = None if guider.middle is None else _prepare_conditions(guider.middle, model, height, width, node_id,
+                                                                     seed)
     concat = _inpaint_concat(latent, samples) if model.is_inpaint else None
     offset = latent.batch_index[0] if latent.batch_index else 0  # a picked item keeps its seed
 

@@ -97,7 +97,9 @@ def detect_family(state_dict: dict[str, torch.Tensor], metadata: dict[str, str])
         base = "sd2"
     elif UNET_PREFIX + "label_emb.0.0.weight" in state_dict:
         context = next((v.shape[1] for k, v in state_dict.items() if k.endswith("attn2.to_k.weight")), None)
-        base = "sdxl-refiner" if context == 1280 else "sdxl"
+        # SDXL base: 2048-wide context, refiner: 1280; SD 2.1 unCLIP is an SD 2.x UNet (OpenCLIP-H's
+        # 1024) with a vector input for the image embedding.
+        base = {1280: "sdxl-refiner", 1024: "sd2"}.get(context, "sdxl")
     elif any(k.startswith(UNET_PREFIX) and k.endswith("proj_in.weight") and v.ndim == 2 for k, v in state_dict.items()):
         base = "sd2"
     elif has(UNET_PREFIX):

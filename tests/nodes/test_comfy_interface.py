@@ -36,7 +36,8 @@ REFERENCE = comfyui_object_info()
 pytestmark = pytest.mark.skipif(REFERENCE is None, reason=f"the interface spec is not at {COMFYUI_OBJECT_INFO}")
 SPEC = {name: REFERENCE[name] for name in CORE_NODES + TEMPLATE_NODES} if REFERENCE is not None else {}
 # Choice lists ComfyUI fills from its folders: the reference machine's files are not ours.
-FOLDER_CHOICES = {"ckpt_name", "vae_name", "lora_name", "unet_name", "clip_name", "clip_name1", "clip_name2", "image"}
+FOLDER_CHOICES = {"ckpt_name", "vae_name", "lora_name", "unet_name", "clip_name", "clip_name1", "clip_name2", "image",
+                  "gligen_name", "control_net_name", "model_name", "hypernetwork_name", "style_model_name"}
 # The sampler and scheduler lists are the library's tables (another change completes them).
 LIBRARY_CHOICES = {("KSampler", "sampler_name"), ("KSampler", "scheduler"), ("KSamplerAdvanced", "sampler_name"),
                    ("KSamplerAdvanced", "scheduler"), ("KSamplerSelect", "sampler_name"), ("BasicScheduler", "scheduler")}
@@ -81,7 +82,20 @@ def test_every_core_comfyui_node_is_registered(object_info: dict[str, Any]) -> N
 
 @pytest.mark.parametrize("name", sorted(SPEC))
 def test_interface_matches_comfyui(object_info: dict[str, Any], name: str) -> None:
-    spec, ours = SPEC[name], object_info[name]
+    check_interface(name, SPEC[name], object_info[name])
+
+
+def test_every_other_adapter_has_comfyui_s_interface(object_info: dict[str, Any]) -> None:
+    """Adapters beyond the lists above (ControlNet, upscale models, CLIP vision, merging, ...) are
+    held to the same check: any node marked as ComfyUI's must be ComfyUI's, field by field."""
+    others = sorted(name for name, info in object_info.items()
+                    if info.get("compat") == COMPAT and name not in SPEC and name not in ("Note", "MarkdownNote"))
+    assert [name for name in others if name not in REFERENCE] == []  # no invented ComfyUI names
+    for name in others:
+        check_interface(name, REFERENCE[name], object_info[name])
+
+
+def check_interface(name: str, spec: dict[str, Any], ours: dict[str, Any]) -> None:
     assert ours["category"] == spec["category"]
     assert ours["display_name"] == (spec["display_name"] or name)  # null: the frontend shows the name
     assert ours["output"] == spec["output"]
@@ -124,7 +138,9 @@ def test_ksampler_offers_every_comfyui_sampler_and_scheduler(object_info: dict[s
 
 def test_adapters_are_marked_and_ours_are_not(object_info: dict[str, Any]) -> None:
     marked = {name for name, info in object_info.items() if info.get("compat") == COMPAT}
-    assert marked == (set(SPEC) - set(NATIVE)) | {"Note", "MarkdownNote"}
+    assert set(SPEC) - set(NATIVE) <= marked
+    assert marked - set(SPEC) - {"Note", "MarkdownNote"} <= set(REFERENCE)  # ComfyUI's too (checked above)
+    assert not marked & set(NATIVE)
     for name in ("LoadCheckpoint", "TextEncode", "EmptyLatent", "SampleLatent", "Decode", "EncodeLatent",
                  "SaveImage", "PreviewImage"):
         assert "compat" not in object_info[name], name
@@ -132,7 +148,9 @@ def test_adapters_are_marked_and_ours_are_not(object_info: dict[str, Any]) -> No
 
 def test_comfyui_names_lists_adapters_and_native_nodes(tmp_path: Path) -> None:
     specs = build_nodes(Runtime(Settings.for_root(tmp_path), device="cpu"))
-    assert set(comfyui_names(specs)) == set(SPEC) | {"Note", "MarkdownNote"}
+    names = set(comfyui_names(specs))
+    assert set(SPEC) | {"Note", "MarkdownNote"} <= names <= set(REFERENCE) | {"Note", "MarkdownNote"}
+    assert {"LoadCheckpoint", "SampleLatent", "TextEncode"}.isdisjoint(names)
 
 
 # --------------------------------------------------------------------------- mappings on plain values

@@ -162,6 +162,8 @@ def test_unet_family_from_shapes() -> None:
     assert unet_family(tiny_unet("sd1", in_channels=9)) == "sd1-inpaint"
     assert unet_family(tiny_unet("sdxl")) == "sdxl"
     assert unet_family(tiny_unet("sdxl", pooled_dim=2560 - 6 * 256)) == "sdxl-refiner"  # adm 2560
+    # SD 2.1 unCLIP: a vector input (image embeds + noise level) beside SD 2's 1024-wide text
+    assert unet_family(tiny_unet("sd2", context_dim=1024, num_classes="sequential", adm_in_channels=64)) == "sd2"
 
 
 def test_every_built_in_node_has_a_tooltip_and_a_category(runtime: Runtime) -> None:
