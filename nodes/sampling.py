@@ -198,6 +198,10 @@ def run_sampler_with_denoised(runtime: Runtime, guider: GuiderValue, sampler: Sa
     middle = None if guider.middle is None else _prepare_conditions(guider.middle, model, height, width, node_id,
                                                                      seed)
     concat = _inpaint_concat(latent, samples) if model.is_inpaint else None
+    if model.is_pix2pix:  # InstructPix2Pix: the input image's latent beside the noisy one
+        from sgm.sampling.pix2pix import concat_image_of, pix2pix_concat, pix2pix_scale
+
+        concat = pix2pix_concat(concat_image_of(positive), samples, pix2pix_scale(model.family))
     offset = latent.batch_index[0] if latent.batch_index else 0  # a picked item keeps its seed
 
     preview_wanted = ctx.services.get("preview_wanted")  # the server: "does a client watch?"

@@ -2,8 +2,9 @@
 
 All are frozen: a node that "changes" one returns a new value (``dataclasses.replace``);
 the cache hands the same object to every consumer. Weights are shared, never copied:
-LoRA patches are *recorded* on MODEL / CLIP and applied only while a node samples or
-encodes (see ``sgm.io.lora.patched``), which restores the base weights afterwards.
+patches are *recorded* on MODEL / CLIP (``loras``: LoRAs, model merges from ``sgm.io.merge``,
+hypernetworks from ``sgm.io.hypernetwork``) and applied only while a node samples or encodes
+(see ``sgm.io.lora.patched``), which restores the base weights afterwards.
 
 Tensors in LATENT / IMAGE / MASK values live on the CPU in float32; nodes move them to the
 model's device for the work.
@@ -32,11 +33,16 @@ class LatentFormat:
 
 @dataclass(frozen=True, eq=False)
 class LoraPatch:
-    """One LoRA applied at ``strength`` (the targets come from ``sgm.io.lora.match_lora``)."""
+    """One recorded patch applied at ``strength``: a LoRA (targets from ``sgm.io.lora.match_lora``),
+    a merge with another model (``sgm.io.merge.merge_targets``) or a hypernetwork
+    (``sgm.io.hypernetwork.HypernetworkPatch``); ``sgm.io.lora.patched`` applies each kind."""
 
     name: str
     targets: tuple["LoraTarget", ...]
     strength: float
+
+
+ModelPatch = LoraPatch  # the general name: not every recorded patch is a LoRA
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,6 +59,12 @@ class ModelValue:
     @property
     def is_inpaint(self) -> bool:
         return getattr(self.unet, "in_channels", 4) == 9
+
+    @property
+    def is_pix2pix(self) -> bool:
+        """InstructPix2Pix UNets take 8 input channels: the latent and the input image's latent
+        (``sgm.sampling.pix2pix``)."""
+        return getattr(self.unet, "in_channels", 4) == 8
 
     @property
     def needs_vector(self) -> bool:

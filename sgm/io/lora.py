@@ -23,6 +23,8 @@ Applying is reversible: :func:`patched` adds the deltas to the weights in place,
 a copy of every weight it touches, and copies the originals back when the block ends, so
 the base model is restored bit for bit without reloading it. Quantized layers
 (``sgm.nets.quant``) get the LoRA as a low-rank path beside their stored weight instead.
+The same mechanism carries the other recorded patch kinds: model merges (``sgm.io.merge``,
+weights computed from two models) and hypernetworks (``sgm.io.hypernetwork``, forward hooks).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -264,17 +266,55 @@ def match_lora(state_dict: Mapping[str, torch.Tensor], unet: nn.Module | None,
 # ---------------------------------------------------------------------------- applying
 
 
-@contextlib.contextmanager
-def patched(modules: Mapping[str, nn.Module],
-            patches: Sequence[tuple[Sequence[LoraTarget], float]]) -> Iterator[None]:
-    """Apply LoRA ``patches`` ((targets, strength), ...) to ``modules`` for the block's duration.
+class WeightPatch(Protocol):
+    """A patch kind that computes a weight's new value from its current one (``sgm.io.merge``).
 
-    Every touched weight is saved first and copied back on exit (also on errors), so the
-    modules end bit-identical to how they started. Strength 0 touches nothing.
+    ``pristine(tensor)`` gives a parameter's value before this application of patches began
+    (a merge whose other model shares weights with this one must read them unpatched)."""
+
+    module: str
+    key: str
+    rows: tuple[int, int] | None
+
+    def patched_weight(self, current: torch.Tensor, strength: float,
+                       pristine: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor: ...
+
+
+class HookPatch(Protocol):
+    """A patch kind that changes what a model computes through forward hooks
+    (``sgm.io.hypernetwork``); ``attach`` returns the handles that remove them."""
+
+    module: str
+
+    def attach(self, root: nn.Module, strength: float) -> list[Any]: ...
+
+
+PatchList = Sequence[tuple[Sequence[Any], float]]  # ((targets, strength), ...) as model.loras records them
+
+
+def _is_hook(target: Any) -> bool:
+    return callable(getattr(target, "attach", None))
+
+
+@contextlib.contextmanager
+def patched(modules: Mapping[str, nn.Module], patches: PatchList) -> Iterator[None]:
+    """Apply ``patches`` ((targets, strength), ...) to ``modules`` for the block's duration.
+
+    Targets are LoRA updates (:class:`LoraTarget`), weight patches that compute a new value
+    (:class:`WeightPatch`: merges) or forward hooks (:class:`HookPatch`: hypernetworks), applied
+    in order, each on top of the ones before. Every touched weight is saved first and copied back
+    on exit (also on errors) and every hook removed, so the modules end bit-identical to how they
+    started. Strength 0 touches nothing.
     """
     params = {name: dict(module.named_parameters()) for name, module in modules.items()}
     originals: dict[tuple[str, str], torch.Tensor] = {}
+    saved_by_tensor: dict[int, torch.Tensor] = {}  # id(parameter) -> its value before patching
     low_rank: list[tuple[QuantizedWeight, LowRankPath]] = []  # quantized layers: LoRA beside the weight
+    handles: list[Any] = []
+
+    def pristine(tensor: torch.Tensor) -> torch.Tensor:
+        return saved_by_tensor.get(id(tensor), tensor)
+
     try:
         with torch.no_grad():
             for targets, strength in patches:
@@ -283,26 +323,72 @@ def patched(modules: Mapping[str, nn.Module],
                 for target in targets:
                     if target.module not in params:
                         continue  # e.g. text targets while sampling: applied where the text is encoded
+                    if _is_hook(target):
+                        handles.extend(target.attach(modules[target.module], strength))
+                        continue
                     weight = params[target.module].get(target.key)
                     if weight is None:
-                        raise LoraError(f"LoRA target {target.module}.{target.key} does not exist in the model")
+                        raise LoraError(f"patch target {target.module}.{target.key} does not exist in the model")
                     owner = _quantized_owner(modules[target.module], target.key)
                     if owner is not None:
+                        if not isinstance(target, LoraTarget):
+                            raise LoraError(
+                                f"{target.module}.{target.key} is stored in one byte (weight_dtype fp8/int8): "
+                                "a model merge cannot change it; load the model with weight_dtype default")
                         low_rank.append((owner, owner.add_low_rank(target.up, target.down, target.scale * strength,
                                                                    target.rows)))
                         continue
                     slot = (target.module, target.key)
                     if slot not in originals:
                         originals[slot] = weight.detach().clone()
+                        saved_by_tensor[id(weight)] = originals[slot]
                     view = weight[target.rows[0]:target.rows[1]] if target.rows else weight
-                    view.add_(target.delta(view.shape, view.dtype, view.device) * strength)
+                    if isinstance(target, LoraTarget):
+                        view.add_(target.delta(view.shape, view.dtype, view.device) * strength)
+                    else:
+                        view.copy_(target.patched_weight(view, strength, pristine))
         yield
     finally:
+        for handle in reversed(handles):
+            handle.remove()
         for owner, path in reversed(low_rank):
             owner.remove_low_rank(path)
         with torch.no_grad():
             for (module, key), original in originals.items():
                 params[module][key].copy_(original)
+
+
+def index_patches(patches: PatchList) -> dict[tuple[str, str], list[tuple[Any, float]]]:
+    """The weight targets of ``patches`` by (module, key), in order, with their strengths
+    (hooks and strength-0 patches left out): what :func:`patched_tensor` needs per weight."""
+    index: dict[tuple[str, str], list[tuple[Any, float]]] = {}
+    for targets, strength in patches:
+        if strength == 0:
+            continue
+        for target in targets:
+            if not _is_hook(target):
+                index.setdefault((target.module, target.key), []).append((target, strength))
+    return index
+
+
+def patched_tensor(tensor: torch.Tensor, patches: Sequence[tuple[Any, float]], *,
+                   device: torch.device | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """One weight with ``patches`` (its entries of :func:`index_patches`) applied, out of place:
+    ``tensor`` itself (moved / cast when asked) where there are none. Used to save a patched
+    model tensor by tensor and to read the other model of a merge."""
+    device = tensor.device if device is None else device
+    dtype = tensor.dtype if dtype is None else dtype
+    if not patches:
+        return tensor.detach().to(device=device, dtype=dtype)
+    out = tensor.detach().to(device=device, dtype=dtype, copy=True)
+    with torch.no_grad():
+        for target, strength in patches:
+            view = out[target.rows[0]:target.rows[1]] if target.rows else out
+            if isinstance(target, LoraTarget):
+                view.add_(target.delta(view.shape, view.dtype, view.device) * strength)
+            else:
+                view.copy_(target.patched_weight(view, strength, lambda t: t))
+    return out
 
 
 def _quantized_owner(module: nn.Module, key: str) -> QuantizedWeight | None:
