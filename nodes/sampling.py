@@ -222,7 +222,11 @@ def run_sampler_with_denoised(runtime: Runtime, guider: GuiderValue, sampler: Sa
         ctx.progress(info.step + 1, info.total, preview)
 
     def work() -> Any:
-        with runtime.models.use(model.unet) as device, \
+        # ControlNets, T2I-Adapters and GLIGEN models of the conditions run beside the UNet, on its device.
+        conditions = [*positive, *negative, *(middle or [])]
+        controls = list({id(m): m for c in conditions if c.control is not None for m in c.control.models()}.values())
+        controls += list({id(c.gligen[0]): c.gligen[0] for c in conditions if c.gligen is not None}.values())
+        with runtime.models.use(model.unet, *controls) as device, \
                 patched({"unet": model.unet}, [(p.targets, p.strength) for p in model.loras]):
             denoiser = _make_denoiser(
                 guider, [_to(c, device) for c in positive], [_to(c, device) for c in negative],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,48 @@ from torch.utils.checkpoint import checkpoint
 
 from sgm.nets.attention import SpatialTransformer
 from sgm.nets.interrupt import check_interrupt
+
+
+@dataclass(frozen=True)
+class ControlResiduals:
+    """What control models add to one UNet call (ldm's ``ControlledUnetModel``, T2I-Adapter).
+
+    skips:  one tensor (or None) per input block, added to that block's skip connection where an
+            output block takes it (ControlNet's zero-conv outputs), in input-block order.
+    middle: added to the middle block's output (ControlNet's ``middle_block_out``).
+    inputs: one tensor (or None) per input block, added to the block's output before it goes on
+            and becomes a skip (T2I-Adapter features, Mou et al. 2023).
+    Empty tuples mean "nothing there"; ``a + b`` sums two controls (stacked ControlNets).
+    """
+
+    skips: tuple[torch.Tensor | None, ...] = ()
+    middle: torch.Tensor | None = None
+    inputs: tuple[torch.Tensor | None, ...] = ()
+
+    def __add__(self, other: "ControlResiduals") -> "ControlResiduals":
+        def add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+            return b if a is None else a if b is None else a + b
+
+        def add_all(a: tuple, b: tuple) -> tuple:
+            n = max(len(a), len(b))
+            a, b = a + (None,) * (n - len(a)), b + (None,) * (n - len(b))
+            return tuple(add(u, v) for u, v in zip(a, b))
+
+        return ControlResiduals(add_all(self.skips, other.skips), add(self.middle, other.middle),
+                                add_all(self.inputs, other.inputs))
+
+    def scaled(self, strength: float) -> "ControlResiduals":
+        def mul(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t * strength
+
+        return ControlResiduals(tuple(map(mul, self.skips)), mul(self.middle), tuple(map(mul, self.inputs)))
+
+    def rows(self, index: slice) -> "ControlResiduals":
+        """The residuals of batch rows ``index`` (a UNet call split in chunks)."""
+        def take(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[index]
+
+        return ControlResiduals(tuple(map(take, self.skips)), take(self.middle), tuple(map(take, self.inputs)))
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -134,6 +177,7 @@ class UNetModel(nn.Module):
     num_heads / num_head_channels: exactly one is -1; heads = channels // num_head_channels.
     num_classes: int for class-conditional models, "sequential" for SDXL's vector ``y``
         of size ``adm_in_channels``.
+    with_decoder: False builds the time embedding, input and middle blocks only (ControlNet).
     """
 
     def __init__(
@@ -154,6 +198,8 @@ class UNetModel(nn.Module):
         dropout: float = 0.0,
         use_checkpoint: bool = False,
         transformer_depth_middle: int | None = None,
+        *,
+        with_decoder: bool = True,
     ) -> None:
         super().__init__()
         if (num_heads == -1) == (num_head_channels == -1):
@@ -232,6 +278,10 @@ class UNetModel(nn.Module):
         self.middle_block = TimestepEmbedSequential(
             resblock(ch, ch), transformer(ch, transformer_depth_middle), resblock(ch, ch)
         )
+        # Channels of each input block's output: what a ControlNet's zero convolutions map.
+        self.skip_channels: tuple[int, ...] = tuple(skip_channels)
+        if not with_decoder:  # the encoder half only (a ControlNet's trainable copy)
+            return
 
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
@@ -253,9 +303,11 @@ class UNetModel(nn.Module):
         timesteps: torch.Tensor,
         context: torch.Tensor | None = None,
         y: torch.Tensor | None = None,
+        control: ControlResiduals | None = None,
     ) -> torch.Tensor:
         """x: (B, in_channels, H, W), timesteps: (B,), context: (B, S, context_dim),
-        y: (B, adm_in_channels) or (B,) class ids -> (B, out_channels, H, W)."""
+        y: (B, adm_in_channels) or (B,) class ids -> (B, out_channels, H, W).
+        control: residuals of ControlNets / T2I-Adapters for this call (``ControlResiduals``)."""
         if (y is not None) != (self.num_classes is not None):
             raise ValueError(
                 "this UNet " + ("needs" if self.num_classes is not None else "takes no")
@@ -264,6 +316,8 @@ class UNetModel(nn.Module):
             )
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(x.shape[0])
+        if control is not None:
+            self._check_control(control)
         dtype = self.time_embed[0].weight.dtype
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(dtype))  # (B, 4*mc)
         if y is not None:
@@ -274,16 +328,31 @@ class UNetModel(nn.Module):
         skips = []
         # An interrupt lands between blocks (and inside attention): one call at a large size
         # can take minutes, the sampler only checks between steps.
-        for block in self.input_blocks:
+        for index, block in enumerate(self.input_blocks):
             check_interrupt()
             h = block(h, emb, context)
+            if control is not None and index < len(control.inputs) and control.inputs[index] is not None:
+                h = h + control.inputs[index].to(h.dtype)  # type: ignore[union-attr]
             skips.append(h)
         check_interrupt()
         h = self.middle_block(h, emb, context)
+        if control is not None and control.middle is not None:
+            h = h + control.middle.to(h.dtype)
         for block in self.output_blocks:
             check_interrupt()
-            h = torch.cat([h, skips.pop()], dim=1)
+            skip = skips.pop()
+            if control is not None and len(skips) < len(control.skips) and control.skips[len(skips)] is not None:
+                skip = skip + control.skips[len(skips)].to(skip.dtype)  # type: ignore[union-attr]
+            h = torch.cat([h, skip], dim=1)
             # The next skip (if any) tells an Upsample its target size.
             size = skips[-1].shape[-2:] if skips else None
             h = block(h, emb, context, size)
         return self.out(h).to(x.dtype)
+
+    def _check_control(self, control: ControlResiduals) -> None:
+        n = len(self.input_blocks)
+        for name, residuals in (("skips", control.skips), ("inputs", control.inputs)):
+            if len(residuals) > n:
+                raise ValueError(
+                    f"control gives {len(residuals)} {name} residuals but this UNet has {n} input blocks; "
+                    "the ControlNet / T2I-Adapter was made for another architecture (SD1 vs SDXL?)")

@@ -15,15 +15,23 @@ batch (cond and uncond in a single call in the common case); others are run in c
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ContextManager, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sgm.nets.controlnet import ControlLink, resize_hint
+from sgm.nets.gligen import gligen_applied
+from sgm.nets.unet import ControlResiduals
 from sgm.text.conditioning import Area, Condition
 from sgm.sampling.denoisers import ModelSampling
+from sgm.sampling.sigma_ops import percent_to_sigma
+
+
+HINT_SCALE = 8  # image pixels per latent pixel (the VAE's downscale of SD 1.x / 2.x / SDXL)
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,8 @@ class _Job:
     weight: torch.Tensor  # (B or 1, 1, h, w) combination weight (strength x mask)
     masked: bool = False  # weight varies per pixel (else it is the scalar ``strength``)
     strength: float = 1.0
+    control: ControlLink | None = None  # the condition's ControlNet / T2I-Adapter chain
+    gligen: tuple | None = None  # the condition's GLIGEN (model, boxes) (``sgm.nets.gligen``)
 
     def batch_key(self) -> tuple[object, ...]:
         """Jobs with equal keys can share one UNet call (concatenated along the batch)."""
@@ -45,6 +55,8 @@ class _Job:
             self.rows.start, self.rows.stop, self.cols.start, self.cols.stop,
             None if self.context is None else tuple(self.context.shape[1:]),
             None if self.y is None else tuple(self.y.shape[1:]),
+            # Only jobs with the very same control chain share a call (its residuals are batched).
+            None if self.control is None else id(self.control),
         )
 
 
@@ -102,6 +114,34 @@ def make_inpaint_concat(mask: torch.Tensor, masked_latent: torch.Tensor) -> torc
     return torch.cat([mask, masked_latent], dim=1)
 
 
+def apply_control(
+    condition_lists: Sequence[Sequence[Condition]], model: nn.Module, hint: torch.Tensor, strength: float = 1.0,
+    start: float = 0.0, end: float = 1.0,
+) -> list[list[Condition]]:
+    """Attach a control (ControlNet / T2I-Adapter ``model`` with its hint image (B, C, H, W) in
+    [0, 1]) to every condition of each list, after any control a condition already has.
+
+    Conditions whose previous chain is the same get one shared ``ControlLink``, so a positive and
+    a negative prompt controlled alike are still evaluated in one batched call. Strength 0 leaves
+    the conditions as they are. start / end: fractions of sampling (0 = pure noise, 1 = done).
+    """
+    if not 0.0 <= start <= end <= 1.0:
+        raise ValueError(f"control start ({start}) and end ({end}) must satisfy 0 <= start <= end <= 1")
+    if strength == 0:
+        return [list(conditions) for conditions in condition_lists]
+    links: dict[int, ControlLink] = {}
+    out = []
+    for conditions in condition_lists:
+        applied = []
+        for cond in conditions:
+            previous = cond.control
+            if id(previous) not in links:
+                links[id(previous)] = ControlLink(model, hint, float(strength), float(start), float(end), previous)
+            applied.append(cond.with_(control=links[id(previous)]))
+        out.append(applied)
+    return out
+
+
 class GuidedDenoiser:
     """UNet + model sampling + conditions -> ``model(x (B,C,H,W), sigma (B,)) -> denoised``.
 
@@ -111,6 +151,8 @@ class GuidedDenoiser:
     (B or 1, 5, H, W) is appended to the UNet input for 9-channel inpainting models.
     ``batch_conds=False`` forces one UNet call per condition (useful to bound memory).
     ``unet_calls`` counts UNet forward calls (for tests and benchmarks).
+    A condition's ``control`` chain (``apply_control``) is evaluated at every UNet call on the
+    same batched inputs (without inpainting channels) and its residuals go into the UNet.
 
     ``denoise_with_uncond(x, sigma)`` returns ``(guided, uncond)``: the result of a call
     and the unconditional (negative) branch's x0 estimate, which CFG++ samplers re-noise
@@ -155,6 +197,7 @@ class GuidedDenoiser:
         self.inpaint_concat = inpaint_concat
         self.batch_conds = batch_conds
         self.unet_calls = 0
+        self._control_cache: dict[tuple[object, ...], object] = {}  # resized hints, T2I-Adapter features
         self._expected_in = None if in_channels is None else in_channels - extra
 
     # ------------------------------------------------------------------ jobs
@@ -185,17 +228,24 @@ class GuidedDenoiser:
                     weight,
                     masked=cond.mask is not None,
                     strength=float(cond.strength),
+                    control=cond.control,
+                    gligen=cond.gligen,
                 ))
         return jobs
 
     def _run_unet(
-        self, jobs: list[_Job], x_in: torch.Tensor, timestep: torch.Tensor
+        self, jobs: list[_Job], x_in: torch.Tensor, timestep: torch.Tensor, sigma: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
         """One UNet call for all ``jobs`` (same batch key): their outputs, in order."""
         def crop(t: torch.Tensor, job: _Job) -> torch.Tensor:
             return t[:, :, job.rows, job.cols]
 
         inputs = [crop(x_in, job) for job in jobs]
+        control = None
+        if jobs[0].control is not None:
+            assert sigma is not None
+            # The control model reads the latent without the inpainting channels.
+            control = self._control(jobs, torch.cat(inputs), timestep.repeat(len(jobs)), sigma, x_in.shape)
         if self.inpaint_concat is not None:
             concat = _expand_batch(self.inpaint_concat.to(x_in), x_in.shape[0], "inpaint_concat")
             assert concat is not None
@@ -204,9 +254,89 @@ class GuidedDenoiser:
         ys = [job.y for job in jobs]
         context = None if contexts[0] is None else torch.cat(contexts)  # type: ignore[arg-type]
         y = None if ys[0] is None else torch.cat(ys)  # type: ignore[arg-type]
-        out = self.unet(torch.cat(inputs), timestep.repeat(len(jobs)), context=context, y=y)
+        extra = {} if control is None else {"control": control}
+        with self._grounding(jobs, x_in.shape):
+            out = self.unet(torch.cat(inputs), timestep.repeat(len(jobs)), context=context, y=y, **extra)
         self.unet_calls += 1
         return list(out.chunk(len(jobs)))
+
+    def _grounding(self, jobs: list[_Job], full_shape: torch.Size) -> ContextManager[None]:
+        """GLIGEN's fusers for one UNet call: grounded rows get their boxes' tokens, the other rows
+        (e.g. the uncond prompt batched with them) pass through unchanged."""
+        grounded = [job for job in jobs if job.gligen is not None]
+        if not grounded:
+            return nullcontext()
+        model = grounded[0].gligen[0]  # type: ignore[index]
+        if any(job.gligen[0] is not model for job in grounded):  # type: ignore[index]
+            raise ValueError("conditions of one sampling use two different GLIGEN models; use one GLIGEN model")
+        objs, gates = [], []
+        for job in jobs:
+            batch = job.context.shape[0] if job.context is not None else full_shape[0]
+            if job.gligen is None:
+                objs.append(None)
+                gates.append(torch.zeros(batch))
+                continue
+            key = ("gligen", id(job.gligen), full_shape[-2], full_shape[-1], batch)
+            if key not in self._control_cache:  # the tokens depend on the boxes only: once per sampling
+                self._control_cache[key] = model.objects(job.gligen[1], full_shape[-2], full_shape[-1], batch)
+            objs.append(self._control_cache[key])
+            gates.append(torch.ones(batch))
+        template = next(o for o in objs if o is not None)
+        rows = torch.cat([o if o is not None else template.new_zeros(g.shape[0], *template.shape[1:])
+                          for o, g in zip(objs, gates)])
+        return gligen_applied(self.unet, model, rows, torch.cat(gates))
+
+    def _control(self, jobs: list[_Job], x: torch.Tensor, timestep: torch.Tensor, sigma: torch.Tensor,
+                 full_shape: torch.Size) -> ControlResiduals | None:
+        """The summed residuals of the jobs' (shared) control chain for one UNet call.
+
+        A link acts while sigma lies in its [start, end] window (fractions of sampling turned into
+        sigmas by the model's timesteps, ``percent_to_sigma``); its residuals are scaled by its
+        strength. x: (N*B, C, h, w) the batched UNet input, jobs in order, B rows each.
+        """
+        chain = jobs[0].control.chain()  # type: ignore[union-attr]
+        s = float(sigma.reshape(-1)[0])
+        context = [job.context for job in jobs]
+        ys = [job.y for job in jobs]
+        total: ControlResiduals | None = None
+        for link in chain:
+            high = percent_to_sigma(self.model_sampling, link.start)
+            low = percent_to_sigma(self.model_sampling, link.end)
+            if not low <= s <= high or link.strength == 0:
+                continue
+            hints = [self._hint(link, job, full_shape, x) for job in jobs]
+            model = link.model
+            if getattr(model, "depends_on_input", True):
+                residuals = model.residuals(
+                    x, torch.cat(hints), timestep, None if context[0] is None else torch.cat(context),  # type: ignore[arg-type]
+                    None if ys[0] is None else torch.cat(ys))  # type: ignore[arg-type]
+            else:  # T2I-Adapter: the hint alone decides; once per hint and region
+                parts = []
+                for job, hint in zip(jobs, hints):
+                    key = (id(link), "features", job.rows.start, job.rows.stop, job.cols.start, job.cols.stop,
+                           tuple(hint.shape), hint.device, x.dtype)
+                    if key not in self._control_cache:
+                        self._control_cache[key] = model.residuals(x[:0], hint, timestep[:0], None, None)
+                    parts.append(self._control_cache[key])
+                residuals = ControlResiduals(
+                    inputs=tuple(None if p[0] is None else torch.cat(p)  # type: ignore[misc]
+                                 for p in zip(*(part.inputs for part in parts))))
+            residuals = residuals.scaled(link.strength)
+            total = residuals if total is None else total + residuals
+        return total
+
+    def _hint(self, link: ControlLink, job: _Job, full_shape: torch.Size, x: torch.Tensor) -> torch.Tensor:
+        """The link's hint for one job: resized to the whole image, cropped to the job's region."""
+        batch, _, height, width = full_shape
+        key = (id(link), "hint", height, width, batch, x.device)
+        if key not in self._control_cache:
+            # The hint is given in image pixels: ``HINT_SCALE`` per latent pixel.
+            self._control_cache[key] = resize_hint(link.hint.to(x.device), height * HINT_SCALE, width * HINT_SCALE,
+                                                   batch)
+        hint = self._control_cache[key]
+        rows = slice(job.rows.start * HINT_SCALE, job.rows.stop * HINT_SCALE)
+        cols = slice(job.cols.start * HINT_SCALE, job.cols.stop * HINT_SCALE)
+        return hint[:, :, rows, cols]
 
     # ------------------------------------------------------------------ call
 
@@ -239,7 +369,7 @@ class GuidedDenoiser:
             groups.setdefault(key, []).append(i)
         outputs: list[torch.Tensor | None] = [None] * len(jobs)
         for indices in groups.values():
-            for i, out in zip(indices, self._run_unet([jobs[i] for i in indices], x_in, timestep)):
+            for i, out in zip(indices, self._run_unet([jobs[i] for i in indices], x_in, timestep, sigma)):
                 outputs[i] = out
 
         n_branches = self._n_branches(with_uncond)

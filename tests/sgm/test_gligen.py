@@ -108,3 +108,35 @@ def test_layout_errors_are_named() -> None:
         with gligen_applied(unet, load_gligen(renamed), torch.zeros(1, MAX_OBJECTS, TINY_CONTEXT_DIM), torch.ones(1)):
             pass
     assert all(m.between_attentions is None for m in unet.modules() if isinstance(m, BasicTransformerBlock))
+
+
+def test_guider_grounds_the_positive_rows_only_in_one_batched_call() -> None:
+    from sgm.sampling.denoisers import DiscreteModelSampling
+    from sgm.sampling.guiders import GuidedDenoiser
+    from sgm.text.conditioning import Condition
+
+    _, unet, gligen, _ = gated_pair()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 4, 16, 16, generator=g)
+    sigma = torch.tensor([2.0])
+    pos_context, neg_context = (torch.randn(1, 7, TINY_CONTEXT_DIM, generator=g) for _ in range(2))
+    box = GroundingBox(torch.randn(1, TINY_CONTEXT_DIM, generator=g), width=6, height=8, x=4, y=2)
+    positive = Condition(pos_context, gligen=(gligen, (box,)))
+    ms = DiscreteModelSampling()
+    guided = GuidedDenoiser(unet, ms, [positive], [Condition(neg_context)], cfg=3.0)
+    with torch.no_grad():
+        out = guided(x, sigma)
+        # by hand: the positive row through the fusers, the negative row without
+        scal, t = ms.scalings(sigma, x.ndim), ms.timestep(sigma)
+        objs = gligen.objects([box], 16, 16, 1)
+        with gligen_applied(unet, gligen, objs, torch.ones(1)):
+            cond = unet(x * scal.c_in, t, pos_context)
+        uncond = unet(x * scal.c_in, t, neg_context)
+        plain = GuidedDenoiser(unet, ms, [Condition(pos_context)], [Condition(neg_context)], cfg=3.0)(x, sigma)
+    to_x0 = lambda out_: scal.c_skip * x + scal.c_out * out_  # noqa: E731
+    expected = to_x0(uncond) + 3.0 * (to_x0(cond) - to_x0(uncond))
+    assert guided.unet_calls == 1  # cond and uncond still share one call
+    error = float((out - expected).abs().max())
+    assert error < 1e-4, error  # batched vs separate calls: float rounding only
+    assert (out - plain).abs().max() > 1e-2
+    assert all(m.between_attentions is None for m in unet.modules() if isinstance(m, BasicTransformerBlock))
