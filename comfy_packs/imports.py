@@ -2,9 +2,9 @@
 ``nodes`` only inside the pack, no silent ``pip install``, and import failures explained.
 
 - The shim folder (``comfy_packs/shims``: ``folder_paths``, ``server``, ``comfy.*``,
-  ``comfy_extras``, ``comfy_api``, ``node_helpers``, ``latent_preview``) goes on ``sys.path``
-  when the first ComfyUI pack is loaded, never before; it holds no module named like one of
-  ours.
+  ``comfy_extras``, ``comfy_api``, ``comfy_execution``, ``node_helpers``, ``latent_preview``)
+  goes on ``sys.path`` when the first ComfyUI pack is loaded, never before; it holds no
+  module named like one of ours.
 - ``nodes``: our repository's top-level ``nodes`` package is imported already, so a pack's
   ``import nodes`` would get ours. Every module whose file lies in a ComfyUI pack's folder is
   executed with its own ``__builtins__`` whose ``__import__`` answers ``nodes`` with

@@ -8,8 +8,11 @@ in :mod:`comfy_packs.v3`), which :func:`to_spec` turns into a NodeSpec whose fun
 - maps the node over list inputs as ComfyUI does: without ``INPUT_IS_LIST`` the node runs once
   per item (the shorter lists repeat their last item), outputs are collected into lists,
   ``OUTPUT_IS_LIST`` outputs concatenated; a list of one is handed on as its item;
-- calls ``check_lazy_status`` (our scheduler evaluates every linked input first, so a lazy
-  input always has its value) and ``VALIDATE_INPUTS``;
+- declares the lazy inputs and wraps ``check_lazy_status`` for the scheduler, which runs a
+  lazy input's upstream nodes only when it is asked for (None until then); calls
+  ``VALIDATE_INPUTS``;
+- hands ``{"expand": graph}`` results (GraphBuilder's) to the scheduler as an
+  :class:`engine.api.Expand` and ExecutionBlocker (:class:`engine.api.Blocked`) through;
 - fails the run with the pack's name in the message when the pack's code raises.
 
 ``IS_CHANGED`` becomes the spec's fingerprint (part of the cache key); NaN, or an
@@ -28,12 +31,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from engine.api import (ANY, Bool, Cancelled, Choice, Float, InputSpec, Int, NodeSpec, OutputSpec, Result, Text,
-                        Widget)
+from engine.api import ANY, Blocked, Bool, Cancelled, Choice, Float, InputSpec, Int, NodeSpec, OutputSpec, Text, Widget
+from engine.workflow import Link
 from comfy_packs import state
 from comfy_packs.imports import guarded
-from comfy_packs.models import NotSupportedError
-from comfy_packs.values import ComfyList, from_comfy, is_nan, to_comfy
+from comfy_packs.results import Normalized, expansion, merge, normalize
+from comfy_packs.values import ComfyList, is_nan, to_comfy
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,7 @@ class PackNode:
     check_lazy: Callable[[str, dict[str, Any]], Any] | None = None
     deprecated: bool = False
     not_idempotent: bool = False
+    raw_links: frozenset[str] = frozenset()  # inputs given as the link itself, [node id, output]
 
 
 # --------------------------------------------------------------------------- the class API
@@ -82,11 +86,18 @@ def from_class(class_type: str, cls: type, pack: str, display_name: str | None) 
         raise TypeError(f"{where}: FUNCTION must name a method of the class, got {function_name!r}")
     validate = getattr(cls, "VALIDATE_INPUTS", None)
     validated = _parameters(validate) if validate is not None else set()
-    inputs, lazy = [], set()
-    for section in INPUT_SECTIONS:
-        for name, entry in (declared.get(section) or {}).items():
-            item, is_lazy = input_spec(name, entry, section == "optional", where,
+    inputs, lazy, raw_links = [], set(), set()
+    hidden_kinds = {name: kind for name, kind in (declared.get("hidden") or {}).items()}
+    # a hidden entry that is a type, not a kind (PROMPT, ...), is an input only a prompt or an
+    # expansion sets: an optional input here
+    typed_hidden = {name: entry for name, entry in hidden_kinds.items() if isinstance(entry, (list, tuple))}
+    for section in (*INPUT_SECTIONS, "hidden"):
+        entries = typed_hidden if section == "hidden" else (declared.get(section) or {})
+        for name, entry in entries.items():
+            item, is_lazy = input_spec(name, entry, section != "required", where,
                                        refresh=_combo_refresher(cls, section, name))
+            if _option(entry, "rawLink"):
+                raw_links.add(name)
             if name in validated and item.widget is not None:
                 item = dataclasses.replace(item, widget=_validated_widget(item.widget, validate, name, validated))
             inputs.append(item)
@@ -118,10 +129,16 @@ def from_class(class_type: str, cls: type, pack: str, display_name: str | None) 
         inputs=tuple(inputs), outputs=tuple(OutputSpec(str(n), t) for n, t in zip(names, return_types)),
         output_is_list=tuple(bool(v) for v in output_is_list), input_is_list=bool(getattr(cls, "INPUT_IS_LIST", False)),
         output_node=bool(getattr(cls, "OUTPUT_NODE", False)),
-        hidden=tuple((name, str(kind)) for name, kind in (declared.get("hidden") or {}).items()),
+        hidden=tuple((name, str(kind)) for name, kind in hidden_kinds.items() if name not in typed_hidden),
+        raw_links=frozenset(raw_links),
         lazy=frozenset(lazy), call=call, is_changed=getattr(cls, "IS_CHANGED", None), validate=validate,
         check_lazy=check_lazy, deprecated=bool(getattr(cls, "DEPRECATED", False)),
         not_idempotent=bool(getattr(cls, "NOT_IDEMPOTENT", False)))
+
+
+def _option(entry: Any, key: str) -> bool:
+    return isinstance(entry, (list, tuple)) and len(entry) > 1 and isinstance(entry[1], Mapping) \
+        and bool(entry[1].get(key))
 
 
 def call_input_types(cls: type, where: str) -> Mapping[str, Any]:
@@ -258,16 +275,24 @@ def validation_problem(validate: Callable[..., Any], values: Mapping[str, Any]) 
 def to_spec(pack_node: PackNode) -> NodeSpec:
     node = pack_node
     where = f"custom_nodes/{node.pack}: {node.class_type}"
+    node_inputs = {item.name: item for item in node.inputs}
 
-    def run(**inputs: Any) -> Result:
+    def comfy_inputs(inputs: dict[str, Any]) -> tuple[Any, dict[str, list[Any]]]:
+        """(the run context, each input as ComfyUI's list of values)."""
         ctx = inputs.pop(CONTEXT, None)
-        node_id = ctx.node_id if ctx is not None else "?"
-        # ComfyUI leaves out optional inputs that are not given (the method's defaults apply)
-        provided = {k: v for k, v in inputs.items() if v is not None or node_inputs[k].required}
+        # ComfyUI leaves out optional inputs that are not given (the method's defaults apply);
+        # a lazy input not evaluated (yet) is given as None
+        provided = {k: v for k, v in inputs.items()
+                    if v is not None or node_inputs[k].required or k in node.lazy}
         for name, kind in node.hidden:
             provided[name] = hidden_value(kind, ctx)
-        lists = {name: [to_comfy(v) for v in value] if isinstance(value, ComfyList) else [to_comfy(value)]
-                 for name, value in provided.items()}
+        return ctx, {name: [to_comfy(v) for v in value] if isinstance(value, ComfyList)
+                     else [[value.node_id, value.output]] if isinstance(value, Link) else [to_comfy(value)]
+                     for name, value in provided.items()}
+
+    def run(**inputs: Any) -> Any:
+        ctx, lists = comfy_inputs(inputs)
+        node_id = ctx.node_id if ctx is not None else "?"
         try:
             with state.run_as(ctx, node.pack, node.class_type), guarded():
                 calls = _calls(lists, node.input_is_list)
@@ -276,17 +301,36 @@ def to_spec(pack_node: PackNode) -> NodeSpec:
                     if problem:
                         raise ValueError(f"VALIDATE_INPUTS: {problem}")
                 results = []
-                for kwargs in calls:
-                    if node.check_lazy is not None:
-                        run_maybe_async(node.check_lazy(node_id, dict(kwargs)))
+                for index, kwargs in enumerate(calls):
+                    blocker = _blocked(kwargs, node.input_is_list)
+                    if blocker is not None:  # ComfyUI: this call's outputs are all the blocker
+                        results.append(Normalized((blocker,) * len(node.outputs), None))
+                        continue
+                    state.graph_prefix.set((node_id, index, 0))
                     results.append(normalize(run_maybe_async(node.call(node_id, kwargs)), len(node.outputs), where))
         except Cancelled:
             raise
         except Exception as error:
             raise PackNodeError(f"{where} raised {type(error).__name__}: {error}") from error
-        return _merge(results, node, where)
+        if any(result.graph is not None for result in results):
+            return expansion(results, node, where)
+        return merge(results, node, where)
 
-    node_inputs = {item.name: item for item in node.inputs}
+    def check_lazy(**inputs: Any) -> list[str]:
+        ctx, lists = comfy_inputs(inputs)
+        node_id = ctx.node_id if ctx is not None else "?"
+        names: list[str] = []
+        try:
+            with state.run_as(ctx, node.pack, node.class_type), guarded():
+                for kwargs in _calls(lists, node.input_is_list):
+                    if _blocked(kwargs, node.input_is_list) is None:
+                        answer = run_maybe_async(node.check_lazy(node_id, dict(kwargs)))  # type: ignore[misc]
+                        names.extend(answer if isinstance(answer, (list, tuple)) else [])
+        except Cancelled:
+            raise
+        except Exception as error:
+            raise PackNodeError(f"{where}: check_lazy_status raised {type(error).__name__}: {error}") from error
+        return names
 
     def fingerprint(**literals: Any) -> Any:
         try:
@@ -301,7 +345,17 @@ def to_spec(pack_node: PackNode) -> NodeSpec:
         description=node.description, version=1, inputs=node.inputs, outputs=node.outputs,
         output_node=node.output_node, pure=not node.not_idempotent,
         fingerprint=fingerprint if node.is_changed is not None else None, context_param=CONTEXT,
-        deprecated=node.deprecated, hidden=node.hidden)
+        deprecated=node.deprecated, hidden=node.hidden, lazy=node.lazy, raw_links=node.raw_links,
+        check_lazy=check_lazy if node.check_lazy is not None and node.lazy else None,
+        input_is_list=node.input_is_list, output_is_list=node.output_is_list, maps_lists=True)
+
+
+def _blocked(kwargs: Mapping[str, Any], input_is_list: bool) -> Blocked | None:
+    for value in kwargs.values():
+        for item in (value if input_is_list else (value,)):
+            if isinstance(item, Blocked):
+                return item
+    return None
 
 
 def _call_is_changed(is_changed: Callable[..., Any], literals: Mapping[str, Any]) -> Any:
@@ -324,7 +378,11 @@ def hidden_value(kind: str, ctx: Any) -> Any:
         return prompt
     if kind == "EXTRA_PNGINFO":
         return services.get("extra_pnginfo")
-    return None  # DYNPROMPT, API keys: nothing here provides them
+    if kind == "DYNPROMPT":
+        from comfy_packs.dynprompt import DynamicPrompt
+
+        return DynamicPrompt(services.get("run_graph"), hidden_value("PROMPT", ctx))
+    return None  # API keys: nothing here provides them
 
 
 def _calls(lists: Mapping[str, list[Any]], input_is_list: bool) -> list[dict[str, Any]]:
@@ -336,58 +394,6 @@ def _calls(lists: Mapping[str, list[Any]], input_is_list: bool) -> list[dict[str
         return []
     count = max(len(v) for v in lists.values())
     return [{k: v[min(i, len(v) - 1)] for k, v in lists.items()} for i in range(count)]
-
-
-@dataclass(frozen=True)
-class Normalized:
-    values: tuple[Any, ...]
-    ui: Mapping[str, Any] | None
-
-
-def normalize(result: Any, expected: int, where: str) -> Normalized:
-    """One call's result: a tuple, ``{"ui", "result"}``, a V3 NodeOutput, or None."""
-    ui = None
-    if hasattr(result, "args") and hasattr(result, "ui") and type(result).__name__ == "NodeOutput":
-        if getattr(result, "expand", None) is not None:
-            raise NotSupportedError("graph expansion (NodeOutput expand=)", "graph builder (comfy_execution)")
-        ui = result.ui.as_dict() if hasattr(result.ui, "as_dict") else result.ui
-        result = result.args
-    elif isinstance(result, dict):
-        if result.get("expand") is not None:
-            raise NotSupportedError("graph expansion ('expand' result)", "graph builder (comfy_execution)")
-        ui = result.get("ui")
-        result = result.get("result", ())
-    if type(result).__name__ == "ExecutionBlocker":
-        raise NotSupportedError("ExecutionBlocker", "execution engine (blocked outputs)")
-    if result is None:
-        result = ()
-    if not isinstance(result, (tuple, list)):
-        raise TypeError(f"{where} returned {type(result).__name__}; a node returns a tuple of its outputs")
-    if len(result) < expected:
-        raise TypeError(f"{where} returned {len(result)} values for its {expected} outputs")
-    return Normalized(tuple(result[:expected]), ui)
-
-
-def _merge(results: list[Normalized], node: PackNode, where: str) -> Result:
-    values = []
-    for index, output in enumerate(node.outputs):
-        items: list[Any] = []
-        for result in results:
-            value = result.values[index]
-            if node.output_is_list[index] if index < len(node.output_is_list) else False:
-                items.extend(value)
-            else:
-                items.append(value)
-        items = [from_comfy(item, output.type, where) for item in items]
-        values.append(items[0] if len(items) == 1 else ComfyList(items))
-    ui: dict[str, Any] = {}
-    for result in results:
-        for key, value in (result.ui or {}).items():
-            if isinstance(value, (list, tuple)):
-                ui.setdefault(key, []).extend(value)
-            else:
-                ui[key] = value
-    return Result(values=tuple(values), ui=ui)
 
 
 def run_maybe_async(value: Any) -> Any:

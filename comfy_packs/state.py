@@ -10,6 +10,7 @@ and its shims; the rest of latentflow still passes settings and registries expli
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import threading
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -32,6 +33,10 @@ class Running:
 
 _installation: Installation | None = None
 _local = threading.local()
+# comfy_execution.graph_utils.GraphBuilder's default id prefix: (node id, call index, graph
+# index); the pack wrapper sets it before each call of a node's function.
+graph_prefix: contextvars.ContextVar[tuple[str, int, int]] = contextvars.ContextVar(
+    "latentflow_graph_prefix", default=("", 0, 0))
 
 
 def bind(settings: Any, registry: Any) -> None:

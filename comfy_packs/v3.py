@@ -4,8 +4,9 @@
 The names here are what ``from comfy_api.latest import io, ui, ComfyExtension`` gives a pack.
 Inputs are ``io.<Type>.Input(id, ...)``, outputs ``io.<Type>.Output(...)``; ``execute`` is a
 classmethod returning ``io.NodeOutput(*values, ui=...)``; ``fingerprint_inputs``,
-``validate_inputs`` and ``check_lazy_status`` are IS_CHANGED, VALIDATE_INPUTS and the lazy hook.
-Dynamic inputs, graph expansion and the V3 resource/state helpers are not offered.
+``validate_inputs`` and ``check_lazy_status`` are IS_CHANGED, VALIDATE_INPUTS and the lazy hook;
+``NodeOutput(expand=graph)`` and ``NodeOutput(block_execution=message)`` expand and block as the
+class API's results do. Dynamic inputs and the V3 resource/state helpers are not offered.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class Input:
             options["forceInput"] = True
         if options.pop("dynamic_prompts", False):
             options["dynamicPrompts"] = True
+        if options.pop("raw_link", False):
+            options["rawLink"] = True
         if self.tooltip:
             options["tooltip"] = self.tooltip
         if self.lazy:
@@ -158,14 +161,18 @@ def is_v3(cls: Any) -> bool:
 def from_schema(cls: type, pack: str, display_name: str | None = None) -> PackNode:
     schema = cls.define_schema()
     where = f"{pack}: {schema.node_id}"
-    inputs, lazy = [], set()
+    inputs, lazy, raw_links = [], set(), set()
     for item in schema.inputs or []:
-        spec, is_lazy = input_spec(item.id, item.entry(), item.optional, where)
+        entry = item.entry()
+        spec, is_lazy = input_spec(item.id, entry, item.optional, where)
         inputs.append(spec)
         if is_lazy:
             lazy.add(item.id)
+        if entry[1].get("rawLink"):
+            raw_links.add(item.id)
     outputs = [OutputSpec(str(o.display_name or o.id or o.io_type), o.io_type) for o in schema.outputs or []]
     hidden = tuple((kind.name, kind.value) for kind in schema.hidden or [])
+    hidden_names = {name for name, _ in hidden}
 
     def call(node_id: str, kwargs: dict[str, Any]) -> Any:
         holder = HiddenHolder(**{name: kwargs.pop(name) for name, _ in hidden if name in kwargs})
@@ -183,5 +190,6 @@ def from_schema(cls: type, pack: str, display_name: str | None = None) -> PackNo
         output_is_list=tuple(bool(o.is_output_list) for o in schema.outputs or []),
         input_is_list=schema.is_input_list, output_node=schema.is_output_node, hidden=hidden, lazy=frozenset(lazy),
         call=call, is_changed=overridden("fingerprint_inputs"), validate=overridden("validate_inputs"),
-        check_lazy=(lambda node_id, kwargs: check_lazy(**kwargs)) if check_lazy is not None and lazy else None,
-        deprecated=schema.is_deprecated, not_idempotent=schema.not_idempotent)
+        check_lazy=(lambda node_id, kwargs: check_lazy(**{k: v for k, v in kwargs.items() if k not in hidden_names}))
+        if check_lazy is not None and lazy else None,
+        deprecated=schema.is_deprecated, not_idempotent=schema.not_idempotent, raw_links=frozenset(raw_links))

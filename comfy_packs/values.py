@@ -21,11 +21,12 @@ import math
 from typing import Any
 
 from comfy_packs.models import ComfyClip, ComfyModel, ComfyVae, NotSupportedError
+from engine.api import ItemList
 
 
-class ComfyList(list):
-    """The values of an output that is a list (``OUTPUT_IS_LIST``, or a node mapped over a
-    list input, as ComfyUI maps it): pack nodes downstream get them item by item."""
+# The values of an output that is a list (``OUTPUT_IS_LIST``, or a node mapped over a list
+# input, as ComfyUI maps it): nodes downstream get them item by item (the engine's ItemList).
+ComfyList = ItemList
 
 
 class LatentDict(dict):

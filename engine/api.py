@@ -277,6 +277,51 @@ class Result:
     ui: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Expand:
+    """What a node may return to replace itself by a graph (ComfyUI's ``{"expand": ...}``).
+
+    ``graph`` maps new node ids to ``{"type": ..., "inputs": {...}}`` whose links are
+    :class:`~engine.workflow.Link` values (to new nodes or to the workflow's). The scheduler
+    runs what ``outputs`` links to (and the new output nodes), then the node's outputs are
+    ``outputs`` with every Link (at any depth of tuples and lists) replaced by its value,
+    passed through ``finish`` when given. New ids must not clash with existing ones.
+    """
+
+    graph: Mapping[str, Mapping[str, Any]]
+    outputs: tuple[Any, ...]
+    finish: Callable[[tuple[Any, ...]], Any] | None = None
+    ui: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Blocked:
+    """An output value that stops every node reading it (ComfyUI's ``ExecutionBlocker``).
+
+    A node given a Blocked input does not run: all its outputs are Blocked too, and output
+    nodes produce nothing. With a ``message`` the first node it reaches is reported
+    (``node_blocked`` event, :attr:`RunResult.blocked`) and passes it on silently; with None
+    it is silent throughout. The run itself still succeeds.
+    """
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"Blocked({self.message!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Blocked, (self.message,))
+
+
+class ItemList(list):
+    """A value that is a list of items (ComfyUI's list outputs: ``OUTPUT_IS_LIST``, or a node
+    mapped over such a list). A node that reads one runs once per item unless its spec says
+    ``input_is_list`` (the shorter lists repeat their last item); its outputs are then
+    ItemLists of the per-item outputs."""
+
+
 # --------------------------------------------------------------------------- run context
 
 
@@ -377,6 +422,23 @@ class NodeSpec:
     # Resource/consistency check run at validation on the literal inputs (see
     # ``engine.validation.NodeCheck``); plain callable, no torch. Packs attach it with replace().
     check: Callable[..., Any] | None = None
+    # Lazy inputs (ComfyUI's ``{"lazy": True}``): their upstream nodes run only when
+    # ``check_lazy(**arguments)`` (the function's arguments so far, None for the lazy inputs
+    # not evaluated yet) names them; it is asked again until it names nothing new. Names of
+    # inputs that are not lazy, not linked or already evaluated are ignored.
+    lazy: frozenset[str] = frozenset()
+    check_lazy: Callable[..., Any] | None = None
+    # List semantics (see :class:`ItemList`): ``input_is_list`` nodes get every input as a
+    # list (a single value as a list of one) and are called once; ``output_is_list[i]`` marks
+    # an output the function returns as a list of items.
+    input_is_list: bool = False
+    output_is_list: tuple[bool, ...] = ()
+    # The function maps lists itself and returns outputs already merged (ComfyUI packs'
+    # wrappers): the scheduler hands it ItemLists as they are.
+    maps_lists: bool = False
+    # Inputs handed to the function as the link itself (``Link(node id, output index)``),
+    # not its value; their sources still run first (ComfyUI's ``rawLink``).
+    raw_links: frozenset[str] = frozenset()
 
     def input(self, name: str) -> InputSpec | None:
         for spec in self.inputs:
@@ -416,6 +478,10 @@ def node(
     deprecated: bool = False,
     hidden: Mapping[str, str] | None = None,
     compat: str | None = None,
+    lazy: Sequence[str] = (),
+    check_lazy: Callable[..., Any] | None = None,
+    input_is_list: bool = False,
+    output_is_list: Sequence[bool] = (),
 ) -> Callable[[Callable[..., Any]], NodeSpec]:
     """Turn a typed function into a :class:`NodeSpec`.
 
@@ -423,7 +489,9 @@ def node(
     re-run every time; ``fingerprint(**literal_inputs)`` instead re-runs it only when the
     returned value changes (e.g. a file's modification time). ``deprecated``, ``hidden``
     (ComfyUI's hidden inputs, e.g. ``{"prompt": "PROMPT"}``; ours come through the
-    :class:`Context`) and ``compat`` only mark the node in the catalogue.
+    :class:`Context`) and ``compat`` only mark the node in the catalogue. ``lazy`` names
+    inputs evaluated only when ``check_lazy`` asks for them; ``input_is_list`` and
+    ``output_is_list`` give ComfyUI's list semantics (see :class:`NodeSpec`).
     """
 
     def decorate(function: Callable[..., Any]) -> NodeSpec:
@@ -444,6 +512,10 @@ def node(
             deprecated=deprecated,
             hidden=tuple((hidden or {}).items()),
             compat=compat,
+            lazy=frozenset(lazy),
+            check_lazy=check_lazy,
+            input_is_list=input_is_list,
+            output_is_list=tuple(bool(v) for v in output_is_list),
         )
 
     return decorate

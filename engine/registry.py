@@ -270,6 +270,8 @@ def _node_info(spec: NodeSpec, source: str) -> tuple[dict[str, Any], list[Broken
             if item.type in WIDGET_TYPE_NAMES:
                 options["forceInput"] = True  # ComfyUI's mark of a socket-only INT/FLOAT/STRING/...
             entry = [item.type, options]
+        if item.name in spec.lazy:
+            entry[1]["lazy"] = True  # as ComfyUI lists a lazy input
         (required if _listed_required(item) else optional)[item.name] = entry
     inputs: dict[str, Any] = {"required": required, "optional": optional}
     order: dict[str, Any] = {
@@ -284,13 +286,16 @@ def _node_info(spec: NodeSpec, source: str) -> tuple[dict[str, Any], list[Broken
         marks["deprecated"] = True
     if spec.compat:
         marks["compat"] = spec.compat  # ours: editors may list compatibility nodes apart
+    if spec.input_is_list:
+        marks["is_input_list"] = True  # as ComfyUI's V3 node info says it
     if broken:
         marks["errors"] = [f"input {name!r}: {note}" for name, note, _ in broken]  # ours
     info = {
         "input": inputs,
         "input_order": order,
         "output": [o.type for o in spec.outputs],
-        "output_is_list": [False for _ in spec.outputs],
+        "output_is_list": [bool(spec.output_is_list[i]) if i < len(spec.output_is_list) else False
+                           for i in range(len(spec.outputs))],
         "output_name": [o.name for o in spec.outputs],
         "output_node": spec.output_node,
         "name": spec.id,

@@ -3,7 +3,8 @@
 A node's cache key hashes its type, version, literal inputs and the keys of the
 upstream outputs it reads (not its id), so identical subgraphs share one result and
 a rerun executes only nodes whose key changed. Keys are computed once per node in
-topological order: linear in graph size, no recursion.
+topological order: linear in graph size, no recursion. A run itself (what waits for what,
+lazy inputs, graph expansion, blocked values, list mapping) is :mod:`engine.run_state`.
 """
 
 from __future__ import annotations
@@ -13,20 +14,18 @@ import hashlib
 import heapq
 import json
 import threading
-import time
-import traceback
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping
 
-from engine.api import Cancelled, NodeContext, NodeSpec, Progress, Result
+from engine.api import NodeSpec, Result
 from engine.cache import ResultCache
 from engine.registry import NodeRegistry
-from engine.workflow import Link, Workflow
+from engine.workflow import Link, NodeInstance, Workflow
 
 EventType = Literal[
     "run_started", "node_started", "node_cached", "node_progress", "node_finished",
-    "node_failed", "run_finished", "run_failed", "run_cancelled",
+    "node_failed", "node_blocked", "run_finished", "run_failed", "run_cancelled",
 ]
 
 
@@ -79,6 +78,8 @@ class RunResult:
     timings: Mapping[str, float]
     failure: NodeFailure | None = None
     seconds: float = 0.0
+    blocked: Mapping[str, str | None] = field(default_factory=dict)  # node -> ExecutionBlocker message
+    expanded: tuple[str, ...] = ()  # nodes added by graph expansion that ran (not the workflow's)
 
 
 class NodeExecutionError(RuntimeError):
@@ -100,30 +101,15 @@ class Executor:
 
     # ------------------------------------------------------------------ keys
 
-    def cache_keys(self, workflow: Workflow, order: list[str] | None = None) -> dict[str, str]:
-        """The cache key of every node, computed in topological order."""
+    def cache_keys(self, workflow: Workflow, order: list[str] | None = None,
+                   run_nonce: str | None = None, specs: dict[str, NodeSpec] | None = None) -> dict[str, str]:
+        """The cache key of every node, computed in topological order (``specs`` receives
+        each node's spec)."""
         order = order if order is not None else topological_order(workflow)
         keys: dict[str, str] = {}
-        run_nonce = uuid.uuid4().hex
-        for node_id in order:
-            instance = workflow.nodes[node_id]
-            spec = self._spec(instance.type)
-            literals: list[tuple[str, Any]] = []
-            links: list[tuple[str, str, int]] = []
-            for name, value in sorted(instance.inputs.items()):
-                if isinstance(value, Link):
-                    source_spec = self._spec(workflow.nodes[value.node_id].type)
-                    links.append((name, keys[value.node_id], source_spec.output_index(value.output) or 0))
-                else:
-                    literals.append((name, value))
-            token: Any = None
-            if not spec.pure:
-                token = run_nonce
-            elif spec.fingerprint is not None:
-                token = repr(spec.fingerprint(**{k: v for k, v in literals}))
-            material = json.dumps([spec.id, spec.version, literals, links, token],
-                                  sort_keys=True, default=repr, separators=(",", ":"))
-            keys[node_id] = hashlib.blake2b(material.encode(), digest_size=16).hexdigest()
+        nodes = workflow.nodes
+        add_keys([nodes[node_id] for node_id in order], keys, specs if specs is not None else {}, self._spec,
+                 run_nonce or uuid.uuid4().hex)
         return keys
 
     def free(self, *, unload_models: bool = False, free_memory: bool = False) -> None:
@@ -152,133 +138,40 @@ class Executor:
         its exception is reported in the result and in a ``node_failed`` event.
         """
         with self._lock:
-            return self._run(workflow, on_event or (lambda event: None), cancel or threading.Event(),
-                             run_id or uuid.uuid4().hex, {**self.services, **(services or {})})
+            from engine.run_state import RunState  # it builds on this module's types
 
-    def _run(self, workflow: Workflow, emit: EventListener, cancel: threading.Event, run_id: str,
-             services: Mapping[str, Any]) -> RunResult:
-        started = time.perf_counter()
-        order = topological_order(workflow)
-        keys = self.cache_keys(workflow, order)
-        outputs = [n for n in order if self._spec(workflow.nodes[n].type).output_node]
-        emit(Event("run_started", run_id, data={"nodes": len(order), "outputs": outputs}))
-
-        values: dict[str, tuple[Any, ...]] = {}
-        ui: dict[str, Mapping[str, Any]] = {}
-        to_execute: set[str] = set()
-        # Walk back from the outputs: a cached node stops the walk (its value is pinned
-        # now so eviction during the run cannot lose it); an uncached one needs its inputs.
-        stack = list(outputs)
-        seen: set[str] = set()
-        while stack:
-            node_id = stack.pop()
-            if node_id in seen:
-                continue
-            seen.add(node_id)
-            entry = self.cache.get(keys[node_id])
-            if entry is not None:
-                values[node_id] = entry.values
-                if entry.ui:
-                    ui[node_id] = entry.ui
-                continue
-            to_execute.add(node_id)
-            stack.extend(v.node_id for v in workflow.nodes[node_id].inputs.values() if isinstance(v, Link))
-
-        # Every node feeding an output that does not run this time counts as cached (as a
-        # user sees it: unchanged), whether its own result was needed or not.
-        reached = workflow.upstream_of(outputs)
-        cached_order = [n for n in order if n in reached and n not in to_execute]
-        for node_id in cached_order:
-            emit(Event("node_cached", run_id, node_id, workflow.nodes[node_id].type,
-                       data={"ui": ui[node_id]} if node_id in ui else {}))
-
-        executed: list[str] = []
-        timings: dict[str, float] = {}
-
-        def on_progress(node_id: str, progress: Progress) -> None:
-            emit(Event("node_progress", run_id, node_id, workflow.nodes[node_id].type,
-                       data={"value": progress.value, "max": progress.max, "preview": progress.preview}))
-
-        for node_id in order:
-            if node_id not in to_execute:
-                continue
-            instance = workflow.nodes[node_id]
-            spec = self._spec(instance.type)
-            if cancel.is_set():
-                return self._finish_cancelled(emit, run_id, node_id, executed, cached_order, ui, timings, started)
-            entry = self.cache.get(keys[node_id])  # an identical node earlier in this run
-            if entry is not None:
-                values[node_id] = entry.values
-                if entry.ui:
-                    ui[node_id] = entry.ui
-                cached_order.append(node_id)
-                emit(Event("node_cached", run_id, node_id, instance.type,
-                           data={"ui": entry.ui} if entry.ui else {}))
-                continue
-            kwargs = self._arguments(spec, instance.inputs, values, workflow)
-            if spec.context_param:
-                kwargs[spec.context_param] = NodeContext(node_id, cancel, on_progress, services)
-            emit(Event("node_started", run_id, node_id, instance.type))
-            node_started = time.perf_counter()
-            try:
-                node_values, node_ui = _normalize_result(spec, spec.function(**kwargs))
-            except Cancelled:
-                return self._finish_cancelled(emit, run_id, node_id, executed, cached_order, ui, timings, started)
-            # A failing node fails its run, never the process: SystemExit and KeyboardInterrupt
-            # raised by node code too (a plugin calling sys.exit() must not end the worker).
-            except (Exception, SystemExit, KeyboardInterrupt) as error:
-                failure = NodeFailure(
-                    node_id, instance.type, f"{type(error).__name__}: {error}",
-                    "".join(traceback.format_exception(type(error), error, error.__traceback__)),
-                    {name: describe_value(value) for name, value in kwargs.items()
-                     if name != spec.context_param},
-                )
-                seconds = time.perf_counter() - node_started
-                emit(Event("node_failed", run_id, node_id, instance.type, seconds,
-                           data={"message": failure.message, "traceback": failure.traceback,
-                                 "inputs": dict(failure.inputs)}))
-                emit(Event("run_failed", run_id, node_id, instance.type, time.perf_counter() - started,
-                           data={"message": failure.message}))
-                return RunResult(run_id, "failed", tuple(executed), tuple(cached_order), ui, timings,
-                                 failure, time.perf_counter() - started)
-            seconds = time.perf_counter() - node_started
-            values[node_id] = node_values
-            self.cache.put(keys[node_id], node_values, node_ui)
-            if node_ui:
-                ui[node_id] = node_ui
-            executed.append(node_id)
-            timings[node_id] = seconds
-            emit(Event("node_finished", run_id, node_id, instance.type, seconds,
-                       data={"ui": node_ui} if node_ui else {}))
-
-        total = time.perf_counter() - started
-        emit(Event("run_finished", run_id, seconds=total,
-                   data={"executed": len(executed), "cached": len(cached_order)}))
-        return RunResult(run_id, "success", tuple(executed), tuple(cached_order), ui, timings, None, total)
-
-    def _finish_cancelled(self, emit: EventListener, run_id: str, node_id: str, executed: list[str],
-                          cached: list[str], ui: Mapping[str, Any], timings: Mapping[str, float],
-                          started: float) -> RunResult:
-        total = time.perf_counter() - started
-        emit(Event("run_cancelled", run_id, node_id, seconds=total))
-        return RunResult(run_id, "cancelled", tuple(executed), tuple(cached), ui, timings, None, total)
-
-    def _arguments(self, spec: NodeSpec, inputs: Mapping[str, Any], values: Mapping[str, tuple[Any, ...]],
-                   workflow: Workflow) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {}
-        for item in spec.inputs:
-            if item.name in inputs:
-                value = inputs[item.name]
-                if isinstance(value, Link):
-                    source_spec = self._spec(workflow.nodes[value.node_id].type)
-                    value = values[value.node_id][source_spec.output_index(value.output) or 0]
-                kwargs[item.name] = value
-            elif item.default is not None or not item.required:
-                kwargs[item.name] = item.default
-        return kwargs
+            return RunState(self, workflow, on_event or (lambda event: None), cancel or threading.Event(),
+                            run_id or uuid.uuid4().hex, {**self.services, **(services or {})}).run()
 
 
-def _normalize_result(spec: NodeSpec, result: Any) -> tuple[tuple[Any, ...], dict[str, Any] | None]:
+def add_keys(instances: list[NodeInstance], keys: dict[str, str], specs: dict[str, NodeSpec],
+             spec_of: Callable[[str], NodeSpec], run_nonce: str) -> None:
+    """Key ``instances`` (sources before readers) into ``keys``, their specs into ``specs``.
+
+    A node's key hashes its type, version, literal inputs and the keys of what it reads;
+    an impure node's also the run's nonce, a fingerprinted node's its fingerprint.
+    """
+    dumps, blake2b = json.dumps, hashlib.blake2b
+    for instance in instances:
+        spec = specs[instance.id] = spec_of(instance.type)
+        literals: list[tuple[str, Any]] = []
+        links: list[tuple[str, str, int]] = []
+        for name, value in sorted(instance.inputs.items()):
+            if isinstance(value, Link):
+                links.append((name, keys[value.node_id], specs[value.node_id].output_index(value.output) or 0))
+            else:
+                literals.append((name, value))
+        token: Any = None
+        if not spec.pure:
+            token = run_nonce
+        elif spec.fingerprint is not None:
+            token = repr(spec.fingerprint(**{k: v for k, v in literals}))
+        material = dumps([spec.id, spec.version, literals, links, token],
+                         sort_keys=True, default=repr, separators=(",", ":"))
+        keys[instance.id] = blake2b(material.encode(), digest_size=16).hexdigest()
+
+
+def normalize_result(spec: NodeSpec, result: Any) -> tuple[tuple[Any, ...], dict[str, Any] | None]:
     ui: dict[str, Any] | None = None
     if isinstance(result, Result):
         ui = dict(result.ui) or None

@@ -14,6 +14,10 @@ output_directory = str(_settings.output_dir)
 input_directory = str(_settings.input_dir)
 temp_directory = _os.path.join(base_path, "temp")
 user_directory = _os.path.join(base_path, "user")
+# Packs find "ComfyUI's folder" as the directory of this file and some write there (legacy
+# packs copy their JavaScript into <it>/web/extensions at import): a folder of the user's
+# installation, never our package's.
+__file__ = _os.path.join(user_directory, "comfyui", "folder_paths.py")
 supported_pt_extensions = _files.supported_pt_extensions
 folder_names_and_paths = _files.build_folders()
 filename_list_cache: dict = {}

@@ -242,13 +242,16 @@ def test_validate_inputs_refuses_before_anything_runs(loaded):
     assert loaded.run(good).outputs["2"] == {"text": ["4"]}
 
 
-def test_lazy_inputs_get_their_values_and_check_lazy_status_is_asked(loaded):
+def test_lazy_inputs_run_only_when_check_lazy_status_asks(loaded):
     prompt = {"1": {"class_type": "PrimitiveString", "inputs": {"value": "left"}},
               "2": {"class_type": "PrimitiveString", "inputs": {"value": "right"}},
               "3": {"class_type": "PackPick", "inputs": {"first": False, "a": ["1", 0], "b": ["2", 0]}},
               "4": {"class_type": "PackJoin", "inputs": {"text": ["3", 0]}}}
-    assert loaded.run(prompt).outputs["4"] == {"text": ["right"]}
-    assert pack_module().CALLS["lazy"] == [(False, "left", "right")]
+    result = loaded.run(prompt)
+    assert result.outputs["4"] == {"text": ["right"]}
+    assert "1" not in result.executed and "1" not in result.cached  # the branch never asked for
+    # asked first with neither lazy input evaluated, then again once "b" was
+    assert pack_module().CALLS["lazy"] == [(False, None, None), (False, None, "right")]
 
 
 def test_a_raising_node_fails_its_run_with_the_pack_name_and_the_next_run_works(loaded):
