@@ -155,10 +155,12 @@ def _flush_cached(prompt_id: str, state: _RunState) -> list[dict[str, Any]]:
 
 def _translate(prompt_id: str, state: _RunState, event: Event) -> list[dict[str, Any] | bytes]:
     node_id = event.node_id
+    # A node added by graph expansion is shown as the workflow node it came from.
+    display = event.data.get("display_node", node_id) if event.data else node_id
     if event.type == "run_started":
         return [_message("execution_start", {"prompt_id": prompt_id, "timestamp": _now_ms()})]
     if event.type == "node_started":
-        return [_message("executing", {"node": node_id, "display_node": node_id, "prompt_id": prompt_id})]
+        return [_message("executing", {"node": node_id, "display_node": display, "prompt_id": prompt_id})]
     if event.type == "node_progress":
         out: list[dict[str, Any] | bytes] = [_message("progress", {
             "value": event.data.get("value"), "max": event.data.get("max"),
@@ -173,7 +175,7 @@ def _translate(prompt_id: str, state: _RunState, event: Event) -> list[dict[str,
         ui = event.data.get("ui")
         if not ui:
             return []
-        return [_message("executed", {"node": node_id, "display_node": node_id, "output": public_output(ui),
+        return [_message("executed", {"node": node_id, "display_node": display, "output": public_output(ui),
                                       "prompt_id": prompt_id})]
     if event.type == "node_failed" or (event.type == "run_failed" and not state.failed):
         state.failed = True
@@ -187,6 +189,12 @@ def _translate(prompt_id: str, state: _RunState, event: Event) -> list[dict[str,
             "current_inputs": dict(event.data.get("inputs", {})),
             "current_outputs": list(state.executed) + list(state.cached_ids),
             "timestamp": _now_ms()})]
+    if event.type == "node_blocked":  # an ExecutionBlocker with a message: ComfyUI shows it as an error
+        return [_message("execution_error", {
+            "prompt_id": prompt_id, "node_id": display, "node_type": event.node_type,
+            "executed": list(state.executed), "exception_message": str(event.data.get("message", "")),
+            "exception_type": "ExecutionBlocked", "traceback": [], "current_inputs": {},
+            "current_outputs": list(state.executed) + list(state.cached_ids), "timestamp": _now_ms()})]
     if event.type == "run_cancelled":
         return [_message("execution_interrupted", {
             "prompt_id": prompt_id, "node_id": node_id, "node_type": event.node_type,
