@@ -307,8 +307,8 @@ class ProgressRenderer:
             return
         if event.type == "run_started":
             self.total = int(event.data.get("nodes", 0))
-        elif event.type in ("node_cached", "node_finished"):
-            self.done += 1
+        elif event.type in ("node_cached", "node_finished") and "parent_node" not in event.data:
+            self.done += 1  # the workflow's nodes only: nodes added by graph expansion are not in the total
         if event.type == "node_started":
             self._current = f"{event.node_id} {event.node_type}"
             self._draw(0, 0)
