@@ -176,7 +176,8 @@ def _make_denoiser(guider: GuiderValue, positive: list[Any], negative: list[Any]
         return DualCFGDenoiser(model.unet, model.model_sampling, positive, middle, negative, guider.cfg,
                                guider.cfg_middle, guider.dual_style, inpaint_concat=concat)  # type: ignore[arg-type]
     kind = TimestepRangeDenoiser if has_timestep_ranges(positive, negative) else GuidedDenoiser
-    return kind(model.unet, model.model_sampling, positive, negative or None, cfg=guider.cfg, inpaint_concat=concat)
+    return kind(model.unet, model.model_sampling, positive, negative or None, cfg=guider.cfg, inpaint_concat=concat,
+                cfg_rescale=model.cfg_rescale)
 
 
 def run_sampler_with_denoised(runtime: Runtime, guider: GuiderValue, sampler: SamplerValue, sigmas: Any,

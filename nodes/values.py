@@ -55,6 +55,7 @@ class ModelValue:
     name: str
     latent_format: LatentFormat = field(default_factory=LatentFormat)
     loras: tuple[LoraPatch, ...] = ()
+    cfg_rescale: float = 0.0  # RescaleCFG's multiplier (``sgm.sampling.guiders.rescale_cfg_v``); 0 = plain CFG
 
     @property
     def is_inpaint(self) -> bool:

@@ -215,6 +215,16 @@ def nodes(runtime: Runtime, ours: Mapping[str, NodeSpec]) -> list[NodeSpec]:
             raise ValueError(f"ModelSamplingDiscrete: {error}") from error
         return replace(model, model_sampling=new)
 
+    @node("RescaleCFG", display_name="RescaleCFG", category="advanced/model", compat=COMPAT)
+    def rescale_cfg(
+        model: "MODEL",
+        multiplier: Float(default=0.7, min=0.0, max=1.0, step=0.01),
+    ) -> Out(MODEL="MODEL"):
+        """The model with CFG rescaled (Lin et al. 2024): the guided prediction's spread is brought back to the
+        positive prompt's, by ``multiplier`` (0 = plain CFG); curbs the over-saturation of high cfg, for v-prediction
+        and zero-terminal-SNR models above all."""
+        return replace(model, cfg_rescale=float(multiplier))
+
     return [ksampler_advanced, ksampler_select, basic_scheduler, sd_turbo_scheduler, sampler_custom,
             sampler_custom_advanced, basic_guider, cfg_guider, dual_cfg_guider, random_noise, disable_noise,
-            set_first_sigma, split_sigmas, split_sigmas_denoise, flip_sigmas, model_sampling_discrete]
+            set_first_sigma, split_sigmas, split_sigmas_denoise, flip_sigmas, model_sampling_discrete, rescale_cfg]

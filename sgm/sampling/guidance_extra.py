@@ -98,8 +98,9 @@ class TimestepRangeDenoiser:
 
     def __init__(self, unet: nn.Module, model_sampling: ModelSampling, positive: Sequence[Condition],
                  negative: Sequence[Condition] | None = None, cfg: float = 1.0,
-                 inpaint_concat: torch.Tensor | None = None) -> None:
+                 inpaint_concat: torch.Tensor | None = None, cfg_rescale: float = 0.0) -> None:
         self.unet, self.model_sampling = unet, model_sampling
+        self.cfg_rescale = cfg_rescale
         self.positive, self.negative = list(positive), None if negative is None else list(negative)
         self.cfg, self.inpaint_concat = float(cfg), inpaint_concat
         self._denoisers: dict[tuple[tuple[int, ...], tuple[int, ...] | None], GuidedDenoiser] = {}
@@ -116,7 +117,8 @@ class TimestepRangeDenoiser:
         if key not in self._denoisers:
             negative = None if neg is None else [self.negative[i] for i in neg]  # type: ignore[index]
             self._denoisers[key] = GuidedDenoiser(self.unet, self.model_sampling, [self.positive[i] for i in pos],
-                                                  negative, cfg=self.cfg, inpaint_concat=self.inpaint_concat)
+                                                  negative, cfg=self.cfg, inpaint_concat=self.inpaint_concat,
+                                                  cfg_rescale=self.cfg_rescale)
         return self._denoisers[key]
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

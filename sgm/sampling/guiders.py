@@ -142,6 +142,28 @@ def apply_control(
     return out
 
 
+def rescale_cfg_v(x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, guided: torch.Tensor,
+                  phi: float) -> torch.Tensor:
+    """ComfyUI's RescaleCFG: Lin et al. 2024, eq. 15-16, in the v-like space of the VE latent
+    whatever the model predicts.
+
+    With x = x_t (VE), s = sqrt(sigma^2 + 1): u(D) = (x / s^2 - D) s / sigma, an affine map of the
+    denoised estimate D (so CFG commutes with it); the guided u is rescaled to the std of the
+    cond u, mixed by phi, and mapped back: D = x / s^2 - u sigma / s.
+    """
+    sigma = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x)  # (B, 1, 1, 1)
+    s = (sigma**2 + 1).sqrt()
+    base = x / s**2
+
+    def to_u(denoised: torch.Tensor) -> torch.Tensor:
+        return (base - denoised) * s / sigma
+
+    u_cond, u_cfg = to_u(cond), to_u(guided)
+    dims = list(range(1, x.ndim))
+    rescaled = u_cfg * (u_cond.std(dim=dims, keepdim=True) / u_cfg.std(dim=dims, keepdim=True))
+    return base - (phi * rescaled + (1 - phi) * u_cfg) * sigma / s
+
+
 class GuidedDenoiser:
     """UNet + model sampling + conditions -> ``model(x (B,C,H,W), sigma (B,)) -> denoised``.
 
@@ -172,9 +194,12 @@ class GuidedDenoiser:
         inpaint_concat: torch.Tensor | None = None,
         *,
         batch_conds: bool = True,
+        cfg_rescale: float = 0.0,
     ) -> None:
         if not 0.0 <= guidance_rescale <= 1.0:
             raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")
+        if not 0.0 <= cfg_rescale <= 1.0:
+            raise ValueError(f"cfg_rescale must be in [0, 1], got {cfg_rescale}")
         self.use_cfg = cfg != 1.0 and negative is not None
         if cfg != 1.0 and not negative:
             raise ValueError(
@@ -194,6 +219,7 @@ class GuidedDenoiser:
         self.negative = list(negative) if negative is not None else None
         self.cfg = float(cfg)
         self.guidance_rescale = float(guidance_rescale)
+        self.cfg_rescale = float(cfg_rescale)
         self.inpaint_concat = inpaint_concat
         self.batch_conds = batch_conds
         self.unet_calls = 0
@@ -418,6 +444,8 @@ class GuidedDenoiser:
         guided = uncond + self.cfg * (cond - uncond)
         if self.guidance_rescale > 0:
             guided = self._rescale(x, sigma, cond, guided)
+        if self.cfg_rescale > 0:
+            guided = rescale_cfg_v(x, sigma, cond, guided, self.cfg_rescale)
         return guided, uncond
 
     def _rescale(

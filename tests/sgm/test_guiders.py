@@ -190,3 +190,29 @@ def test_real_tiny_sdxl_unet_vector_conditioning_is_batched() -> None:
         hook.remove()
     assert calls == [4, 2, 2]
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_rescale_cfg_matches_the_v_space_formula() -> None:
+    """ComfyUI's RescaleCFG, written out in its own variables: x_orig the VE latent, cond/uncond
+    x - D, and the result x - R; compared with ``rescale_cfg_v`` on guided denoised estimates."""
+    from sgm.sampling.guiders import rescale_cfg_v
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, generator=g) * 3
+    d_cond, d_uncond = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    sigma = torch.tensor([2.5, 0.7])
+    scale, phi = 5.0, 0.7
+    guided = d_uncond + scale * (d_cond - d_uncond)
+
+    s = sigma.view(-1, 1, 1, 1)
+    xs = x / (s * s + 1.0)
+    v_cond = (xs - (x - (x - d_cond))) * (s**2 + 1.0) ** 0.5 / s
+    v_uncond = (xs - (x - (x - d_uncond))) * (s**2 + 1.0) ** 0.5 / s
+    v_cfg = v_uncond + scale * (v_cond - v_uncond)
+    v_rescaled = v_cfg * (v_cond.std(dim=(1, 2, 3), keepdim=True) / v_cfg.std(dim=(1, 2, 3), keepdim=True))
+    v_final = phi * v_rescaled + (1.0 - phi) * v_cfg
+    expected = x - (x - (xs - v_final * s / (s * s + 1.0) ** 0.5))  # x - R with R = x_orig - (...)
+
+    assert torch.allclose(rescale_cfg_v(x, sigma, d_cond, guided, phi), expected, atol=1e-5)
+    assert torch.allclose(rescale_cfg_v(x, sigma, d_cond, guided, 0.0), guided, atol=1e-5)
+    assert (rescale_cfg_v(x, sigma, d_cond, guided, phi) - guided).abs().max() > 0.1

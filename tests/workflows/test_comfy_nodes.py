@@ -352,3 +352,14 @@ def test_vae_encode_for_inpaint_blanks_the_mask_and_grows_it(nodes: dict[str, An
     grey[:, 16:48, 16:48] = 0.5
     assert torch.allclose(latent.samples, nodes["VAEEncode"](pixels=grey, vae=vae).samples, atol=1e-5)
     assert latent.masked_latent is latent.samples
+
+
+def test_rescale_cfg_changes_guidance_and_zero_is_plain(nodes: dict[str, Any], shapes: dict[str, Any]) -> None:
+    model, positive, negative, latent = (shapes[k] for k in ("model", "positive", "negative", "latent"))
+    settings = dict(seed=4, steps=3, cfg=7.0, sampler_name="euler", scheduler="normal", denoise=1.0,
+                    positive=positive, negative=negative, latent_image=latent, ctx=context())
+    plain = nodes["KSampler"](model=model, **settings).samples
+    off = nodes["KSampler"](model=nodes["RescaleCFG"](model=model, multiplier=0.0), **settings).samples
+    on = nodes["KSampler"](model=nodes["RescaleCFG"](model=model, multiplier=0.7), **settings).samples
+    assert torch.equal(off, plain)
+    assert (on - plain).abs().max() > 1e-3  # the formula itself: tests/sgm/test_guiders.py
