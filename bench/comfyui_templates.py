@@ -31,7 +31,10 @@ sys.path.insert(0, str(ROOT))
 FAMILIES = ("SD1.5", "SDXL")
 # Inputs whose value is a model file, and the models/ folder it is looked for in.
 MODEL_INPUTS = {"ckpt_name": "checkpoints", "vae_name": "vae", "lora_name": "loras", "unet_name": "diffusion_models",
-                "clip_name": "text_encoders", "clip_name1": "text_encoders", "clip_name2": "text_encoders"}
+                "clip_name": "text_encoders", "clip_name1": "text_encoders", "clip_name2": "text_encoders",
+                "control_net_name": "controlnet", "gligen_name": "gligen", "model_name": "upscale_models"}
+# Where a node's input names another folder than MODEL_INPUTS says.
+NODE_MODEL_INPUTS = {("CLIPVisionLoader", "clip_name"): "clip_vision"}
 SIZE_INPUTS = {"width", "height", "target_width", "target_height"}
 STEP_INPUTS = {"steps"}
 STEP_INDEX_INPUTS = {"start_at_step", "end_at_step"}  # KSamplerAdvanced: scaled with the steps
@@ -76,8 +79,9 @@ def model_names(prompt: dict[str, Any]) -> Iterable[tuple[str, str]]:
 
     for node in prompt.values():
         for name, value in (node.get("inputs") or {}).items():
-            if isinstance(value, str) and name in MODEL_INPUTS:
-                yield MODEL_INPUTS[name], value
+            folder = NODE_MODEL_INPUTS.get((node.get("class_type"), name), MODEL_INPUTS.get(name))
+            if isinstance(value, str) and folder is not None:
+                yield folder, value
             elif isinstance(value, str):
                 for match in re.finditer(r"embedding:([\w.\-/]+)", value):
                     yield "embeddings", match.group(1).rstrip(".,")
@@ -108,7 +112,8 @@ def write_stand_ins(root: Path, wanted: dict[str, set[tuple[str, str]]]) -> None
         embeddings[family] = store / f"{family}-embedding.safetensors"
         save_file({"emb_params": torch.randn(2, widths[0], generator=torch.Generator().manual_seed(0)) * 0.01},
                   str(embeddings[family]))
-    sources = {"checkpoints": checkpoints, "loras": loras, "vae": vaes, "embeddings": embeddings}
+    sources = {"checkpoints": checkpoints, "loras": loras, "vae": vaes, "embeddings": embeddings,
+               **extra_stand_ins(store, loaded)}
     for family, names in wanted.items():
         for folder, name in sorted(names):
             target = models / folder / name
@@ -119,6 +124,56 @@ def write_stand_ins(root: Path, wanted: dict[str, set[tuple[str, str]]]) -> None
                 continue  # a kind we have no stand-in for: validation reports the missing file
             target.parent.mkdir(parents=True, exist_ok=True)
             target.symlink_to(source)
+
+
+def extra_stand_ins(store: Path, loaded: dict[str, Any]) -> dict[str, dict[str, Path]]:
+    """ControlNet, GLIGEN, CLIP vision and upscale-model stand-ins for each family's checkpoint."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from sgm.io.controlnet_files import controlnet_from_unet
+    from sgm.nets.clip_vision import ClipVisionConfig
+    from tests.sgm.clip_vision_factories import tiny_clip_vision, write_clip_vision_file
+    from tests.sgm.model_factories import randomize_
+    from tests.workflows.gligen_files import write_tiny_gligen
+
+    out: dict[str, dict[str, Path]] = {"controlnet": {}, "gligen": {}, "clip_vision": {}, "upscale_models": {}}
+    for family, checkpoint in loaded.items():
+        unet = checkpoint.unet
+        hints = json.loads(checkpoint.metadata.get("latentflow.config", "{}")).get("unet") \
+            if hasattr(checkpoint, "metadata") else None
+        torch.manual_seed(0)
+        controlnet = randomize_(controlnet_from_unet(unet, hints), 0, std=0.02)
+        out["controlnet"][family] = store / f"{family}-controlnet.safetensors"
+        save_file({k: v.contiguous() for k, v in controlnet.state_dict().items()}, str(out["controlnet"][family]),
+                  metadata={"latentflow.config": json.dumps({"unet": hints})} if hints else None)
+        out["gligen"][family] = write_tiny_gligen(store / f"{family}-gligen.safetensors", unet,
+                                                  int(unet.context_dim))
+        # Revision mixes image embeddings into the pooled text: the projection has the pooled width.
+        pooled = int(unet.adm_in_channels) - 6 * 256 if getattr(unet, "adm_in_channels", None) else 32
+        config = ClipVisionConfig(width=64, layers=2, heads=2, mlp_width=128, patch_size=14, image_size=28,
+                                  projection_dim=pooled, activation="gelu")
+        out["clip_vision"][family] = write_clip_vision_file(store / f"{family}-clip-vision.safetensors",
+                                                            tiny_clip_vision(config), hints={"heads": 2})
+        out["upscale_models"][family] = upscale_stand_in(store / "upscale-2x.safetensors")
+    return out
+
+
+def upscale_stand_in(path: Path) -> Path:
+    """The shipped tiny upscale model where it exists, else a small random RealESRGAN-compact."""
+    shipped = ROOT / "models" / "upscale_models" / "tiny-shapes-2x.safetensors"
+    if shipped.exists():
+        return shipped
+    import torch
+    from safetensors.torch import save_file
+    from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
+
+    torch.manual_seed(0)
+    model = SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=16, num_conv=2, upscale=2)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
 
 
 def shrink(prompt: dict[str, Any], object_info: dict[str, Any], size: int, steps: int) -> dict[str, Any]:

@@ -20,6 +20,18 @@ from tests.workflows.model_files import CHECKPOINTS
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 MODEL_WORKFLOWS = [p for p in WORKFLOWS if p.name != "example_math.json"]
+UPSCALE_MODEL = ROOT / "models" / "upscale_models" / "tiny-shapes-2x.safetensors"  # what upscale_model.json uses
+# the size of each workflow's image under fast_overrides (64 unless it scales)
+EXPECTED_SIZE = {"hires_fix": 96, "upscale_model": 128}
+
+
+@pytest.fixture(autouse=True)
+def shipped_upscale_model(installation: Path) -> None:
+    """The shipped upscale model in the test installation, as in the repository's models/."""
+    link = installation / "models" / "upscale_models" / UPSCALE_MODEL.name
+    if not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(UPSCALE_MODEL)
 
 
 def fast_overrides(document: dict[str, Any]) -> list[str]:
@@ -64,7 +76,7 @@ def test_workflow_runs_headlessly_and_saves_pngs_that_carry_it(
     with Image.open(pngs[0]) as image:
         size = image.size
         assert image.mode == "RGB"
-    expected = 96 if path.stem == "hires_fix" else 64
+    expected = EXPECTED_SIZE.get(path.stem, 64)
     assert size == (expected, expected)
     embedded = read_workflow_file(pngs[0])
     assert embedded["nodes"].keys() == document["nodes"].keys()
