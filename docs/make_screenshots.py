@@ -1,4 +1,5 @@
-"""Write docs/editor-{rest,running,done}.png: the editor at 1280x720 on the embedded model.
+"""Write docs/editor-{rest,running,done,workspace}.png: the editor at 1280x720 on the embedded
+model (workspace: two workflow tabs, a template being picked, the model library, the minimap).
 
     python docs/make_screenshots.py      (needs Debian's /usr/bin/chromium and playwright)
 """
@@ -45,10 +46,20 @@ def main() -> None:
         wait_until(page, """() => { const i = document.querySelector('[data-node-id="7"] .node-images img');
                             return i && i.complete && i.naturalWidth > 0; }""")
         page.screenshot(path=str(ROOT / "docs" / "editor-done.png"))
+        page.click("#templates-button")
+        page.click('.template[data-template="hires_fix"]')
+        wait_until(page, "() => document.querySelectorAll('#tabs .tab').length === 2")
+        page.click("#models-button")
+        page.wait_for_selector('.model-file[data-file="tiny-shapes.safetensors"]')
+        page.click("#templates-button")
+        page.wait_for_selector('.template[data-template="lora"]')
+        page.hover('.template[data-template="lora"]')
+        time.sleep(0.5)
+        page.screenshot(path=str(ROOT / "docs" / "editor-workspace.png"))
         browser.close()
     from PIL import Image
 
-    for name in ("rest", "running", "done"):  # a palette keeps each file small
+    for name in ("rest", "running", "done", "workspace"):  # a palette keeps each file small
         path = ROOT / "docs" / f"editor-{name}.png"
         Image.open(path).convert("RGB").quantize(colors=128).save(path, optimize=True)
 

@@ -28,6 +28,12 @@ def installation(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = make_installation(tmp_path_factory.mktemp("first-run"))
     (root / "input" / "example.png").write_bytes((ROOT / "input" / "example.png").read_bytes())
+    # the shipped model files the stand-ins do not cover (e.g. an upscale model a workflow names)
+    for shipped in (ROOT / "models").glob("*/*.safetensors"):
+        target = root / "models" / shipped.parent.name / shipped.name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(shipped)
     return root
 
 

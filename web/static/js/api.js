@@ -45,8 +45,8 @@ export class Api {
   objectInfo() { return this.request("GET", "/api/object_info"); }
   nodeFailures() { return this.request("GET", "/api/node_failures"); }
   /** Queue `prompt`; `front` puts it before everything pending (ComfyUI's "Queue Front"). */
-  queuePrompt(prompt, { front = false } = {}) {
-    const body = { prompt, client_id: this.clientId, extra_data: {} };
+  queuePrompt(prompt, { front = false, extraData = {} } = {}) {
+    const body = { prompt, client_id: this.clientId, extra_data: extraData };
     if (front) body.front = true;
     return this.request("POST", "/api/prompt", body);
   }

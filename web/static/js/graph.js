@@ -43,6 +43,16 @@ function describeInput(name, kind, options, optional) {
   return { name, type: kind, optional, widget: null, tooltip: options.tooltip || "" };
 }
 
+/** Reroute: a dot that passes one link on (ComfyUI's frontend-only node of that name). The
+ * editor adds it to the catalogue when the server has none and resolves it before queueing
+ * (modes.js), so the server never sees it. */
+export const REROUTE_SPEC = Object.freeze({
+  type: "Reroute", title: "Reroute", category: "utils", editorOnly: true, outputNode: false, compat: null,
+  description: "Passes its input on unchanged, to route links tidily (resolved by the editor before queueing).",
+  inputs: [{ name: "input", type: "*", optional: false, widget: null, tooltip: "" }],
+  outputs: [{ name: "output", type: "*" }],
+});
+
 export function isLink(value) {
   return Array.isArray(value) && value.length === 2 &&
     (typeof value[0] === "string" || typeof value[0] === "number") &&
@@ -61,10 +71,15 @@ export class Graph extends EventTarget {
     this.nodes = new Map();  // id -> {id, type, inputs, ui}
     this.meta = {};
     this.view = { x: 0, y: 0, scale: 1 };
+    // Groups as ComfyUI's UI format has them ({title, bounding: [x, y, w, h], color}), kept
+    // where engine/comfyui_graph*.py keeps them (ui.comfyui.groups): they round-trip.
+    this.groups = [];
+    this.uiExtra = {};  // the rest of the document's `ui`, kept as it came
   }
 
   setCatalogue(objectInfo) {
     this.catalogue = Object.fromEntries(Object.entries(objectInfo).map(([type, info]) => [type, describeNode(info)]));
+    if (!this.catalogue.Reroute) this.catalogue.Reroute = REROUTE_SPEC;
   }
 
   spec(type) {
@@ -77,8 +92,8 @@ export class Graph extends EventTarget {
     return String(max + 1);
   }
 
-  /** Add a node of `type` with its widgets' defaults; returns the new id. */
-  addNode(type, pos = [0, 0], inputs = null, ui = {}) {
+  /** Add a node of `type` with its widgets' defaults (`overrides` replace some); returns the new id. */
+  addNode(type, pos = [0, 0], inputs = null, ui = {}, overrides = null) {
     const spec = this.spec(type);
     if (!spec) throw new Error(`unknown node type ${type}`);
     const id = this.nextId();
@@ -93,7 +108,7 @@ export class Graph extends EventTarget {
     for (const input of spec.inputs) if (input.widget?.kind === "seed") controls[input.name] = "randomize";
     const nodeUi = { ...clone(ui), pos: [Math.round(pos[0]), Math.round(pos[1])] };
     if (Object.keys(controls).length && !nodeUi.controls) nodeUi.controls = controls;
-    this.nodes.set(id, { id, type, inputs: inputs ? clone(inputs) : values, ui: nodeUi });
+    this.nodes.set(id, { id, type, inputs: inputs ? clone(inputs) : { ...values, ...clone(overrides) }, ui: nodeUi });
     this.changed({ added: [id] });
     return id;
   }
@@ -203,7 +218,9 @@ export class Graph extends EventTarget {
     for (const node of this.nodes.values()) {
       nodes[node.id] = { type: node.type, inputs: clone(node.inputs), ui: clone(node.ui) };
     }
-    const doc = { version: 1, nodes, ui: { view: { ...this.view } } };
+    const ui = { ...clone(this.uiExtra), view: { ...this.view } };
+    if (this.groups.length) ui.comfyui = { ...(ui.comfyui ?? {}), groups: clone(this.groups) };
+    const doc = { version: 1, nodes, ui };
     if (Object.keys(this.meta).length) doc.meta = clone(this.meta);
     return doc;
   }
@@ -224,6 +241,13 @@ export class Graph extends EventTarget {
       this.nodes.set(String(id), { id: String(id), type: entry.type, inputs, ui });
     }
     this.meta = clone(document.meta ?? {});
+    const { view: _, ...uiExtra } = clone(document.ui ?? {});
+    this.groups = (uiExtra.comfyui?.groups ?? []).filter(isGroup);
+    if (uiExtra.comfyui) {
+      delete uiExtra.comfyui.groups;
+      if (!Object.keys(uiExtra.comfyui).length) delete uiExtra.comfyui;
+    }
+    this.uiExtra = uiExtra;
     const view = document.ui?.view;
     this.view = view && Number.isFinite(view.scale) ? { x: view.x, y: view.y, scale: view.scale } : { x: 0, y: 0, scale: 1 };
     this.changed({ loaded: true }, { record });
@@ -238,6 +262,12 @@ export class Graph extends EventTarget {
   changed(detail, { rerender = true, record = true } = {}) {
     this.dispatchEvent(new CustomEvent("change", { detail: { ...detail, rerender, record } }));
   }
+}
+
+/** A group as ComfyUI writes it: a title and a finite [x, y, width, height]. */
+export function isGroup(group) {
+  return !!group && typeof group === "object" && Array.isArray(group.bounding) && group.bounding.length === 4 &&
+    group.bounding.every(Number.isFinite);
 }
 
 export function defaultFor(widget) {

@@ -10,7 +10,8 @@ export class Interaction {
    * @param view GraphView
    * @param hooks {openSearch(clientX, clientY), openMenu(clientX, clientY), openNodeMenu(id, clientX, clientY), notify(text, kind),
    *               copy(), paste(), undo(), redo(), deleteSelected(), queue(front), setMode(mode), collapse(),
-   *               toggleLibrary(), linkDropped(drag, clientX, clientY)}
+   *               toggleLibrary(), togglePin(), group(), linkDropped(drag, clientX, clientY),
+   *               snapToGrid(): the grid size when moved nodes snap to it, else 0}
    */
   constructor(view, hooks) {
     this.view = view;
@@ -91,7 +92,9 @@ export class Interaction {
     } else if (!selection.has(nodeId)) {
       this.view.setSelection([nodeId]);
     }
-    this.drag = { kind: "nodes", ids: [...this.view.selection], last: this.view.toWorld(event.clientX, event.clientY), moved: false };
+    // pinned nodes stay where they are (they can still be selected, linked and edited)
+    const ids = [...this.view.selection].filter((id) => !this.graph.nodes.get(id)?.ui.pinned);
+    this.drag = { kind: "nodes", ids, last: this.view.toWorld(event.clientX, event.clientY), moved: false };
   }
 
   pointerMove(event) {
@@ -107,7 +110,7 @@ export class Interaction {
     } else if (drag.kind === "nodes") {
       const point = this.view.toWorld(event.clientX, event.clientY);
       const dx = point[0] - drag.last[0], dy = point[1] - drag.last[1];
-      if (Math.abs(dx) < 0.5 && Math.abs(dy) < 0.5) return;
+      if ((Math.abs(dx) < 0.5 && Math.abs(dy) < 0.5) || !drag.ids.length) return;
       drag.last = point;
       drag.moved = true;
       this.graph.move(drag.ids, dx, dy, false);
@@ -128,6 +131,7 @@ export class Interaction {
     this.drag = null;
     if (!drag) return;
     if (drag.kind === "nodes" && drag.moved) {
+      if (this.hooks.snapToGrid?.()) this.snap(drag.ids, this.hooks.snapToGrid());
       this.graph.move(drag.ids, 0, 0, true);  // one undo step for the whole drag
     } else if (drag.kind === "link") {
       this.view.tempLink = null;
@@ -145,6 +149,15 @@ export class Interaction {
     } else if (drag.kind === "pan" && drag.moved) {
       this.graph.changed({ view: true }, { rerender: false, record: false });
     }
+  }
+
+  /** Round the positions of `ids` to the `grid` (the "snap to grid" setting). */
+  snap(ids, grid) {
+    for (const id of ids) {
+      const node = this.graph.nodes.get(id);
+      if (node) node.ui.pos = node.ui.pos.map((v) => Math.round(v / grid) * grid);
+    }
+    this.view.moveNodeElements(ids);
   }
 
   cancel() {
@@ -222,6 +235,8 @@ export class Interaction {
       this.hooks.queue(event.shiftKey);
     } else if (mod && key === "b") {
       this.hooks.setMode("bypassed");
+    } else if (mod && key === "g") {
+      this.hooks.group();
     } else if (mod && key === "m") {
       this.hooks.setMode("muted");
     } else if (event.altKey && key === "c") {
@@ -230,6 +245,8 @@ export class Interaction {
       this.view.fitView();
     } else if (!mod && !event.altKey && key === "n") {
       this.hooks.toggleLibrary();
+    } else if (!mod && !event.altKey && key === "p") {
+      this.hooks.togglePin();
     } else {
       return;
     }

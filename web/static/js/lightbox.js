@@ -2,8 +2,10 @@
 // arrows step through the images on screen, Escape or a click outside closes it.
 
 export class Lightbox {
-  constructor(root) {
+  /** `onLoadWorkflow(url)`, when given, opens the workflow the image carries in the editor. */
+  constructor(root, onLoadWorkflow = null) {
     this.root = root;
+    this.onLoadWorkflow = onLoadWorkflow;
     this.urls = [];
     this.index = 0;
     root.addEventListener("click", (event) => { if (event.target === root) this.close(); });
@@ -43,7 +45,14 @@ export class Lightbox {
     const open = Object.assign(document.createElement("a"), { href: url, target: "_blank", textContent: "open" });
     const close = Object.assign(document.createElement("button"), { textContent: "close (Esc)" });
     close.addEventListener("click", () => this.close());
-    bar.append(label, open, close);
+    bar.append(label, open);
+    if (this.onLoadWorkflow) {
+      const load = Object.assign(document.createElement("button"), {
+        className: "lightbox-load", textContent: "load its workflow", title: "open the workflow saved in this image" });
+      load.addEventListener("click", () => { this.close(); this.onLoadWorkflow(url); });
+      bar.append(load);
+    }
+    bar.append(close);
     this.root.replaceChildren(image, bar);
   }
 

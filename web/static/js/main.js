@@ -1,18 +1,24 @@
 // The editor: wires the model, the view, interactions, panels, the server and the websocket.
 
 import { Api, ApiError } from "./api.js";
-import { describeProblem, downloadJson, isUiGraph, problemsByNode } from "./comfyui.js";
 import { RunFeedback } from "./feedback.js";
+import { EditorFiles } from "./files.js";
 import { Graph, isLink, typesCompatible } from "./graph.js";
 import { UndoStack } from "./history.js";
 import { Interaction } from "./interact.js";
 import { NodeLibrary } from "./library.js";
 import { Lightbox } from "./lightbox.js";
+import { handleMessage } from "./messages.js";
 import { CategoryMenu, SearchBox } from "./menus.js";
-import { promptDocument, toggleMode } from "./modes.js";
+import { Minimap } from "./minimap.js";
+import { MODEL_DRAG_TYPE, ModelLibrary } from "./models.js";
+import { editorExtraData, promptDocument, toggleMode } from "./modes.js";
 import { openNodeMenu } from "./nodemenu.js";
 import { SidePanel, Toasts } from "./panels.js";
-import { workflowFromPng } from "./png.js";
+import { GroupLayer } from "./groups.js";
+import { GRID, Settings, SettingsPanel } from "./settings.js";
+import { WorkflowTabs } from "./tabs.js";
+import { TemplateMenu } from "./templates.js";
 import { GraphView } from "./view.js";
 import { advanceSeeds } from "./widgets.js";
 
@@ -20,40 +26,58 @@ const AUTOSAVE_KEY = "latentflow.workflow";
 const CLIPBOARD_KEY = "latentflow.clipboard";
 const DEFAULT_WORKFLOW = "txt2img";
 
-/** The document without the viewport: what undo/redo restores. */
+/** The document without the viewport: what undo/redo restores (groups included). */
 function snapshot(graph) {
   const doc = graph.toDocument();
-  delete doc.ui;
+  delete doc.ui.view;
   return JSON.stringify(doc);
 }
 
-class Editor {
+class Editor extends EditorFiles {
   constructor(api) {
+    super();
     this.api = api;
     this.graph = new Graph();
     this.toasts = new Toasts(document.querySelector("#toasts"));
     this.view = new GraphView(document.querySelector("#canvas"), this.graph, api);
+    this.settings = new Settings();
+    this.view.settings = this.settings;
+    this.settings.addEventListener("change", (event) => { if (event.detail.name === "linkStyle") this.view.renderLinks(); });
+    this.settingsPanel = new SettingsPanel(document.querySelector("#settings"), this.settings);
+    this.minimap = new Minimap(document.querySelector("#canvas"), this.view, this.settings);
+    this.view.onDraw = () => this.minimap.schedule();
+    this.view.overlay = () => this.minimap.corner();
+    this.tabs = new WorkflowTabs(document.querySelector("#tabs"), this);
+    this.view.groupLayer = new GroupLayer(this.view, (text, kind) => this.notify(text, kind));
     this.undo = new UndoStack(snapshot(this.graph));
     this.restoring = false;
     this.lastPointer = [200, 200];
     this.search = new SearchBox(document.querySelector("#search"), this.graph, (type, x, y) => this.addNodeAt(type, x, y));
     this.menu = new CategoryMenu(document.querySelector("#menu"), this.graph, (type, x, y) => this.addNodeAt(type, x, y));
-    this.lightbox = new Lightbox(document.querySelector("#lightbox"));
+    this.lightbox = new Lightbox(document.querySelector("#lightbox"), (url) => this.openImageWorkflow(url));
     this.library = new NodeLibrary(document.querySelector("#library"), this.graph, (type, x, y) => this.addNodeAt(type, x, y));
+    this.models = new ModelLibrary(document.querySelector("#models"), api, this.graph, {
+      onPick: (pick, x, y) => this.addNodeAt(pick.type, x, y, { [pick.input]: pick.file }),
+      notify: (text, kind) => this.notify(text, kind) });
+    this.templates = new TemplateMenu(document.querySelector("#templates"), api, {
+      onOpen: (doc, name) => this.tabs.open(doc, name), notify: (text, kind) => this.notify(text, kind) });
     this.panel = new SidePanel(document.querySelector("#panel"), api, {
       onLoad: (doc) => this.load(doc, "history"), notify: (text, kind) => this.notify(text, kind),
       onImage: (url, urls) => this.lightbox.open(url, urls) });
     this.promptSizes = new Map();  // prompt id -> how many nodes it runs (for the progress)
+    this.promptTabs = new Map();  // prompt id -> the id of the tab that queued it
     this.feedback = new RunFeedback(document.querySelector("#canvas"), {
       nodeCount: () => this.promptSizes.get(this.runningPrompt) ?? this.graph.nodes.size,
       describe: (id) => { const node = this.graph.nodes.get(id);
         return node ? (node.ui.title || this.graph.spec(node.type)?.title || node.type) : `#${id}`; },
-      onTimes: (times) => this.view.setTimes(times) });
+      onTimes: (times) => { if (this.showsPrompt(this.runningPrompt)) this.view.setTimes(times); } });
     this.interaction = new Interaction(this.view, {
       openSearch: (x, y) => { this.pendingLink = null; this.search.open(x, y); },
       linkDropped: (drag, x, y) => this.searchForLink(drag, x, y),
       setMode: (mode) => this.setMode(mode), collapse: () => this.toggleCollapsed(),
-      toggleLibrary: () => this.library.toggle(),
+      toggleLibrary: () => this.library.toggle(), togglePin: () => this.togglePin(),
+      group: () => this.view.groupLayer.groupSelection([...this.view.selection]),
+      snapToGrid: () => (this.settings.get("snapToGrid") ? GRID : 0),
       openMenu: (x, y) => this.menu.open(x, y),
       openNodeMenu: (id, x, y) => this.openNodeMenu(id, x, y),
       notify: (text, kind) => this.notify(text, kind),
@@ -72,18 +96,31 @@ class Editor {
     });
   }
 
+  /** Does the canvas show the workflow `promptId` was queued from? (yes for others' prompts) */
+  showsPrompt(promptId) {
+    const tab = this.promptTabs.get(promptId);
+    return tab === undefined || tab === this.tabs.current?.id;
+  }
+
   notify(text, kind = "info") {
     this.toasts.show(text, kind);
   }
 
   changed(detail) {
     if (detail.rerender) this.view.render();
-    localStorage.setItem(AUTOSAVE_KEY, JSON.stringify(this.graph.toDocument()));
+    const doc = this.graph.toDocument();
+    localStorage.setItem(AUTOSAVE_KEY, JSON.stringify(doc));
+    this.tabs.update(doc);
     if (detail.record && !this.restoring) {
       const key = detail.input ? `${detail.value[0]}:${detail.input}` : null;  // typing = one step
       this.undo.record(snapshot(this.graph), key);
     }
+    this.minimap.schedule();
     document.querySelector("#node-count").textContent = `${this.graph.nodes.size} nodes`;
+  }
+
+  snapshot() {
+    return snapshot(this.graph);
   }
 
   restore(state) {
@@ -91,21 +128,23 @@ class Editor {
     const view = { ...this.graph.view };
     this.restoring = true;
     try {
-      this.graph.loadDocument({ ...JSON.parse(state), ui: { view } });
+      const doc = JSON.parse(state);
+      this.graph.loadDocument({ ...doc, ui: { ...doc.ui, view } });
     } finally {
       this.restoring = false;
     }
   }
 
   /** Add a node at the pointer (null: the middle of the view); a link dropped on the
-   * canvas that opened the search is connected to the new node's first input that takes it. */
-  addNodeAt(type, clientX, clientY) {
+   * canvas that opened the search is connected to the new node's first input that takes it;
+   * `values` replace some of its widgets' defaults (a model file). Returns the new id. */
+  addNodeAt(type, clientX, clientY, values = null) {
     if (clientX === null) {
       const rect = this.view.canvas.getBoundingClientRect();
       [clientX, clientY] = [rect.left + rect.width / 2 - 110, rect.top + rect.height / 3];
     }
     const [x, y] = this.view.toWorld(clientX, clientY);
-    const id = this.graph.addNode(type, [x, y]);
+    const id = this.graph.addNode(type, [x, y], null, {}, values);
     const link = this.pendingLink;
     this.pendingLink = null;
     if (link && this.graph.nodes.has(link.from)) {
@@ -115,6 +154,7 @@ class Editor {
       if (input) this.graph.connect(link.from, link.output, id, input.name);
     }
     this.view.setSelection([id]);
+    return id;
   }
 
   /** A link dropped on the empty canvas: search among the nodes that can take it. */
@@ -125,6 +165,18 @@ class Editor {
 
   setMode(mode) {
     if (this.view.selection.size) toggleMode(this.graph, [...this.view.selection], mode);
+  }
+
+  /** Pin the selection (pinned nodes cannot be dragged), or unpin it when all are pinned. */
+  togglePin() {
+    const nodes = [...this.view.selection].map((id) => this.graph.nodes.get(id)).filter(Boolean);
+    if (!nodes.length) return;
+    const pin = !nodes.every((node) => node.ui.pinned);
+    for (const node of nodes) {
+      if (pin) node.ui.pinned = true;
+      else delete node.ui.pinned;
+    }
+    this.graph.changed({ pinned: nodes.map((node) => node.id) });
   }
 
   toggleCollapsed() {
@@ -200,9 +252,11 @@ class Editor {
     const count = Math.max(1, Math.min(100, Number(document.querySelector("#batch-count").value) || 1));
     try {
       for (let i = 0; i < count; i++) {
-        const prompt = promptDocument(this.graph, this.graph.toDocument());
-        const result = await this.api.queuePrompt(prompt, { front });
+        const doc = this.graph.toDocument();
+        const prompt = promptDocument(this.graph, doc);
+        const result = await this.api.queuePrompt(prompt, { front, extraData: editorExtraData(doc) });
         this.promptSizes.set(result.prompt_id, Object.keys(prompt.nodes).length);
+        this.promptTabs.set(result.prompt_id, this.tabs.current?.id);  // where its results show
         this.notify(`queued #${result.number}${front ? " at the front" : ""}`);
         advanceSeeds(this.graph);
       }
@@ -231,118 +285,12 @@ class Editor {
   // ------------------------------------------------------------------ websocket
 
   onMessage(type, data) {
-    if (type === "status") {
-      document.querySelector("#queue-size").textContent = `queue: ${data.status.exec_info.queue_remaining}`;
-      this.panel.refresh();
-    } else if (type === "execution_start") {
-      this.view.clearRunState();
-      this.runningPrompt = data.prompt_id;
-      this.outcome = null;
-      this.feedback.start();
-    } else if (type === "execution_cached") {
-      this.feedback.cached(data.nodes ?? []);
-    } else if (type === "executing") {
-      this.view.setRunning(data.node);
-      if (data.node === null) this.feedback.finish(this.outcome ?? "done");
-      else this.feedback.executing(data.node);
-    } else if (type === "progress") {
-      this.view.setProgress(data.node, data.value, data.max);
-      this.feedback.progress(data.node, data.value, data.max);
-    } else if (type === "executed") {
-      this.view.setOutput(data.node, data.output);
-      for (const image of data.output?.images ?? []) this.panel.addImage(image);
-    } else if (type === "execution_error") {
-      this.view.stopRunning();
-      this.outcome = "failed";
-      const message = `${data.exception_type ? `${data.exception_type}: ` : ""}${data.exception_message}`;
-      if (data.node_id) this.view.setErrors({ [data.node_id]: [{ message }] });
-      this.notify(`node ${data.node_id ?? "?"} failed: ${message}`, "error");
-    } else if (type === "execution_interrupted") {
-      this.view.stopRunning();
-      this.outcome = "interrupted";
-      this.notify("interrupted");
-    }
-  }
-
-  // ------------------------------------------------------------------ files
-
-  async openFile(file) {
-    try {
-      const buffer = await file.arrayBuffer();
-      const isPng = file.type === "image/png" || file.name.toLowerCase().endsWith(".png");
-      const doc = isPng ? await workflowFromPng(buffer) : JSON.parse(new TextDecoder().decode(buffer));
-      if (isUiGraph(doc)) await this.loadComfyGraph(doc, file.name);
-      else this.load(doc, file.name);
-    } catch (error) {
-      this.notify(`could not open ${file.name}: ${error.message}`, "error");
-    }
-  }
-
-  /** A ComfyUI UI-format graph: converted by the server; what it could not map is shown. */
-  async loadComfyGraph(graph, source) {
-    const { workflow, problems } = await this.api.convert("latentflow", graph);
-    this.load(workflow, source);
-    const links = this.graph.links().length;
-    const summary = `opened ComfyUI workflow ${source}: ${this.graph.nodes.size} nodes, ${links} links`;
-    if (!problems.length) {
-      this.notify(summary);
-      return;
-    }
-    this.view.setErrors(problemsByNode(problems, new Set(this.graph.nodes.keys())));
-    const errors = problems.filter((p) => p.severity !== "warning").length;
-    const toast = this.toasts.show(`${summary}; ${problems.length} thing${problems.length === 1 ? "" : "s"} ` +
-      `could not be mapped as written:\n${problems.map(describeProblem).join("\n")}`, errors ? "error" : "info", 30000);
-    toast.classList.add("toast-report", "conversion-report");
-  }
-
-  saveFile() {
-    downloadJson(this.graph.toDocument(), `${this.graph.meta.title || "workflow"}.json`);
-  }
-
-  /** Download the workflow in ComfyUI's UI format (its frontend opens it). */
-  async saveComfyFile() {
-    try {
-      const { workflow, problems } = await this.api.convert("comfyui", this.graph.toDocument());
-      downloadJson(workflow, `${this.graph.meta.title || this.graph.meta.name || "workflow"}.comfyui.json`);
-      if (problems.length) {
-        const toast = this.toasts.show(`saved, but:\n${problems.map(describeProblem).join("\n")}`, "error", 30000);
-        toast.classList.add("toast-report");
-      }
-    } catch (error) {
-      this.notify(`could not save as a ComfyUI workflow: ${error.message}`, "error");
-    }
-  }
-
-  async saveToServer() {
-    const name = prompt("save workflow as", this.graph.meta.name || "my-workflow");
-    if (!name) return;
-    try {
-      this.graph.meta.name = name;
-      const result = await this.api.saveWorkflow(name, this.graph.toDocument());
-      this.notify(`saved "${result.name}" on the server`);
-      await this.listWorkflows();
-    } catch (error) {
-      this.notify(`could not save: ${error.message}`, "error");
-    }
-  }
-
-  async listWorkflows() {
-    const select = document.querySelector("#workflow-select");
-    const { workflows } = await this.api.workflows();
-    select.replaceChildren(new Option("open from server…", ""),
-      ...workflows.map((w) => new Option(`${w.title} (${w.source})`, w.name)));
-  }
-
-  async loadFromServer(name) {
-    try {
-      this.load(await this.api.workflow(name), name);
-    } catch (error) {
-      this.notify(`could not load ${name}: ${error.message}`, "error");
-    }
+    handleMessage(this, type, data);
   }
 
   /** First visit: the shipped default workflow when there is one, else an empty canvas. */
   async start() {
+    if (this.tabs.restore()) return;  // the tabs of the last visit (their undo starts afresh)
     const saved = JSON.parse(localStorage.getItem(AUTOSAVE_KEY) || "null");
     if (saved && Object.keys(saved.nodes ?? {}).length) {  // an empty canvas is not worth restoring
       this.load(saved, "the autosave");
@@ -354,6 +302,7 @@ class Editor {
       }
     }
     this.undo = new UndoStack(snapshot(this.graph));
+    this.tabs.adopt(this.graph.toDocument());
   }
 }
 
@@ -363,6 +312,9 @@ function bindToolbar(editor) {
   on("#queue-front-button", "click", () => editor.queue({ front: true }));
   on("#library-button", "click", () => editor.library.toggle());
   on("#fit-button", "click", () => editor.view.fitView());
+  on("#templates-button", "click", () => editor.templates.toggle());
+  on("#models-button", "click", () => editor.models.toggle());
+  on("#settings-button", "click", () => editor.settingsPanel.toggle());
   on("#interrupt-button", "click", () => editor.api.interrupt().catch((e) => editor.notify(e.message, "error")));
   on("#new-button", "click", () => { editor.graph.loadDocument({ version: 1, nodes: {} }); editor.view.clearRunState(); });
   on("#undo-button", "click", () => editor.restore(editor.undo.undo()));
@@ -389,6 +341,12 @@ function bindToolbar(editor) {
       editor.addNodeAt(nodeType, event.clientX, event.clientY);
       return;
     }
+    const model = event.dataTransfer.getData(MODEL_DRAG_TYPE);
+    if (model) {
+      const { type, input, file } = JSON.parse(model);
+      editor.addNodeAt(type, event.clientX, event.clientY, { [input]: file });
+      return;
+    }
     const [file] = event.dataTransfer.files;
     if (file) editor.openFile(file);
   });
@@ -412,7 +370,9 @@ async function main() {
   editor.panel.refresh();
   api.connect({
     onMessage: (type, data) => editor.onMessage(type, data),
-    onPreview: (blob) => { if (editor.view.running) editor.view.setPreview(editor.view.running, blob); },
+    onPreview: (blob) => {
+      if (editor.view.running && editor.settings.get("previews")) editor.view.setPreview(editor.view.running, blob);
+    },
     onOpen: () => document.body.classList.add("connected"),
     onClose: () => document.body.classList.remove("connected"),
   });

@@ -2,7 +2,12 @@
 // one of its inputs to each consumer of its outputs. The rules are engine/comfyui_graph.py's
 // (ComfyUI's frontend): the input in the output's slot when its type fits, else the first input
 // of exactly the wanted type, else the first that fits. The editor applies them before it
-// sends, so the server sees only what runs; the modes stay in each node's `ui.mode`.
+// sends, so the server sees only what runs; the modes stay in each node's `ui.mode`, and the
+// whole document (muted and bypassed nodes included) rides along in the prompt's
+// extra_data.extra_pnginfo under EDITOR_KEY: history keeps it and SaveImage writes it into
+// the PNG, so reloading either gives back what was on the canvas. (It is wrapped, not a bare
+// document: `main.py run image.png` takes the first bare document it finds and must run what
+// ran, not the muted nodes.)
 
 import { isLink, typesCompatible } from "./graph.js";
 
@@ -38,11 +43,22 @@ function bypassInput(graph, node, outputName, wantType) {
   return sockets.find((input) => input.type === wantType) ?? sockets.find(fits) ?? null;
 }
 
-/** What a link to `value` resolves to once muted and bypassed nodes are gone (undefined: drop). */
-function resolveLink(graph, value, wantType, seen = new Set()) {
+/** Is `node` a reroute the editor resolves (graph.js's REROUTE_SPEC)? */
+export function isReroute(graph, node) {
+  return !!graph.spec(node?.type)?.editorOnly;
+}
+
+/** What a link to `value` resolves to once reroutes (`modes`: and muted and bypassed nodes)
+ * are gone (undefined: drop). */
+function resolveLink(graph, value, wantType, seen = new Set(), modes = true) {
   const source = graph.nodes.get(String(value[0]));
   if (!source) return value;
-  const mode = nodeMode(source);
+  if (isReroute(graph, source)) {
+    const passed = source.inputs.input;
+    if (!isLink(passed) || seen.has(source.id)) return undefined;
+    return resolveLink(graph, passed, wantType, new Set([...seen, source.id]), modes);
+  }
+  const mode = modes ? nodeMode(source) : null;
   if (mode === MODES.muted) return undefined;
   if (mode !== MODES.bypassed) return value;
   const key = `${source.id}:${value[1]}`;
@@ -51,14 +67,15 @@ function resolveLink(graph, value, wantType, seen = new Set()) {
   const input = bypassInput(graph, source, outputName, wantType);
   const passed = input ? source.inputs[input.name] : undefined;
   if (!isLink(passed)) return undefined;
-  return resolveLink(graph, passed, wantType, new Set([...seen, key]));
+  return resolveLink(graph, passed, wantType, new Set([...seen, key]), modes);
 }
 
-/** The document to queue: `doc` (from graph.toDocument()) without muted and bypassed nodes. */
-export function promptDocument(graph, doc) {
+/** The document to queue: `doc` (from graph.toDocument()) without reroutes and without muted
+ * and bypassed nodes (`modes` false: those stay, e.g. for ComfyUI's format, which has modes). */
+export function promptDocument(graph, doc, { modes = true } = {}) {
   const nodes = {};
   for (const [id, entry] of Object.entries(doc.nodes)) {
-    if (nodeMode(entry)) continue;
+    if ((modes && nodeMode(entry)) || isReroute(graph, entry)) continue;
     const spec = graph.spec(entry.type);
     const inputs = {};
     for (const [name, value] of Object.entries(entry.inputs)) {
@@ -67,10 +84,23 @@ export function promptDocument(graph, doc) {
         continue;
       }
       const wantType = spec?.inputs.find((input) => input.name === name)?.type;
-      const resolved = resolveLink(graph, value, wantType);
+      const resolved = resolveLink(graph, value, wantType, new Set(), modes);
       if (resolved !== undefined) inputs[name] = resolved;
     }
     nodes[id] = { ...entry, inputs };
   }
   return { ...doc, nodes };
+}
+
+export const EDITOR_KEY = "latentflow_editor";
+
+/** The prompt's extra_data carrying the editor's whole `doc` (see the top of this file). */
+export function editorExtraData(doc) {
+  return { extra_pnginfo: { [EDITOR_KEY]: { workflow: doc } } };
+}
+
+/** The editor's document kept in a prompt's `extraData` (history), or null. */
+export function editorWorkflowOf(extraData) {
+  const workflow = extraData?.extra_pnginfo?.[EDITOR_KEY]?.workflow;
+  return workflow && typeof workflow === "object" && workflow.nodes ? workflow : null;
 }

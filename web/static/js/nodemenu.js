@@ -1,4 +1,4 @@
-// The right-click menu of a node: rename, bypass, mute, collapse, colour, duplicate, delete.
+// The right-click menu of a node: rename, bypass, mute, collapse, pin, colour, duplicate, delete.
 
 import { showActions } from "./menus.js";
 import { nodeMode, toggleMode } from "./modes.js";
@@ -23,6 +23,7 @@ export function openNodeMenu(editor, id, clientX, clientY) {
       run: () => toggleMode(graph, ids, "bypassed") },
     { id: "mute", label: `${mode === "muted" ? "Unmute" : "Mute"} (Ctrl+M)`, run: () => toggleMode(graph, ids, "muted") },
     { id: "collapse", label: `${node.ui.collapsed ? "Expand" : "Collapse"} (Alt+C)`, run: () => editor.toggleCollapsed() },
+    { id: "pin", label: `${node.ui.pinned ? "Unpin" : "Pin"} (P)`, run: () => editor.togglePin() },
     { id: "color", label: "Colour…", run: () => showColors(graph, ids, menu, clientX, clientY) },
     { id: "duplicate", label: "Duplicate", run: () => {
       editor.copy();

@@ -1,5 +1,7 @@
 // The side panel: queue (with cancel), history (load, delete) and the image gallery; toasts.
 
+import { editorWorkflowOf } from "./modes.js";
+
 export class Toasts {
   constructor(root) {
     this.root = root;
@@ -106,7 +108,8 @@ export class SidePanel {
       const load = document.createElement("button");
       load.textContent = "load";
       load.title = "load this run's workflow into the editor";
-      load.addEventListener("click", () => this.onLoad(entry.prompt[2]));
+      // the editor's whole document when it sent one (muted and bypassed nodes too), else what ran
+      load.addEventListener("click", () => this.onLoad(editorWorkflowOf(entry.prompt[3]) ?? entry.prompt[2]));
       const remove = document.createElement("button");
       remove.textContent = "×";
       remove.title = "delete from history";

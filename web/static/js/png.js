@@ -1,5 +1,7 @@
 // Reading the workflow that SaveImage embeds in a PNG's text chunks (tEXt, zTXt, iTXt).
 
+import { editorWorkflowOf } from "./modes.js";
+
 const SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
 
 async function inflate(bytes) {
@@ -42,7 +44,8 @@ export async function pngTextChunks(buffer) {
 }
 
 /**
- * The workflow a PNG carries, best for editing first: our own document (any chunk), then
+ * The workflow a PNG carries, best for editing first: the editor's whole document (muted and
+ * bypassed nodes too, under EDITOR_KEY), our own document as it ran (any chunk), then
  * ComfyUI's UI graph (`workflow`: positions and widgets), then ComfyUI's API prompt (`prompt`).
  */
 export async function workflowFromPng(buffer) {
@@ -52,6 +55,8 @@ export async function workflowFromPng(buffer) {
     if (key !== "workflow" && key !== "prompt" && !text.trimStart().startsWith("{")) continue;
     try { parsed[key] = JSON.parse(text); } catch { /* not JSON: not a workflow */ }
   }
+  const editor = editorWorkflowOf({ extra_pnginfo: parsed });
+  if (editor) return editor;
   const ours = Object.values(parsed).find((d) => d && typeof d === "object" && d.nodes && !Array.isArray(d.nodes) && "version" in d);
   if (ours) return ours;
   if (parsed.workflow && Array.isArray(parsed.workflow.nodes)) return parsed.workflow;

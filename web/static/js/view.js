@@ -47,6 +47,10 @@ export class GraphView {
     this.previews = new Map();  // node id -> object URL
     this.times = new Map();  // node id -> {seconds} | {cached: true} (the last run)
     this.tempLink = null;
+    this.settings = null;  // the editor's Settings (link style); null: the defaults
+    this.onDraw = null;  // called after the view moved or links were redrawn (the minimap)
+    this.overlay = null;
+    this.groupLayer = null;  // () => the bottom-right corner fitView keeps clear ({width, height}) or null
   }
 
   // ------------------------------------------------------------------ coordinates
@@ -56,9 +60,11 @@ export class GraphView {
     this.world.style.transform = `translate(${x}px, ${y}px) scale(${scale})`;
     this.canvas.style.backgroundPosition = `${x}px ${y}px`;
     this.canvas.style.backgroundSize = `${24 * scale}px ${24 * scale}px`;
+    this.onDraw?.();
   }
 
-  /** Zoom and pan so that every node is in view (at most 100%). */
+  /** Zoom and pan so that every node is in view (at most 100%), clear of the corner that
+   * `this.overlay()` (the minimap: {width, height} at the bottom right, or null) covers. */
   fitView() {
     const elements = [...this.world.querySelectorAll(".node")];
     const rect = this.canvas.getBoundingClientRect();
@@ -68,10 +74,15 @@ export class GraphView {
       const left = Math.min(...elements.map((e) => e.offsetLeft)), top = Math.min(...elements.map((e) => e.offsetTop));
       const right = Math.max(...elements.map((e) => e.offsetLeft + e.offsetWidth));
       const bottom = Math.max(...elements.map((e) => e.offsetTop + e.offsetHeight));
-      const scale = Math.min(FIT_MAX_SCALE, (rect.width - 2 * FIT_PADDING) / (right - left),
-                             (rect.height - 2 * FIT_PADDING) / (bottom - top));
-      const x = (rect.width - (right - left) * scale) / 2 - left * scale;
-      const y = (rect.height - (bottom - top) * scale) / 2 - top * scale;
+      const fit = (width, height) => Math.min(FIT_MAX_SCALE, (width - 2 * FIT_PADDING) / (right - left),
+                                              (height - 2 * FIT_PADDING) / (bottom - top));
+      // beside the overlay or above it, whichever shows the graph larger
+      const overlay = this.overlay?.() ?? { width: 0, height: 0 };
+      const areas = [[rect.width - overlay.width, rect.height], [rect.width, rect.height - overlay.height]];
+      const [width, height] = areas.reduce((a, b) => (fit(...b) > fit(...a) ? b : a));
+      const scale = fit(width, height);
+      const x = (width - (right - left) * scale) / 2 - left * scale;
+      const y = (height - (bottom - top) * scale) / 2 - top * scale;
       Object.assign(this.graph.view, { x: Math.round(x), y: Math.round(y), scale: Math.round(scale * 1000) / 1000 });
     }
     this.applyTransform();
@@ -99,6 +110,7 @@ export class GraphView {
   // ------------------------------------------------------------------ render
 
   render() {
+    this.groupLayer?.render();  // groups.js: the frames behind the nodes
     for (const element of [...this.world.querySelectorAll(".node")]) element.remove();
     for (const node of this.graph.nodes.values()) this.world.append(this.renderNode(node));
     for (const id of [...this.selection]) if (!this.graph.nodes.has(id)) this.selection.delete(id);
@@ -119,6 +131,8 @@ export class GraphView {
     const mode = nodeMode(node);
     if (mode) element.classList.add(`mode-${mode}`);
     element.classList.toggle("collapsed", !!node.ui.collapsed);
+    element.classList.toggle("pinned", !!node.ui.pinned);
+    element.classList.toggle("reroute", !!spec?.editorOnly);
     if (NODE_COLORS[node.ui.color]) {
       element.dataset.color = node.ui.color;
       element.style.setProperty("--node-color", NODE_COLORS[node.ui.color]);
@@ -142,6 +156,8 @@ export class GraphView {
     const time = Object.assign(document.createElement("span"), { className: "node-time" });
     title.append(...(mode ? [Object.assign(document.createElement("span"), {
       className: "node-mode-badge", textContent: mode === "muted" ? "muted" : "bypass" })] : []), time, badge);
+    if (node.ui.pinned) title.append(Object.assign(document.createElement("span"), {
+      className: "node-pin", textContent: "📌", title: "pinned: cannot be moved (P or the node menu unpins)" }));
     const progress = document.createElement("div");
     progress.className = "node-progress";
     progress.append(Object.assign(document.createElement("div"), { className: "node-progress-bar" }));
@@ -218,9 +234,26 @@ export class GraphView {
     }
   }
 
+  /** A link's SVG path in the "linkStyle" setting: spline (default), straight or orthogonal. */
   linkPath([x1, y1], [x2, y2]) {
+    const style = this.settings?.get("linkStyle");
+    if (style === "straight") return `M ${x1} ${y1} L ${x2} ${y2}`;
+    if (style === "orthogonal") {
+      const mid = x2 > x1 + 40 ? (x1 + x2) / 2 : x1 + 20;
+      return x2 > x1 + 40 ? `M ${x1} ${y1} H ${mid} V ${y2} H ${x2}`
+        : `M ${x1} ${y1} H ${mid} V ${(y1 + y2) / 2} H ${x2 - 20} V ${y2} H ${x2}`;
+    }
     const bend = Math.max(40, Math.abs(x2 - x1) / 2);
     return `M ${x1} ${y1} C ${x1 + bend} ${y1}, ${x2 - bend} ${y2}, ${x2} ${y2}`;
+  }
+
+  /** The type a link carries: a reroute's "*" output carries what flows into it. */
+  linkType(from, output, depth = 0) {
+    const type = this.socketElement(from, "out", output)?.dataset.type;
+    const source = this.graph.nodes.get(from);
+    const passed = source?.inputs.input;
+    if (type !== "*" || !this.graph.spec(source?.type)?.editorOnly || !isLink(passed) || depth > 32) return type;
+    return this.linkType(String(passed[0]), this.graph.outputName(String(passed[0]), passed[1]), depth + 1);
   }
 
   renderLinks() {
@@ -229,7 +262,7 @@ export class GraphView {
       const from = this.socketCenter(link.from, "out", link.output);
       const to = this.socketCenter(link.to, "in", link.input);
       if (!from || !to) continue;
-      const type = this.socketElement(link.from, "out", link.output)?.dataset.type;
+      const type = this.linkType(link.from, link.output);
       paths.push(`<path class="link" data-link="${link.from}:${link.output}->${link.to}:${link.input}" ` +
                  `stroke="${typeColor(type)}" d="${this.linkPath(from, to)}"/>`);
     }
@@ -237,6 +270,7 @@ export class GraphView {
       paths.push(`<path class="link temp${this.tempLink.refused ? " refused" : ""}" d="${this.linkPath(this.tempLink.from, this.tempLink.to)}"/>`);
     }
     this.svg.innerHTML = paths.join("");
+    this.onDraw?.();
   }
 
   moveNodeElements(ids) {
