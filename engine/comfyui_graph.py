@@ -18,6 +18,12 @@ every target, ``Reroute`` passes through, muted nodes (mode 2) are left out toge
 fed only them, bypassed nodes (mode 4) hand an input of the matching type to their consumers,
 notes and groups are ignored, and simple subgraphs are flattened (ids ``"outer:inner"``).
 Anything that cannot be mapped becomes a :class:`GraphProblem` naming the node.
+
+The document for our editor (``ui_graph_to_document(..., editor=True)``) keeps instead what
+the frontend draws but does not run: muted and bypassed nodes stay, with ``ui.mode``, linked
+as drawn, and Reroutes stay as our editor's ``Reroute`` node (input ``input``, output
+``output``); the editor resolves both before it queues (web/static/js/modes.js). Collapsed,
+pinned and colour go to ``ui`` in both documents (:mod:`engine.comfyui_node_state`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
+from engine.comfyui_node_state import node_ui_from_comfy
 from engine.workflow import FORMAT_VERSION, comfyui_prompt_to_document
 
 MUTED, BYPASSED = 2, 4  # litegraph node modes (0 = always)
@@ -32,6 +39,7 @@ CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 UPLOAD_OPTIONS = ("image_upload", "video_upload", "audio_upload")
 PASS_THROUGH_TYPES = frozenset({"Reroute", "Reroute (rgthree)"})  # frontend-only, one in, one out
+REROUTE_TYPE, REROUTE_INPUT = "Reroute", "input"  # our editor's Reroute (graph.js REROUTE_SPEC)
 NOTE_TYPES = frozenset({"Note", "MarkdownNote"})
 SUBGRAPH_INPUT_NODE, SUBGRAPH_OUTPUT_NODE = "-10", "-20"  # litegraph's ids for a subgraph's io nodes
 MAX_SUBGRAPH_DEPTH = 8
@@ -131,15 +139,21 @@ def ui_graph_to_prompt(graph: Mapping[str, Any], object_info: Mapping[str, Any],
     return converter.prompt(), converter.problems
 
 
-def ui_graph_to_document(graph: Mapping[str, Any], object_info: Mapping[str, Any],
+def ui_graph_to_document(graph: Mapping[str, Any], object_info: Mapping[str, Any], *, editor: bool = False,
                          ) -> tuple[dict[str, Any], list[GraphProblem]]:
-    """Convert a UI graph to our document, keeping positions, titles, seed controls and groups."""
-    converter = _Converter(graph, object_info)
+    """Convert a UI graph to our document, keeping positions, titles, seed controls, collapsed,
+    pinned, colours and groups.
+
+    ``editor=False`` gives what runs (muted nodes left out, bypassed nodes and reroutes resolved,
+    as in the API prompt); ``editor=True`` gives what the frontend shows, for our editor: muted and
+    bypassed nodes stay with ``ui.mode`` and Reroutes stay as our ``Reroute`` nodes."""
+    converter = _Converter(graph, object_info, editor=editor)
     prompt = converter.prompt()
     document = comfyui_prompt_to_document(prompt)
     for node_id, entry in document["nodes"].items():
         flat = converter.flats[node_id]
         ui: dict[str, Any] = dict(entry.get("ui") or {})
+        ui.update(node_ui_from_comfy(flat.node, keep_mode=editor))
         pos = flat.node.get("pos")
         if isinstance(pos, Mapping):  # very old graphs: {"0": x, "1": y}
             pos = [pos.get("0"), pos.get("1")]
@@ -253,8 +267,9 @@ def _parse_links(raw: Any) -> dict[str, _UiLink]:
 
 
 class _Converter:
-    def __init__(self, graph: Mapping[str, Any], object_info: Mapping[str, Any]) -> None:
+    def __init__(self, graph: Mapping[str, Any], object_info: Mapping[str, Any], editor: bool = False) -> None:
         self.object_info = object_info
+        self.editor = editor  # keep muted/bypassed nodes and reroutes (the editor's document)
         self.problems: list[GraphProblem] = []
         self.flats: dict[str, _Flat] = {}
         self.controls: dict[str, dict[str, str]] = {}
@@ -328,6 +343,8 @@ class _Converter:
             self._problem(flat, "links form a loop through frontend-only nodes", "remove one of the links of the loop")
             return None
         seen = seen | {key}
+        if self._drawn_only(flat):
+            return _Output(flat.exec_id, slot)
         if flat.mode == BYPASSED:
             index = self._bypass_slot(flat, slot, want_type)
             return None if index < 0 else self.resolve_input(flat, index, want_type, seen)
@@ -390,7 +407,19 @@ class _Converter:
             self._prompt = self._build_prompt()
         return self._prompt
 
+    def _drawn_only(self, flat: _Flat) -> bool:
+        """In the editor's document: a node the frontend draws but does not run as such (muted,
+        bypassed, a reroute), kept for the editor to resolve. Subgraph instances, notes and
+        PrimitiveNodes are not (the editor has none of those)."""
+        if not self.editor or flat.inner is not None or flat.type in NOTE_TYPES or flat.type == "PrimitiveNode":
+            return False
+        if flat.type in self.subgraphs and flat.type not in self.object_info:
+            return False
+        return flat.mode in (MUTED, BYPASSED) or flat.type in PASS_THROUGH_TYPES
+
     def _executable(self, flat: _Flat) -> bool:
+        if self._drawn_only(flat):
+            return True
         if flat.inner is not None or flat.mode in (MUTED, BYPASSED):
             return False
         if flat.type in NOTE_TYPES or flat.type in PASS_THROUGH_TYPES or flat.type == "PrimitiveNode":
@@ -402,15 +431,17 @@ class _Converter:
         fed_muted: dict[str, list[tuple[str, str]]] = {}
         for exec_id, flat in self.flats.items():
             if not self._executable(flat):
+                self._report_left_out(flat)
                 continue
-            info = self.object_info.get(flat.type)
+            reroute = flat.type in PASS_THROUGH_TYPES
+            info = None if reroute else self.object_info.get(flat.type)
             inputs: dict[str, Any] = {}
-            if info is None:
+            if info is None and not reroute:
                 self._report_unknown(flat)
-            else:
+            elif info is not None:
                 inputs.update(self._widget_inputs(flat, info))
             for index, item in enumerate(flat.input_list()):
-                name = str(item.get("name"))
+                name = REROUTE_INPUT if reroute else str(item.get("name"))
                 if item.get("link") is None:
                     continue
                 resolved = self.resolve_input(flat, index, item.get("type"))
@@ -419,14 +450,18 @@ class _Converter:
                 elif isinstance(resolved, _Value) and resolved.value is not None:
                     inputs[name] = {"__value__": resolved.value} if isinstance(resolved.value, list) else resolved.value
                 elif isinstance(resolved, _Muted):
-                    inputs.pop(name, None)  # the frontend drops inputs fed by nodes it leaves out
-                    fed_muted.setdefault(exec_id, []).append((name, resolved.exec_id))
-            entry: dict[str, Any] = {"inputs": inputs, "class_type": flat.type}
+                    if not self.editor:  # the frontend drops inputs fed by nodes it leaves out
+                        inputs.pop(name, None)
+                        fed_muted.setdefault(exec_id, []).append((name, resolved.exec_id))
+            entry: dict[str, Any] = {"inputs": inputs, "class_type": REROUTE_TYPE if reroute else flat.type}
             title = flat.node.get("title")
             if isinstance(title, str) and title:
                 entry["_meta"] = {"title": title}
             prompt[exec_id] = entry
-        self._prune(prompt)
+        if self.editor:  # everything drawn stays on the canvas; only links to what is not there go
+            self._drop_dangling_links(prompt)
+        else:
+            self._prune(prompt)
         for exec_id, feeds in fed_muted.items():
             if exec_id in prompt:
                 for name, source in feeds:
@@ -434,6 +469,15 @@ class _Converter:
                                   "so it is left out", "unmute that node or link another source",
                                   name, "warning", "muted_source")
         return prompt
+
+    def _report_left_out(self, flat: _Flat) -> None:
+        """The editor's document lacks a muted or bypassed subgraph: say so (it is drawn in ComfyUI)."""
+        if self.editor and flat.mode in (MUTED, BYPASSED) and flat.inner is None and flat.type in self.subgraphs:
+            state = "muted" if flat.mode == MUTED else "bypassed"
+            self._problem(flat, f"this subgraph is {state}; the editor cannot show a {state} subgraph, so it is "
+                                "left out" + (" and its inputs pass through" if flat.mode == BYPASSED else ""),
+                          f"un{'mute' if flat.mode == MUTED else 'bypass'} it (or unpack it) in ComfyUI and save "
+                          "again to keep it", severity="warning", code="subgraph_mode")
 
     def _report_unknown(self, flat: _Flat) -> None:
         values = flat.node.get("widgets_values")

@@ -7,7 +7,11 @@ widget order with the seed-control entry ("fixed" unless our editor's ``ui.contr
 otherwise) and the upload-button entry where the frontend has those widgets. Positions come
 from ``layout``, else from our ``ui.pos``, else from a left-to-right layout by depth.
 Ids that are not plain integers get fresh integers; the original id is kept in
-``properties["latentflow_id"]`` so that converting back restores it.
+``properties["latentflow_id"]`` so that converting back restores it. The editor's node state
+goes out as the frontend keeps it: ``ui.mode`` as ``mode`` (muted 2, bypassed 4),
+``ui.collapsed`` / ``ui.pinned`` as ``flags``, ``ui.color`` as ``color``/``bgcolor``
+(:mod:`engine.comfyui_node_state`), and our editor's ``Reroute`` nodes as ComfyUI's Reroute
+(one unnamed ``*`` input, one output typed after what it carries).
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from engine.comfyui_graph import (
-    CONTROL_VALUES, InputSlot, catalogue_inputs, output_names, output_types,
+    CONTROL_VALUES, REROUTE_INPUT, REROUTE_TYPE, GraphProblem, InputSlot, catalogue_inputs, output_names,
+    output_types,
 )
+from engine.comfyui_node_state import comfy_fields_from_ui
 from engine.workflow import Link, NodeInstance, comfyui_prompt_to_document, document_to_workflow, is_comfyui_prompt
 
 COLUMN_WIDTH, ROW_HEIGHT, MARGIN = 380, 280, 50
@@ -46,7 +52,7 @@ def build_ui_graph(document_or_prompt: Mapping[str, Any], object_info: Mapping[s
     for node_id, instance in workflow.nodes.items():
         target = by_id[node_id]
         for slot, item in enumerate(target["inputs"]):
-            value = instance.inputs.get(item["name"])
+            value = instance.inputs.get(target.get("_reroute_input") or item["name"])
             if not isinstance(value, Link) or value.node_id not in by_id:
                 continue
             origin = by_id[value.node_id]
@@ -57,6 +63,7 @@ def build_ui_graph(document_or_prompt: Mapping[str, Any], object_info: Mapping[s
             item["link"] = link_id
             outgoing = origin["outputs"][origin_slot]
             outgoing["links"] = [*(outgoing["links"] or []), link_id]
+    _type_reroutes(nodes, links)
 
     groups = ((document.get("ui") or {}).get("comfyui") or {}).get("groups") or []
     return {
@@ -71,11 +78,29 @@ def build_ui_graph(document_or_prompt: Mapping[str, Any], object_info: Mapping[s
     }
 
 
+def export_problems(document_or_prompt: Mapping[str, Any], object_info: Mapping[str, Any]) -> list[GraphProblem]:
+    """What :func:`build_ui_graph` cannot write as ComfyUI expects: nodes the catalogue does not
+    know go out without widget names. Our editor's Reroute is not one of them (it becomes the
+    frontend's Reroute)."""
+    document = (comfyui_prompt_to_document(document_or_prompt) if is_comfyui_prompt(document_or_prompt)
+                else document_or_prompt)
+    nodes = document.get("nodes") if isinstance(document.get("nodes"), Mapping) else {}
+    return [GraphProblem(f"node type {entry.get('type')!r} is not in the node catalogue; its values were written "
+                         "in document order and ComfyUI may not place them", str(node_id), str(entry.get("type")),
+                         hint="install the node pack that provides it, or replace the node",
+                         severity="warning", code="unknown_type")
+            for node_id, entry in nodes.items()
+            if isinstance(entry, Mapping) and entry.get("type") not in object_info
+            and entry.get("type") != REROUTE_TYPE]
+
+
 def _ui_node(instance: NodeInstance, info: Mapping[str, Any] | None, ui_id: int, pos: list[float],
              order: int) -> dict[str, Any]:
     properties: dict[str, Any] = {"Node name for S&R": instance.type}
     if str(ui_id) != instance.id:
         properties["latentflow_id"] = instance.id
+    if instance.type == REROUTE_TYPE and info is None:  # our editor's Reroute -> the frontend's
+        return _reroute_node(instance, ui_id, pos, order, properties)
     if info is not None:
         slots = catalogue_inputs(info)
         inputs = [_socket(s) for s in slots if not s.is_widget]
@@ -96,13 +121,48 @@ def _ui_node(instance: NodeInstance, info: Mapping[str, Any] | None, ui_id: int,
     entry: dict[str, Any] = {
         "id": ui_id, "type": instance.type, "pos": pos,
         "size": [NODE_WIDTH, TITLE_HEIGHT + SLOT_HEIGHT * socket_rows + 26 * widget_rows + 10],
-        "flags": {}, "order": order, "mode": 0,
+        "order": order, **comfy_fields_from_ui(instance.ui),
         "inputs": inputs, "outputs": outputs, "properties": properties, "widgets_values": widgets_values,
     }
     title = instance.ui.get("title")
     if isinstance(title, str) and title:
         entry["title"] = title
     return entry
+
+
+def _reroute_node(instance: NodeInstance, ui_id: int, pos: list[float], order: int,
+                  properties: dict[str, Any]) -> dict[str, Any]:
+    """A Reroute as the frontend saves one; its output type is set once its links are known."""
+    properties = {**properties, "showOutputText": False, "horizontal": False}
+    entry: dict[str, Any] = {
+        "id": ui_id, "type": REROUTE_TYPE, "pos": pos, "size": [75, 26], "order": order,
+        **comfy_fields_from_ui(instance.ui),
+        "inputs": [{"name": "", "type": "*", "link": None}],
+        "outputs": [{"name": "", "type": "*", "links": None, "slot_index": 0}],
+        "properties": properties,
+    }
+    entry["_reroute_input"] = REROUTE_INPUT  # which of our inputs is its socket (removed below)
+    return entry
+
+
+def _type_reroutes(nodes: list[dict[str, Any]], links: list[list[Any]]) -> None:
+    """A Reroute's output (and the links out of it) take the type of what flows into it,
+    following chains of Reroutes; as the frontend does."""
+    by_id = {n["id"]: n for n in nodes}
+    reroutes = [n for n in nodes if n.pop("_reroute_input", None) is not None]
+    for _ in range(len(reroutes)):
+        changed = False
+        for node in reroutes:
+            incoming = node["inputs"][0]["link"]
+            link = next((l for l in links if l[0] == incoming), None)
+            kind = by_id[link[1]]["outputs"][link[2]]["type"] if link is not None else "*"
+            if node["outputs"][0]["type"] != kind:
+                node["outputs"][0]["type"] = kind
+                changed = True
+        if not changed:
+            break
+    for link in links:
+        link[5] = by_id[link[1]]["outputs"][link[2]]["type"]
 
 
 def _socket(slot: InputSlot) -> dict[str, Any]:
@@ -129,6 +189,8 @@ def _widget_values(instance: NodeInstance, slots: list[InputSlot]) -> list[Any]:
 
 def _output_slot(origin: Mapping[str, Any], output: str | int) -> int:
     outputs = origin["outputs"]
+    if origin.get("_reroute_input"):  # one output, whatever our link calls it
+        return 0
     if isinstance(output, int) or (isinstance(output, str) and output.isdigit()):
         index = int(output)
     else:

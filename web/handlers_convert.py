@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.comfyui_graph import GraphProblem, is_ui_graph, prompt_to_ui_graph, ui_graph_to_document
+from engine.comfyui_graph_export import export_problems
 from engine.workflow import comfyui_prompt_to_document, is_comfyui_prompt
 from web.keys import REGISTRY
 
@@ -49,7 +50,8 @@ async def convert_workflow(request: web.Request) -> web.Response:
     problems: list[GraphProblem] = []
     if target == "latentflow":
         if source == "comfyui-ui":
-            converted, problems = ui_graph_to_document(workflow, object_info)
+            # the editor shows what the file has: muted and bypassed nodes, reroutes, flags and colours
+            converted, problems = ui_graph_to_document(workflow, object_info, editor=True)
         elif source == "comfyui-api":
             converted = comfyui_prompt_to_document(workflow)
         else:
@@ -59,17 +61,5 @@ async def convert_workflow(request: web.Request) -> web.Response:
             converted = workflow
         else:
             converted = prompt_to_ui_graph(workflow, object_info)
-            problems = _export_problems(workflow, object_info)
+            problems = export_problems(workflow, object_info)
     return web.json_response({"workflow": converted, "from": source, "problems": [p.to_dict() for p in problems]})
-
-
-def _export_problems(workflow: dict[str, Any], object_info: dict[str, Any]) -> list[GraphProblem]:
-    """Nodes the catalogue does not know go out without widget names: say so."""
-    document = comfyui_prompt_to_document(workflow) if is_comfyui_prompt(workflow) else workflow
-    nodes = document.get("nodes") if isinstance(document.get("nodes"), dict) else {}
-    return [GraphProblem(f"node type {entry.get('type')!r} is not in the node catalogue; its values were written "
-                         "in document order and ComfyUI may not place them", str(node_id), str(entry.get("type")),
-                         hint="install the node pack that provides it, or replace the node",
-                         severity="warning", code="unknown_type")
-            for node_id, entry in nodes.items()
-            if isinstance(entry, dict) and entry.get("type") not in object_info]

@@ -62,15 +62,15 @@ def test_dropping_a_comfyui_workflow_brings_nodes_links_and_widget_values(page, 
     open_editor(page, server.url)
     new_canvas(page)
     drop_file(page, "ui.json", json.dumps(comfyui_graph(server)).encode(), "application/json")
-    wait_for_node_count(page, 7)  # the Reroute and the PrimitiveNode dissolve into links and values
-    assert link_count(page) == 9
+    wait_for_node_count(page, 8)  # the Reroute stays (the editor's own); the PrimitiveNode becomes a value
+    assert link_count(page) == 10
     assert page.input_value('[data-node-id="5"] [data-widget="seed"] input') == "4242"
     assert page.input_value('[data-node-id="2"] [data-widget="text"] textarea') == "a primitive prompt"
     document = autosaved(page)
-    assert document["nodes"]["6"]["inputs"]["vae"] == ["1", "vae"]  # through the Reroute
+    assert document["nodes"]["6"]["inputs"]["vae"] == ["8", "output"]  # through the Reroute, kept
     assert document["nodes"]["5"]["ui"]["pos"] == [700, 90]
     assert document["nodes"]["5"]["ui"]["controls"] == {"seed": "randomize"}
-    assert page.locator(".toast", has_text="opened ComfyUI workflow ui.json: 7 nodes, 9 links").count() == 1
+    assert page.locator(".toast", has_text="opened ComfyUI workflow ui.json: 8 nodes, 10 links").count() == 1
     screenshot(page, "comfyui-ui-workflow-dropped")
 
 
@@ -86,7 +86,7 @@ def test_what_could_not_be_mapped_is_said_on_screen(page, server):
     assert "node 20 (FancyUpscaler): node type 'FancyUpscaler' is not in the node catalogue" in text
     assert "[2, 'lanczos']" in text or "[2.0, 'lanczos']" in text
     assert "install the node pack" in text
-    wait_for_node_count(page, 8)
+    wait_for_node_count(page, 9)
 
 
 def test_a_comfyui_png_opens_its_ui_workflow(page, server, tmp_path):
@@ -97,7 +97,7 @@ def test_a_comfyui_png_opens_its_ui_workflow(page, server, tmp_path):
     path.write_bytes(png_bytes(8, 8, (1, 2, 3), {"prompt": json.dumps(prompt),
                                                   "workflow": json.dumps(comfyui_graph(server))}))
     page.set_input_files("#file-input", str(path))
-    wait_for_node_count(page, 7)  # the UI graph (with positions), not the one-node prompt
+    wait_for_node_count(page, 8)  # the UI graph (with positions), not the one-node prompt
     assert page.input_value('[data-node-id="5"] [data-widget="seed"] input') == "4242"
     assert autosaved(page)["nodes"]["5"]["ui"]["pos"] == [700, 90]
 
@@ -172,3 +172,97 @@ def test_comfyui_frontend_opens_our_export_and_agrees_with_our_conversion(browse
         # The frontend sends what fed only left-out nodes too (ComfyUI never runs it); we leave it out.
         assert stripped == {k: v for k, v in theirs.items() if k in stripped}
         assert set(stripped) <= set(theirs)
+
+
+def test_save_as_comfyui_keeps_modes_flags_and_colours(page, server):
+    """Muted, bypassed, collapsed, pinned and coloured nodes go out as the ComfyUI frontend
+    keeps them (mode 2 / 4, flags, color / bgcolor), and come back into our document."""
+    from engine.comfyui_graph import ui_graph_to_document
+
+    open_editor(page, server.url)
+    document = txt2img_document()
+    document["nodes"]["2"]["ui"]["mode"] = "bypassed"
+    document["nodes"]["3"]["ui"].update(collapsed=True, pinned=True, color="red")
+    document["nodes"]["8"] = {"type": "SaveImage", "inputs": {"images": ["6", "image"], "filename_prefix": "muted"},
+                              "ui": {"pos": [1300, 260], "mode": "muted"}}
+    page.evaluate("doc => window.latentflow.load(doc, 'modes')", document)
+    wait_for_node_count(page, 8)
+    page.wait_for_selector('[data-node-id="8"].mode-muted')
+    with page.expect_download() as download:
+        page.click("#save-comfyui-button")
+    graph = json.loads(open(download.value.path(), encoding="utf-8").read())
+    nodes = {n["id"]: n for n in graph["nodes"]}
+    assert {i: (n["mode"], n["flags"]) for i, n in nodes.items()} == {
+        1: (0, {}), 2: (4, {}), 3: (0, {"collapsed": True, "pinned": True}), 4: (0, {}), 5: (0, {}), 6: (0, {}),
+        7: (0, {}), 8: (2, {})}
+    assert (nodes[3]["color"], nodes[3]["bgcolor"]) == ("#322", "#533")
+    assert all("color" not in n for i, n in nodes.items() if i != 3)
+    info = object_info(server)
+    prompt, _ = ui_graph_to_prompt(graph, info)
+    assert set(prompt) == {"1", "3", "4", "5", "6", "7"}  # muted 8 left out, bypassed 2 too
+    assert "positive" not in prompt["5"]["inputs"]  # a TextEncode has no CONDITIONING input to hand on
+    back, problems = ui_graph_to_document(graph, info, editor=True)
+    assert problems == []
+    assert {i: n.get("ui", {}).get("mode") for i, n in back["nodes"].items()} == {
+        "1": None, "2": "bypassed", "3": None, "4": None, "5": None, "6": None, "7": None, "8": "muted"}
+    assert {k: back["nodes"]["3"]["ui"][k] for k in ("collapsed", "pinned", "color")} == {
+        "collapsed": True, "pinned": True, "color": "red"}
+
+
+def test_comfyui_frontend_reads_our_modes_flags_colours_and_reroutes(browser, settings):
+    """Our export with a Reroute, a muted, a bypassed and a collapsed pinned red node, opened by
+    ComfyUI's own frontend: it sees the same node state, queues what we would, and the graph
+    it saves converts back to the editor's document we started from."""
+    pytest.importorskip("comfyui_frontend_package", reason="the optional ComfyUI frontend is not installed")
+    from engine.comfyui_graph import ui_graph_to_document
+
+    user = settings.root / "user" / "comfyui"
+    user.mkdir(parents=True)
+    (user / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+    document = txt2img_document(seed=5)
+    document["nodes"]["8"] = {"type": "Reroute", "inputs": {"input": ["1", "vae"]}, "ui": {"pos": [800, 400]}}
+    document["nodes"]["6"]["inputs"]["vae"] = ["8", "output"]
+    document["nodes"]["3"]["ui"].update(collapsed=True, pinned=True, color="red")
+    document["nodes"]["2"]["ui"]["mode"] = "bypassed"
+    document["nodes"]["9"] = {"type": "SaveImage", "inputs": {"images": ["6", "image"], "filename_prefix": "m"},
+                              "ui": {"pos": [1300, 300], "mode": "muted"}}
+    app = create_app(make_fake_registry(None, settings.input_dir), settings, frontend="comfyui")
+    with ServerThread(app) as server:
+        info = object_info(server)
+        graph = prompt_to_ui_graph(document, info)
+        context = browser.new_context(viewport={"width": 1500, "height": 900})
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        try:
+            page.goto(server.url)
+            wait_until(page, "() => !!(window.app && window.app.graph && window.LiteGraph)", timeout=60)
+            page.keyboard.press("Escape")
+            page.evaluate("g => window.app.loadGraphData(g)", graph)
+            result = page.evaluate("""async () => {
+                const state = window.app.graph._nodes.map((n) => ({ id: n.id, type: n.type, mode: n.mode,
+                    flags: { ...n.flags }, color: n.color ?? null, bgcolor: n.bgcolor ?? null }));
+                const { output, workflow } = await window.app.graphToPrompt();
+                return { state, output, workflow: JSON.parse(JSON.stringify(workflow)) };
+            }""")
+            screenshot(page, "comfyui-frontend-opened-our-modes")
+        finally:
+            context.close()
+    assert not errors, errors
+    state = {int(s["id"]): s for s in result["state"]}  # (this frontend keeps ids as strings)
+    assert state[8]["type"] == "Reroute"
+    assert {i: s["mode"] for i, s in state.items()} == {1: 0, 2: 4, 3: 0, 4: 0, 5: 0, 6: 0, 7: 0, 8: 0, 9: 2}
+    assert state[3]["flags"].get("collapsed") is True and state[3]["flags"].get("pinned") is True
+    assert (state[3]["color"], state[3]["bgcolor"]) == ("#322", "#533")
+    ours, _ = ui_graph_to_prompt(graph, info)
+    theirs = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in result["output"].items()}
+    stripped = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in ours.items()}
+    assert stripped == {k: v for k, v in theirs.items() if k in stripped}
+    assert set(stripped) == {"1", "3", "4", "5", "6", "7"} and stripped["6"]["inputs"]["vae"] == ["1", 2]
+    back, problems = ui_graph_to_document(result["workflow"], info, editor=True)
+    assert problems == []
+    assert {i: (n["type"], n.get("ui", {}).get("mode")) for i, n in back["nodes"].items()} == {
+        i: (n["type"], n["ui"].get("mode")) for i, n in document["nodes"].items()}
+    assert back["nodes"]["6"]["inputs"]["vae"] == ["8", 0] and back["nodes"]["8"]["inputs"]["input"] == ["1", 2]
+    assert {k: back["nodes"]["3"]["ui"].get(k) for k in ("collapsed", "pinned", "color")} == {
+        "collapsed": True, "pinned": True, "color": "red"}

@@ -280,7 +280,8 @@ def test_a_reroute_passes_its_link_on_and_is_resolved_before_queueing_and_export
     with page.expect_download():
         page.click("#save-comfyui-button")
     exported = next(body for url, body in sent if url.endswith("/api/convert"))["workflow"]["nodes"]
-    assert reroute not in exported and exported["7"]["inputs"]["images"] == ["6", "image"]
+    # ComfyUI has Reroutes too: the export keeps it (engine.comfyui_graph_export writes ComfyUI's Reroute)
+    assert exported[reroute]["type"] == "Reroute" and exported["7"]["inputs"]["images"] == [reroute, "output"]
 
     page.reload()
     page.wait_for_selector("body[data-ready=true]")

@@ -3,7 +3,6 @@
 // methods use its api, graph, view, toasts, load() and notify().
 
 import { describeProblem, downloadJson, isUiGraph, problemsByNode } from "./comfyui.js";
-import { promptDocument } from "./modes.js";
 import { workflowFromPng } from "./png.js";
 
 export class EditorFiles {
@@ -58,8 +57,8 @@ export class EditorFiles {
   /** Download the workflow in ComfyUI's UI format (its frontend opens it). */
   async saveComfyFile() {
     try {
-      // reroutes are the editor's own: the links go straight (ComfyUI's frontend draws its own)
-      const doc = promptDocument(this.graph, this.graph.toDocument(), { modes: false });
+      // the whole document: modes, flags, colours and reroutes go out as ComfyUI's
+      const doc = this.graph.toDocument();
       const { workflow, problems } = await this.api.convert("comfyui", doc);
       downloadJson(workflow, `${this.graph.meta.title || this.graph.meta.name || "workflow"}.comfyui.json`);
       if (problems.length) {
