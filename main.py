@@ -161,12 +161,15 @@ def build_registry(custom_nodes: Path | None = ROOT / "custom_nodes", entry_poin
     return registry
 
 
-def build_backend(settings, custom_nodes: Path | None, *, workers: int | None = None, ray_address: str | None = None):
+def build_backend(settings, custom_nodes: Path | None, *, workers: int | None = None, ray_address: str | None = None,
+                  worker_files: str | None = None):
     """The execution backend for ``--workers N`` / ``--ray ADDRESS``: workers that build this
-    installation's registry themselves (``build_registry`` pickles by name)."""
+    installation's registry themselves (``build_registry`` pickles by name). ``worker_files``:
+    ``send`` (files travel back to this server) or ``shared`` (one folder all workers write)."""
     from cluster import backend_for
 
-    return backend_for(build_registry, settings, custom_nodes, workers=workers, ray_address=ray_address)
+    return backend_for(build_registry, settings, custom_nodes, workers=workers, ray_address=ray_address,
+                       worker_files=worker_files)
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:

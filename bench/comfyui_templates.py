@@ -168,6 +168,9 @@ def upscale_stand_in(path: Path) -> Path:
         return shipped
     import torch
     from safetensors.torch import save_file
+    from sgm.io.upscalers import import_spandrel
+
+    import_spandrel()  # torchvision may be a stand-in (see there)
     from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
 
     torch.manual_seed(0)

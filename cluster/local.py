@@ -2,24 +2,30 @@
 
 Each worker is a spawned process (:func:`cluster.worker.process_main`) with its own
 registry, model cache and executor, talking to the server over a pipe; a reader thread per
-worker forwards its events, in order, to the queue. Outputs land in the installation's
-output folder, which the workers share with the server. A worker that dies is noticed by
+worker forwards its events, in order, to the queue. By default (``files="shared"``) the
+workers write outputs into the installation's output folder themselves. A worker that dies is noticed by
 its pipe closing: the prompt it ran is reported lost (the queue runs it again elsewhere)
-and a new worker is started in its place (bounded, so a crash loop ends).
+and a new worker is started in its place (bounded, so a crash loop ends). With
+``setup.files="send"`` the workers write into scratch folders and send their files back
+(:mod:`cluster.files`); the server lands them in ``server_settings``' folders.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
+from cluster.files import Landing
 from cluster.worker import WorkerSetup, describe_exit, portable_services, process_main
 from engine.backends import RunRequest, WorkerInfo, WorkerLost, WorkerRunError
 from engine.scheduler import Event, RunResult
+from engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,8 @@ class _Call:
     result: RunResult | None = None
     error: tuple[str, str] | None = None
     lost: str | None = None
+    landing: Landing | None = None  # files="send": where the run's files go
+    landing_error: str | None = None
 
 
 @dataclass
@@ -56,10 +64,14 @@ class _Worker:
 class LocalWorkers:
     """An execution backend (``engine.backends.Backend``) of ``count`` local processes."""
 
-    def __init__(self, setup: WorkerSetup, count: int, *, max_restarts: int | None = None) -> None:
+    def __init__(self, setup: WorkerSetup, count: int, *, max_restarts: int | None = None,
+                 server_settings: Settings | None = None) -> None:
         if count < 1:
             raise ValueError(f"--workers must be at least 1, got {count}")
         self.setup = setup
+        self.server_settings = server_settings or setup.settings
+        # files="send": per worker, the names its files got here (its cached UI names them again)
+        self._known: dict[str, dict[tuple[str, str], Path]] = {}
         self.count = count
         self._context = multiprocessing.get_context("spawn")  # no fork: threads and torch state stay behind
         self._workers: dict[str, _Worker] = {}
@@ -134,6 +146,14 @@ class LocalWorkers:
         with self._lock:
             return [w.info for w in self._workers.values() if w.info is not None and w.alive]
 
+    def status(self) -> dict[str, Any]:
+        """As ``RayWorkers.status``: ``state`` (starting, ready, failed) and the worker ids."""
+        with self._lock:
+            ready = sorted(w.worker_id for w in self._workers.values() if w.info is not None and w.alive)
+            starting = sorted(w.worker_id for w in self._workers.values() if w.info is None and w.alive)
+            state = "ready" if ready else ("starting" if starting else "failed")
+            return {"state": state, "ready": ready, "starting": starting, "errors": list(self.start_errors[-5:])}
+
     def run(self, worker_id: str, request: RunRequest, on_event: Callable[[Event], None]) -> RunResult:
         with self._lock:
             worker = self._workers.get(worker_id)
@@ -142,6 +162,9 @@ class LocalWorkers:
             if worker.call is not None:
                 raise RuntimeError(f"worker {worker_id} is already running {worker.call.prompt_id}")
             call = worker.call = _Call(request.prompt_id, on_event)
+            if self.setup.files == "send":
+                call.landing = Landing.for_settings(self.server_settings, self.setup.files_limit,
+                                                    self._known.setdefault(worker_id, {}))
         try:
             try:
                 worker.send(("run", request.prompt_id, request.workflow, portable_services(request.services)))
@@ -159,11 +182,17 @@ class LocalWorkers:
         finally:
             with self._lock:
                 worker.call = None
+            if call.landing is not None and (call.result is None or call.landing_error):
+                call.landing.abort()
         if call.lost is not None:
             raise WorkerLost(worker_id, call.lost)
         if call.error is not None:
             raise WorkerRunError(*call.error)
+        if call.landing_error is not None:
+            raise WorkerRunError(f"the files worker {worker_id} sent back could not be stored: {call.landing_error}")
         assert call.result is not None
+        if call.landing is not None:
+            return dataclasses.replace(call.result, outputs=call.landing.rewrite(call.result.outputs))
         return call.result
 
     def free(self, *, unload_models: bool, free_memory: bool) -> None:
@@ -204,7 +233,7 @@ class LocalWorkers:
                 self.start_errors.append(str(message[1]))
                 self._changed.notify_all()
             log.error("worker %s could not start: %s\n%s", worker.worker_id, message[1], message[2])
-        elif kind in ("event", "result", "error"):
+        elif kind in ("event", "file", "result", "error"):
             call = worker.call
             if call is None or call.prompt_id != message[1]:
                 log.warning("worker %s: a %s for prompt %s, which it is not running", worker.worker_id, kind,
@@ -215,6 +244,15 @@ class LocalWorkers:
                     call.on_event(message[2])
                 except Exception:  # the queue's listener failing must not stop this reader
                     log.exception("forwarding an event of worker %s failed", worker.worker_id)
+                return
+            if kind == "file":
+                if call.landing is None or call.landing_error is not None:
+                    return
+                try:
+                    call.landing.add(message[2])
+                except (OSError, ValueError, RuntimeError) as error:  # reported with the result
+                    call.landing_error = f"{type(error).__name__}: {error}"
+                    log.error("storing a file of worker %s failed: %s", worker.worker_id, call.landing_error)
                 return
             if kind == "result":
                 call.result = message[2]

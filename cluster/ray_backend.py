@@ -13,12 +13,25 @@ actor runs two methods at once: a run and a cancel). An actor that dies mid-run 
 worker) and a new actor takes the dead one's place. Without a fixed ``count`` the backend
 sizes itself by the cluster: one actor per ``num_gpus`` GPUs (or ``num_cpus`` CPUs), and a
 watcher looks at the cluster's resources every ``poll_s`` seconds, so that a machine that
-joins later (``ray start --address=HEAD``) gets actors and work. Outputs are written by the actor into
-the server's output folder, which must be shared storage when actors run on other machines.
+joins later (``ray start --address=HEAD``) gets actors and work.
+
+Output files (:mod:`cluster.files`): with ``setup.files="send"`` (``serve --ray``'s
+default) an actor writes each run into a scratch folder of its machine and yields the
+files it wrote, in chunks, after the run's events; the server lands them in
+``server_settings``' folders. With ``"shared"`` actors write into the server's output
+folder, which must then be storage every machine shares.
+
+Start-up does not hold the server: ``ray.init`` (about 2-10 s) and the actors' start run in
+a thread of their own. Ray 2.60 allows ``ray.init`` off the main thread (it then only skips
+its SIGTERM handler, with a warning; the server handles SIGTERM itself), but that thread
+must live on: once the thread that called ``ray.init`` has ended, new actors of the driver
+are never placed (seen with 2.60: ``ray.get`` of their first call times out). So the
+thread stays, as the watcher of the cluster's size (or idle) until :meth:`stop`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -27,9 +40,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from cluster.files import FilePart, Landing, remove_folder
 from cluster.worker import WorkerRuntime, WorkerSetup, portable_event, portable_services
 from engine.backends import RunRequest, WorkerInfo, WorkerLost, WorkerRunError
 from engine.scheduler import Event, RunResult
+from engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +54,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 class RayWorker:
     """The actor: a :class:`WorkerRuntime` plus the cancel event of the prompt it runs."""
 
-    def __init__(self, setup: WorkerSetup) -> None:
-        self.runtime = WorkerRuntime(setup)
+    def __init__(self, setup: WorkerSetup, worker_id: str = "ray") -> None:
+        self.runtime = WorkerRuntime(setup, worker_id)
         self._cancels: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
@@ -48,22 +63,28 @@ class RayWorker:
         return os.getpid(), socket.gethostname()
 
     def run(self, prompt_id: str, workflow: Any, services: dict[str, Any]) -> Iterator[tuple[str, Any]]:
-        """Yields ``("event", Event)``... then ``("result", RunResult)``."""
+        """Yields ``("event", Event)``... (``("file", FilePart)``... after them with
+        ``files="send"``) then ``("result", RunResult)``."""
         with self._lock:
             cancel = self._cancels.setdefault(prompt_id, threading.Event())
-        events: list[Event] = []
+        events: list[tuple[str, Any]] = []
         done = threading.Event()
         outcome: dict[str, Any] = {}
         wake = threading.Condition()
 
         def emit(event: Event) -> None:
             with wake:
-                events.append(portable_event(event))
+                events.append(("event", portable_event(event)))
+                wake.notify()
+
+        def send_file(part: FilePart) -> None:
+            with wake:
+                events.append(("file", part))
                 wake.notify()
 
         def work() -> None:
             try:
-                outcome["result"] = self.runtime.run(prompt_id, workflow, services, emit, cancel)
+                outcome["result"] = self.runtime.run(prompt_id, workflow, services, emit, cancel, send_file)
             except BaseException as error:  # reported to the server as an engine failure
                 outcome["error"] = error
             with wake:
@@ -79,8 +100,8 @@ class RayWorker:
                         wake.wait()
                     batch, events[:] = list(events), []
                     finished = done.is_set()
-                for event in batch:
-                    yield "event", event
+                for item in batch:
+                    yield item
                 if finished:
                     break
         finally:
@@ -97,17 +118,26 @@ class RayWorker:
     def free(self, unload_models: bool, free_memory: bool) -> None:
         self.runtime.free(unload_models, free_memory)
 
+    def close(self) -> None:
+        """Remove the scratch folder (``files="send"``) before the actor is killed."""
+        if self.runtime.folder is not None:
+            remove_folder(self.runtime.folder)
+
 
 class RayWorkers:
     """An execution backend (``engine.backends.Backend``) of Ray actors."""
 
     def __init__(self, setup: WorkerSetup, address: str, count: int | None = None, max_restarts: int | None = None,
-                 num_cpus: float = 1.0, num_gpus: float = 0.0, poll_s: float = 5.0) -> None:
+                 num_cpus: float = 1.0, num_gpus: float = 0.0, poll_s: float = 5.0,
+                 server_settings: Settings | None = None) -> None:
         import ray  # noqa: F401  (fail at start-up, with pip's hint, when the extra is missing)
 
         if count is not None and count < 1:
             raise ValueError(f"--workers must be at least 1, got {count}")
         self.setup, self.address, self.count = setup, address, count
+        self.server_settings = server_settings or setup.settings
+        # files="send": per worker, the names its files got here (its cached UI names them again)
+        self._known: dict[str, dict[tuple[str, str], Path]] = {}
         self.num_cpus, self.num_gpus = num_cpus, num_gpus
         self._actors: dict[str, Any] = {}  # worker id -> actor handle (ready or starting)
         self._ready: dict[str, WorkerInfo] = {}
@@ -118,6 +148,7 @@ class RayWorkers:
         self._stopping = False
         self._owns_ray = False
         self._starter: threading.Thread | None = None
+        self._started = threading.Event()  # connected and the first actors asked for (or failed)
         self._poll_s = poll_s
         self._stopped = threading.Event()
         self.start_errors: list[str] = []
@@ -125,13 +156,26 @@ class RayWorkers:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, on_change: Callable[[], None]) -> None:
-        """Connect (or start Ray for ``local``) on the calling thread (Ray wants the main
-        thread: its signal handlers), then start the actors in a thread: a server answers
-        while they load."""
+        """Connect (or start Ray for ``local``) and start the actors, in a thread: a server
+        answers while Ray connects and the actors load (:meth:`wait_ready` waits for them)."""
         self._on_change = on_change
-        if self._connect():
-            self._starter = threading.Thread(target=self._start, name="ray-start", daemon=True)
-            self._starter.start()
+        self._starter = threading.Thread(target=self._connect_and_start, name="ray-start", daemon=True)
+        self._starter.start()
+
+    def _connect_and_start(self) -> None:
+        """The thread that calls ``ray.init``; it lives until :meth:`stop` (see above)."""
+        began = time.perf_counter()
+        try:
+            if not self._connect() or self._stopped.is_set():
+                return
+            log.info("connected to the Ray cluster at %s in %.1fs", self.address, time.perf_counter() - began)
+            started = self._start()
+        finally:
+            self._started.set()
+        if started and self.count is None:
+            self._watch_capacity()
+        else:
+            self._stopped.wait()
 
     def _connect(self) -> bool:
         import ray
@@ -163,7 +207,7 @@ class RayWorkers:
             return int(resources.get("GPU", 0) // self.num_gpus)
         return max(1, int(resources.get("CPU", 1) // self.num_cpus))
 
-    def _start(self) -> None:
+    def _start(self) -> bool:
         try:
             count = self.count or self.capacity()
             if self._restarts_left is None:
@@ -175,12 +219,11 @@ class RayWorkers:
             with self._lock:
                 self.start_errors.append(f"{type(error).__name__}: {error}")
                 self._lock.notify_all()
-            return
-        if self.count is None:
-            threading.Thread(target=self._watch_capacity, name="ray-capacity", daemon=True).start()
+            return False
+        return True
 
     def _watch_capacity(self) -> None:
-        """Start actors for machines that join the cluster later (a thread of its own)."""
+        """Start actors for machines that join the cluster later (on the starter thread)."""
         while not self._stopped.wait(self._poll_s):
             try:
                 missing = self.capacity() - len(self._actors)
@@ -203,7 +246,7 @@ class RayWorkers:
         actor_class = ray.remote(RayWorker).options(num_cpus=self.num_cpus, num_gpus=self.num_gpus,
                                                     max_concurrency=2, max_restarts=0,
                                                     name=None, lifetime=None)
-        actor = actor_class.remote(self.setup)
+        actor = actor_class.remote(self.setup, worker_id)
         with self._lock:
             self._actors[worker_id] = actor
         threading.Thread(target=self._await_ready, args=(worker_id, actor), name=f"ready-{worker_id}",
@@ -231,7 +274,7 @@ class RayWorkers:
     def wait_ready(self, timeout: float = 120.0) -> list[WorkerInfo]:
         deadline = time.monotonic() + timeout
         if self._starter is not None:
-            self._starter.join(timeout)
+            self._started.wait(timeout)
         with self._lock:
             while set(self._actors) - set(self._ready) and time.monotonic() < deadline:
                 self._lock.wait(max(0.0, min(0.5, deadline - time.monotonic())))
@@ -251,8 +294,17 @@ class RayWorkers:
             self._ready.clear()
         if self._starter is not None:
             self._starter.join(timeout)
+        with self._lock:  # actors the starter made while we waited for it
+            actors += list(self._actors.values())
+            self._actors.clear()
+            self._ready.clear()
         if not ray.is_initialized():
             return
+        if self.setup.files == "send" and actors:
+            try:  # the scratch folders: ray.kill gives the actors no exit of their own
+                ray.get([actor.close.remote() for actor in actors], timeout=5)
+            except Exception:
+                log.debug("a Ray worker did not remove its scratch folder", exc_info=True)
         for actor in actors:
             try:
                 ray.kill(actor, no_restart=True)
@@ -266,6 +318,20 @@ class RayWorkers:
     def workers(self) -> list[WorkerInfo]:
         with self._lock:
             return list(self._ready.values())
+
+    def status(self) -> dict[str, Any]:
+        """Where start-up is, for a status display: ``state`` (connecting, starting, ready,
+        failed), the ready and starting worker ids and the last start errors."""
+        with self._lock:
+            starting = sorted(set(self._actors) - set(self._ready))
+            if not self._started.is_set():
+                state = "connecting"
+            elif self._ready:
+                state = "ready"
+            else:
+                state = "starting" if starting else "failed"
+            return {"state": state, "ready": sorted(self._ready), "starting": starting,
+                    "errors": list(self.start_errors[-5:])}
 
     def actor(self, worker_id: str) -> Any:
         """The actor handle of a worker (tests kill it with ``ray.kill``)."""
@@ -282,6 +348,11 @@ class RayWorkers:
         stream = actor.run.options(num_returns="streaming").remote(
             request.prompt_id, request.workflow, portable_services(request.services))
         finished = threading.Event()
+        landing = None
+        if self.setup.files == "send":
+            landing = Landing.for_settings(self.server_settings, self.setup.files_limit,
+                                           self._known.setdefault(worker_id, {}))
+        landed = False
 
         def pass_on_interrupt() -> None:  # only this prompt's actor hears it
             while not finished.is_set():
@@ -298,8 +369,19 @@ class RayWorkers:
                 kind, value = ray.get(reference)
                 if kind == "event":
                     on_event(value)
+                elif kind == "file":
+                    if landing is None:
+                        raise WorkerRunError(f"worker {worker_id} sent a file, but files are shared")
+                    try:
+                        landing.add(value)
+                    except (OSError, ValueError, RuntimeError) as error:
+                        raise WorkerRunError(f"the files worker {worker_id} sent back could not be stored: "
+                                             f"{type(error).__name__}: {error}") from None
                 else:
-                    return value
+                    landed = True
+                    if landing is None:
+                        return value
+                    return dataclasses.replace(value, outputs=landing.rewrite(value.outputs))
             raise WorkerRunError(f"worker {worker_id} ended the run without a result")
         except ray.exceptions.RayActorError as error:
             self._lost(worker_id, actor)
@@ -309,6 +391,8 @@ class RayWorkers:
                                  str(error)) from None
         finally:
             finished.set()
+            if landing is not None and not landed:
+                landing.abort()
 
     def free(self, *, unload_models: bool, free_memory: bool) -> None:
         with self._lock:

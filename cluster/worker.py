@@ -8,6 +8,7 @@ process boundary is plain data: the validated workflow, the per-prompt services
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import pickle
@@ -21,6 +22,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from cluster.files import DEFAULT_LIMIT_BYTES, FilePart, WorkerFiles, file_parts, leave_placeholders, \
+    remove_folder, scratch_folder, scratch_services, written_files
 from engine.backends import PROMPT_SERVICE_KEYS
 from engine.cache import ResultCache
 from engine.registry import NodeRegistry
@@ -37,12 +40,19 @@ class WorkerSetup:
 
     ``build_registry(custom_nodes=..., settings=...)`` is ``main.build_registry`` for the
     server and the CLI (a module-level function, so it pickles by name). ``threads`` bounds
-    the torch/OpenMP threads of each worker (None: leave the default)."""
+    the torch/OpenMP threads of each worker (None: leave the default). ``files``: where
+    the worker's output files go (:mod:`cluster.files`): ``shared``, straight into
+    ``settings.output_dir``; ``send``, into a folder of the worker's under ``scratch``
+    (default: the system's temp folder), then back to the server, at most ``files_limit``
+    bytes a run."""
 
     build_registry: Callable[..., NodeRegistry]
     settings: Settings
     custom_nodes: Path | None = None
     threads: int | None = None
+    files: WorkerFiles = "shared"
+    scratch: Path | None = None
+    files_limit: int = DEFAULT_LIMIT_BYTES
 
     def build_executor(self) -> Executor:
         registry = self.build_registry(custom_nodes=self.custom_nodes, settings=self.settings)
@@ -66,17 +76,40 @@ def limit_threads(threads: int | None) -> None:
 class WorkerRuntime:
     """The worker's state: its executor (with its own model cache) and what it runs."""
 
-    def __init__(self, setup: WorkerSetup) -> None:
+    def __init__(self, setup: WorkerSetup, worker_id: str = "worker") -> None:
         limit_threads(setup.threads)
+        self.setup = setup
+        self.worker_id = worker_id
         self.executor = setup.build_executor()
         limit_threads(setup.threads)  # torch is imported by now when the nodes use it
+        self.folder: Path | None = None
+        if setup.files == "send":
+            self.folder = scratch_folder(setup.scratch, worker_id)
+            atexit.register(remove_folder, self.folder)  # a killed worker leaves it for the OS's cleaning
 
     def run(self, prompt_id: str, workflow: Workflow, services: Mapping[str, Any],
-            emit: Callable[[Event], None], cancel: threading.Event) -> RunResult:
+            emit: Callable[[Event], None], cancel: threading.Event,
+            send_file: Callable[[FilePart], None] | None = None) -> RunResult:
+        """Run one prompt. With ``files="send"`` it writes into the worker's scratch folder,
+        and every file it added there reaches ``send_file`` (in chunks) before this returns
+        (then only an empty placeholder stays)."""
         own = dict(services)
         wanted = bool(own.pop("preview_wanted", False))
         own["preview_wanted"] = lambda: wanted
-        return self.executor.run(workflow, on_event=emit, cancel=cancel, run_id=prompt_id, services=own)
+        folder = self.folder
+        if folder is None:
+            return self.executor.run(workflow, on_event=emit, cancel=cancel, run_id=prompt_id, services=own)
+        if send_file is None:
+            raise ValueError("a worker with files='send' needs somewhere to send its files")
+        before = written_files(folder)
+        try:
+            result = self.executor.run(workflow, on_event=emit, cancel=cancel, run_id=prompt_id,
+                                       services=scratch_services(own, self.setup.settings, folder))
+            for part in file_parts(folder, self.setup.files_limit, worker=f"worker {self.worker_id}", before=before):
+                send_file(part)
+            return result
+        finally:
+            leave_placeholders(folder, written_files(folder) - before)
 
     def free(self, unload_models: bool, free_memory: bool) -> None:
         self.executor.free(unload_models=unload_models, free_memory=free_memory)
@@ -129,7 +162,8 @@ def process_main(conn: Any, worker_id: str, setup: WorkerSetup) -> None:
 
     In: ``("run", prompt_id, workflow, services)``, ``("cancel", prompt_id)``,
     ``("free", unload_models, free_memory)``, ``("stop",)``. Out: ``("ready", pid, host)`` or
-    ``("failed", message, traceback)``, then per run ``("event", prompt_id, event)``... and one
+    ``("failed", message, traceback)``, then per run ``("event", prompt_id, event)``..., with
+    ``files="send"`` ``("file", prompt_id, FilePart)``..., and one
     ``("result", prompt_id, RunResult)`` or ``("error", prompt_id, message, traceback)``.
     A reader thread takes cancels while the main thread runs a prompt.
     """
@@ -142,7 +176,7 @@ def process_main(conn: Any, worker_id: str, setup: WorkerSetup) -> None:
             conn.send(message)
 
     try:
-        runtime = WorkerRuntime(setup)
+        runtime = WorkerRuntime(setup, worker_id)
     except BaseException as error:  # reported to the server, which does not restart us
         send(("failed", f"{type(error).__name__}: {error}",
               "".join(traceback.format_exception(type(error), error, error.__traceback__))))
@@ -185,7 +219,8 @@ def process_main(conn: Any, worker_id: str, setup: WorkerSetup) -> None:
                         cancel.set()
                 try:
                     result = runtime.run(prompt_id, workflow, services,
-                                         lambda event: send(("event", prompt_id, portable_event(event))), cancel)
+                                         lambda event: send(("event", prompt_id, portable_event(event))), cancel,
+                                         lambda part: send(("file", prompt_id, part)))
                     send(("result", prompt_id, result))
                 except (BrokenPipeError, EOFError):
                     raise

@@ -113,6 +113,12 @@ class Backend(Protocol):
 
     def free(self, *, unload_models: bool, free_memory: bool) -> None: ...
 
+    def status(self) -> dict[str, Any]:
+        """Start-up state for a status display, without waiting: ``{"state": "connecting" |
+        "starting" | "ready" | "failed", "ready": [ids], "starting": [ids], "errors": [...]}``
+        (``serve --ray`` answers HTTP while Ray connects)."""
+        ...
+
 
 class RunsWorkflowsLike(Protocol):
     def run(self, workflow: Workflow, *, on_event: Callable[[Event], None] | None = ...,
@@ -135,6 +141,9 @@ class InProcessBackend:
 
     def workers(self) -> list[WorkerInfo]:
         return [self.info]
+
+    def status(self) -> dict[str, Any]:
+        return {"state": "ready", "ready": [self.info.worker_id], "starting": [], "errors": []}
 
     def wait_ready(self, timeout: float = 120.0) -> list[WorkerInfo]:
         return [self.info]

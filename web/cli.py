@@ -47,6 +47,11 @@ def add_worker_options(parser: argparse.ArgumentParser) -> None:
                         help="run prompts on the workers of a Ray cluster (ADDRESS as for ray.init, e.g. "
                              "auto or ray://head:10001; 'local' starts one here); --workers sets how many "
                              "(default: one per CPU of the cluster). pip install -e '.[ray]'")
+    parser.add_argument("--worker-files", choices=("send", "shared"), default=None,
+                        help="how workers' output files reach the output folder: send (each worker writes "
+                             "a scratch folder of its own and sends its files back with the result; the "
+                             "default with --ray) or shared (workers write into the output folder, which "
+                             "must be storage every worker sees; the default with --workers)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     backend = None
     if args.workers is not None or args.ray is not None:
         try:
-            backend = args.build_backend(settings, custom_nodes, workers=args.workers, ray_address=args.ray)
+            backend = args.build_backend(settings, custom_nodes, workers=args.workers, ray_address=args.ray,
+                                         worker_files=args.worker_files)
         except (ValueError, ImportError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

@@ -77,12 +77,69 @@ class UpscaleModel:
         return str(self.descriptor.architecture.name)
 
 
+def import_spandrel() -> Any:
+    """``import spandrel``, also where torchvision cannot be imported.
+
+    spandrel's registry imports torchvision for two architectures only (LaMa inpainting and
+    RestoreFormer faces: ``rotate``, ``normalize``, ``InterpolationMode``). A CPU-only torch
+    has no matching torchvision wheel on PyPI (they are built for CUDA torch and fail to load),
+    so where ``import torchvision`` fails, a stand-in module offers those three names and its two
+    functions raise an error naming what to install. Every other architecture is unaffected.
+    """
+    import sys
+
+    if "spandrel" not in sys.modules:
+        try:
+            import torchvision.transforms.functional  # noqa: F401  (pyflakes: used by spandrel)
+        except Exception:  # absent, or a CUDA build that cannot load beside this torch
+            for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+                del sys.modules[name]
+            sys.modules.update(_torchvision_stand_in())
+    try:
+        import spandrel
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError("upscale models need spandrel: pip install --no-deps spandrel==0.4.2 einops "
+                                  "(--no-deps keeps pip from replacing a CPU torch with a CUDA build)") from error
+    return spandrel
+
+
+def _torchvision_stand_in() -> dict[str, Any]:
+    """Modules ``torchvision``, ``.transforms`` and ``.transforms.functional`` with the names spandrel imports."""
+    import enum
+    import types
+    from importlib.machinery import ModuleSpec
+
+    def unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise ModuleNotFoundError("this upscale model's architecture (LaMa or RestoreFormer) needs torchvision, "
+                                  "which cannot be imported here; install the torchvision that matches your torch")
+
+    class InterpolationMode(enum.Enum):
+        NEAREST = "nearest"
+        BILINEAR = "bilinear"
+        BICUBIC = "bicubic"
+
+    modules = {}
+    for name, package in (("torchvision", True), ("torchvision.transforms", True),
+                          ("torchvision.transforms.functional", False)):
+        module = types.ModuleType(name, "latentflow's stand-in: torchvision could not be imported")
+        module.__spec__ = ModuleSpec(name, None, is_package=package)
+        if package:
+            module.__path__ = []
+        modules[name] = module
+    functional = modules["torchvision.transforms.functional"]
+    functional.rotate = functional.normalize = unavailable  # type: ignore[attr-defined]
+    functional.InterpolationMode = InterpolationMode  # type: ignore[attr-defined]
+    modules["torchvision"].transforms = modules["torchvision.transforms"]  # type: ignore[attr-defined]
+    modules["torchvision.transforms"].functional = functional  # type: ignore[attr-defined]
+    return modules
+
+
 def read_upscale_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of an upscale model file; pickles only through ``torch.load(weights_only=True)``.
 
     Wrappers found in the wild (``params_ema``, ``params``, ``state_dict``, ``module.`` prefixes)
     are removed by spandrel's canonicalisation."""
-    from spandrel import canonicalize_state_dict
+    canonicalize_state_dict = import_spandrel().canonicalize_state_dict
 
     from sgm.io.state_dict import _load_pickle, read_state_dict
 
@@ -104,7 +161,9 @@ def read_upscale_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def upscale_model_from_state_dict(state_dict: dict[str, torch.Tensor], name: str = "") -> UpscaleModel:
     """Detect the architecture of ``state_dict`` (spandrel) and build the model, in eval mode, fp32."""
-    from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
+    spandrel = import_spandrel()
+    ImageModelDescriptor, ModelLoader = spandrel.ImageModelDescriptor, spandrel.ModelLoader
+    UnsupportedModelError = spandrel.UnsupportedModelError
 
     what = name or "the state dict"
     try:

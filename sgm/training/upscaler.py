@@ -54,6 +54,9 @@ class UpscalerReport:
 
 def build_compact(config: UpscalerConfig) -> torch.nn.Module:
     """spandrel's SRVGGNetCompact (Real-ESRGAN's compact network, PReLU)."""
+    from sgm.io.upscalers import import_spandrel
+
+    import_spandrel()  # torchvision may be a stand-in (see there)
     from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
 
     return SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=config.features, num_conv=config.convs,

@@ -19,13 +19,12 @@ from sgm.nets.clip_vision import ClipVisionOutput
 from sgm.sampling import unclip as uc
 from sgm.text.conditioning import Condition
 from sgm.text.sdxl_conditioning import sdxl_vector
-from tests.nodes.test_comfy_interface import combo_entry, normal_options
+from tests.nodes.test_comfy_interface import check_interface
 from tests.reference import COMFYUI_OBJECT_INFO, comfyui_object_info
 from tests.sgm.model_factories import tiny_unet
 
 NAMES = ("CLIPVisionLoader", "CLIPVisionEncode", "unCLIPConditioning", "unCLIPCheckpointLoader")
 REFERENCE = comfyui_object_info()
-FOLDER_CHOICES = {"clip_name", "ckpt_name"}
 
 
 @pytest.fixture(scope="module")
@@ -47,22 +46,7 @@ def nodes(tmp_path: Path) -> dict[str, Any]:
 @pytest.mark.skipif(REFERENCE is None, reason=f"the interface spec is not at {COMFYUI_OBJECT_INFO}")
 @pytest.mark.parametrize("name", NAMES)
 def test_interface_matches_comfyui(object_info: dict[str, Any], name: str) -> None:
-    spec, ours = REFERENCE[name], object_info[name]
-    for field in ("category", "output", "output_name", "output_is_list", "output_node"):
-        assert ours[field] == spec[field], field
-    assert {k: v for k, v in ours["input_order"].items() if v} == spec["input_order"]
-    assert ours["display_name"] == spec["display_name"] and ours["compat"] == "comfyui"
-    required = ours["input"]["required"]
-    assert list(required) == spec["input_order"]["required"]
-    for input_name, entry in spec["input"]["required"].items():
-        entry = combo_entry(entry)
-        kind, options = entry[0], entry[1] if len(entry) > 1 else {}
-        our_kind, our_options = required[input_name][0], required[input_name][1]
-        if input_name in FOLDER_CHOICES:
-            assert isinstance(our_kind, list)  # this installation's files
-        else:
-            assert our_kind == kind, input_name
-        assert normal_options(our_kind, our_options) == normal_options(kind, options), input_name
+    check_interface(name, REFERENCE[name], object_info[name])
 
 
 def vision_output(rows: int, dim: int, seed: int) -> ClipVisionOutput:

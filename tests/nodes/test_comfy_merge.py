@@ -18,13 +18,12 @@ from PIL import Image
 from engine.settings import Settings
 from nodes.builtin import build_nodes
 from nodes.runtime import Runtime
-from tests.nodes.test_comfy_interface import combo_entry, normal_options
+from tests.nodes.test_comfy_interface import check_interface
 from tests.reference import comfyui_object_info
 
 NAMES = ("ModelMergeSimple", "ModelMergeBlocks", "ModelMergeSubtract", "ModelMergeAdd", "CLIPMergeSimple",
          "CLIPMergeSubtract", "CLIPMergeAdd", "ModelMergeSD1", "ModelMergeSDXL", "CheckpointSave", "CLIPSave",
          "ModelSave", "VAESave", "HypernetworkLoader", "InstructPixToPixConditioning")
-FOLDER_CHOICES = {"hypernetwork_name"}
 REFERENCE = comfyui_object_info()
 
 
@@ -61,26 +60,7 @@ def test_interface_matches_comfyui(tmp_path: Path, name: str) -> None:
 
     registry = NodeRegistry()
     registry.register_pack(build_nodes(make_runtime(tmp_path, tmp_path / "out")), "nodes.builtin")
-    spec, ours = REFERENCE[name], registry.object_info()[name]
-    for field in ("category", "output", "output_name", "output_is_list", "output_node"):
-        assert ours[field] == spec[field], field
-    assert ours["display_name"] == (spec["display_name"] or name) and ours.get("compat") == "comfyui"
-    for section in ("required", "optional", "hidden"):
-        assert ours["input_order"].get(section, []) == spec["input_order"].get(section, []), section
-        expected, actual = spec["input"].get(section, {}), ours["input"].get(section, {})
-        assert list(actual) == spec["input_order"].get(section, []), section
-        if section == "hidden":
-            assert actual == expected
-            continue
-        for input_name, entry in expected.items():
-            entry = combo_entry(entry)
-            kind, options = entry[0], entry[1] if len(entry) > 1 else {}
-            if isinstance(kind, list):
-                assert input_name in FOLDER_CHOICES and isinstance(actual[input_name][0], list)
-            else:
-                assert actual[input_name][0] == kind, input_name
-            assert normal_options(actual[input_name][0], actual[input_name][1]) == \
-                normal_options(actual[input_name][0], options), input_name
+    check_interface(name, REFERENCE[name], registry.object_info()[name])
 
 
 def merge_prompt(model: list, clip: list, vae: list, save_checkpoint: bool) -> dict[str, Any]:

@@ -19,8 +19,10 @@ import torch
 from safetensors.torch import save_file
 
 from sgm.io import upscalers
-from sgm.io.upscalers import (UpscaleMemoryError, UpscaleModelError, edge_weights, load_upscale_model, tile_spans,
-                              upscale_image)
+from sgm.io.upscalers import (UpscaleMemoryError, UpscaleModelError, edge_weights, import_spandrel, load_upscale_model,
+                              tile_spans, upscale_image)
+
+import_spandrel()  # before spandrel.architectures: torchvision may be a stand-in (see there)
 
 
 def esrgan_old() -> torch.nn.Module:

@@ -25,6 +25,9 @@ NODES = ("UpscaleModelLoader", "ImageUpscaleWithModel")
 
 def write_compact(path: Path, scale: int = 2) -> Path:
     """A Real-ESRGAN compact model (spandrel's SRVGGNetCompact, 8 features) with random weights."""
+    from sgm.io.upscalers import import_spandrel
+
+    import_spandrel()  # torchvision may be a stand-in (see there)
     from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
 
     torch.manual_seed(0)
@@ -59,20 +62,12 @@ def registry(runtime: Runtime) -> NodeRegistry:
 @pytest.mark.skipif(comfyui_object_info() is None, reason=f"the interface spec is not at {COMFYUI_OBJECT_INFO}")
 @pytest.mark.parametrize("name", NODES)
 def test_interface_matches_comfyui(registry: NodeRegistry, name: str) -> None:
-    spec, ours = comfyui_object_info()[name], registry.object_info()[name]
-    for field in ("category", "display_name", "output", "output_name", "output_is_list", "output_node"):
-        assert ours[field] == spec[field], field
-    assert ours["input_order"].get("required") == spec["input_order"]["required"]
-    assert not ours["input_order"].get("optional") and not ours["input"].get("optional")
-    assert ours["compat"] == "comfyui"
-    assert list(ours["input"]["required"]) == spec["input_order"]["required"]
-    if name == "UpscaleModelLoader":
-        # ComfyUI lists its own folder (empty on the reference machine); we list ours, subfolders included
-        assert spec["input"]["required"]["model_name"][0] == "COMBO"
+    from tests.nodes.test_comfy_interface import check_interface
+
+    ours = registry.object_info()[name]
+    check_interface(name, comfyui_object_info()[name], ours)
+    if name == "UpscaleModelLoader":  # ComfyUI lists its own folder; we list ours, subfolders included
         assert ours["input"]["required"]["model_name"][0] == ["sub/tiny-4x.safetensors", "tiny-2x.safetensors"]
-    else:
-        assert {k: v[0] for k, v in ours["input"]["required"].items()} == {"upscale_model": "UPSCALE_MODEL",
-                                                                           "image": "IMAGE"}
 
 
 def test_nodes_load_once_and_upscale_by_the_file_scale(runtime: Runtime) -> None:
