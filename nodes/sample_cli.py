@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 
+EMBEDDED_SIZE = (64, 64)  # what the shipped tiny-shapes model was trained on
 DEFAULT_CHECKPOINT = "tiny-shapes.safetensors"
 
 
@@ -102,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = checkpoint_name(args.checkpoint, Path(settings.model_folder("checkpoints")))
     if size is None:
         size = (64, 64) if checkpoint == DEFAULT_CHECKPOINT else (512, 512)
+    elif checkpoint == DEFAULT_CHECKPOINT and size != EMBEDDED_SIZE:
+        print(f"warning: the embedded model was trained on {EMBEDDED_SIZE[0]}x{EMBEDDED_SIZE[1]} images only; at "
+              f"{size[0]}x{size[1]} it repeats and blurs its shapes. For a larger picture generate at 64 and "
+              "upscale: python main.py run workflows/upscale_model.json", file=sys.stderr)
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     document = txt2img_document(checkpoint=checkpoint, prompt=args.prompt, negative=args.negative,
                                 width=size[0], height=size[1], batch=args.n, seed=seed, steps=args.steps,

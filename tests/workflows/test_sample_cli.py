@@ -43,6 +43,18 @@ def test_sample_other_checkpoint_and_size(cli_root: Path, tmp_path: Path, capsys
     with Image.open(pngs[0]) as image:
         assert image.size == (64, 48)
     assert read_workflow_file(pngs[0])["nodes"]["3"]["inputs"]["text"] == "blurry"
+    assert "trained on 64x64" not in err  # the warning is the embedded model's
+
+
+def test_sample_warns_when_the_embedded_model_is_asked_for_another_size(
+        cli_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, pngs, err = sample(["--prompt", "a red circle", "--size", "128", "--steps", "1", "--out", str(tmp_path)],
+                             capsys)
+    assert code == 0, err
+    assert "warning: the embedded model was trained on 64x64 images only; at 128x128" in err
+    assert "workflows/upscale_model.json" in err
+    code, _, err = sample(["--prompt", "a red circle", "--steps", "1", "--out", str(tmp_path)], capsys)
+    assert code == 0 and "warning" not in err
 
 
 def test_sample_reports_bad_arguments(cli_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
