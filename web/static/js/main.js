@@ -1,6 +1,7 @@
 // The editor: wires the model, the view, interactions, panels, the server and the websocket.
 
 import { Api, ApiError } from "./api.js";
+import { AutoQueue } from "./autoqueue.js";
 import { RunFeedback } from "./feedback.js";
 import { EditorFiles } from "./files.js";
 import { Graph, isLink, typesCompatible } from "./graph.js";
@@ -45,6 +46,7 @@ class Editor extends EditorFiles {
     this.settings.addEventListener("change", (event) => { if (event.detail.name === "linkStyle") this.view.renderLinks(); });
     this.settingsPanel = new SettingsPanel(document.querySelector("#settings"), this.settings);
     this.minimap = new Minimap(document.querySelector("#canvas"), this.view, this.settings);
+    this.autoQueue = new AutoQueue(this, document.querySelector("#auto-queue"));
     this.view.onDraw = () => this.minimap.schedule();
     this.view.overlay = () => this.minimap.corner();
     this.tabs = new WorkflowTabs(document.querySelector("#tabs"), this);
@@ -111,6 +113,7 @@ class Editor extends EditorFiles {
     const doc = this.graph.toDocument();
     localStorage.setItem(AUTOSAVE_KEY, JSON.stringify(doc));
     this.tabs.update(doc);
+    if (detail.record && !this.restoring) this.autoQueue?.edited();
     if (detail.record && !this.restoring) {
       const key = detail.input ? `${detail.value[0]}:${detail.input}` : null;  // typing = one step
       this.undo.record(snapshot(this.graph), key);
@@ -247,6 +250,7 @@ class Editor extends EditorFiles {
   async queue({ front = false } = {}) {
     const button = document.querySelector("#queue-button");
     button.disabled = true;
+    this.queuing = true;  // seeds advanced below are not edits (auto queue "on change")
     // Clear old errors now, not after the reply: a fast run may already report new ones.
     this.view.setErrors({});
     const count = Math.max(1, Math.min(100, Number(document.querySelector("#batch-count").value) || 1));
@@ -266,6 +270,7 @@ class Editor extends EditorFiles {
       else this.notify(`could not queue: ${error.message}`, "error");
     } finally {
       button.disabled = false;
+      this.queuing = false;
     }
     this.panel.refresh();
   }

@@ -10,6 +10,7 @@ export function handleMessage(editor, type, data) {
   if (type === "status") {
     document.querySelector("#queue-size").textContent = `queue: ${data.status.exec_info.queue_remaining}`;
     editor.panel.refresh();
+    editor.autoQueue.status(data.status.exec_info.queue_remaining);
   } else if (type === "execution_start") {
     editor.runningPrompt = data.prompt_id;
     if (editor.showsPrompt(data.prompt_id)) view.clearRunState();
