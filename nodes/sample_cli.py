@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     elif checkpoint == DEFAULT_CHECKPOINT and size != EMBEDDED_SIZE:
         print(f"warning: the embedded model was trained on {EMBEDDED_SIZE[0]}x{EMBEDDED_SIZE[1]} images only; at "
               f"{size[0]}x{size[1]} it repeats and blurs its shapes. For a larger picture generate at 64 and "
-              "upscale: python main.py run workflows/upscale_model.json", file=sys.stderr)
+              "upscale: python main.py run workflows/hires_fix.json", file=sys.stderr)
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     document = txt2img_document(checkpoint=checkpoint, prompt=args.prompt, negative=args.negative,
                                 width=size[0], height=size[1], batch=args.n, seed=seed, steps=args.steps,

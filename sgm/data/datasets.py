@@ -73,15 +73,20 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
 
 class ShapesDataset(torch.utils.data.Dataset):
-    """Procedural coloured shapes with captions; held-out combinations are never produced."""
+    """Procedural coloured shapes with captions; held-out combinations are never produced.
+
+    ``mirrored=True`` flips every image left-right but keeps its caption, so "at the top left"
+    shows the shape at the top right: data for a LoRA with a visible, measurable effect.
+    """
 
     def __init__(self, image_size: int = 64, *, seed: int = 0, exclude_held_out: bool = True,
-                 crop_size: int | None = None) -> None:
+                 crop_size: int | None = None, mirrored: bool = False) -> None:
         if crop_size is not None and not 0 < crop_size <= image_size:
             raise ValueError(f"crop_size must be in (0, {image_size}], got {crop_size}")
         self.image_size = image_size
         self.crop_size = crop_size  # random square crops (cheap VAE training on parts of images)
         self.seed = seed
+        self.mirrored = mirrored
         self.exclude = frozenset(shapes.held_out_combos()) if exclude_held_out else frozenset()
 
     def __len__(self) -> int:
@@ -94,6 +99,8 @@ class ShapesDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, object]:
         spec, rng = self.spec(index)
         pixels = shapes.render(spec, self.image_size, rng)
+        if self.mirrored:
+            pixels = np.ascontiguousarray(pixels[:, ::-1])
         if self.crop_size is not None and self.crop_size < self.image_size:
             top, left = rng.integers(0, self.image_size - self.crop_size + 1, size=2)
             pixels = pixels[top:top + self.crop_size, left:left + self.crop_size]
@@ -129,9 +136,10 @@ def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, *, start_ind
 
 def build_dataset(name_or_path: str, image_size: int, *, seed: int = 0, flip_probability: float = 0.0,
                   random_crop: bool = False, crop_size: int | None = None) -> torch.utils.data.Dataset:
-    """``"shapes"`` (optionally random ``crop_size`` crops) or a folder of captioned images."""
-    if name_or_path == "shapes":
-        return ShapesDataset(image_size, seed=seed, crop_size=crop_size)
+    """``"shapes"`` (optionally random ``crop_size`` crops), ``"shapes-mirrored"`` (every image
+    flipped left-right, captions unchanged) or a folder of captioned images."""
+    if name_or_path in ("shapes", "shapes-mirrored"):
+        return ShapesDataset(image_size, seed=seed, crop_size=crop_size, mirrored=name_or_path == "shapes-mirrored")
     if crop_size is not None:
         raise ValueError("crop_size applies to 'shapes'; for image folders use image_size with random_crop")
     from sgm.data.transforms import CropMode

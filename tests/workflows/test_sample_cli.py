@@ -52,7 +52,7 @@ def test_sample_warns_when_the_embedded_model_is_asked_for_another_size(
                              capsys)
     assert code == 0, err
     assert "warning: the embedded model was trained on 64x64 images only; at 128x128" in err
-    assert "workflows/upscale_model.json" in err
+    assert "workflows/hires_fix.json" in err
     code, _, err = sample(["--prompt", "a red circle", "--steps", "1", "--out", str(tmp_path)], capsys)
     assert code == 0 and "warning" not in err
 

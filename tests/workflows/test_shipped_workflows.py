@@ -20,9 +20,9 @@ from tests.workflows.model_files import CHECKPOINTS
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 MODEL_WORKFLOWS = [p for p in WORKFLOWS if p.name != "example_math.json"]
-UPSCALE_MODEL = ROOT / "models" / "upscale_models" / "tiny-shapes-2x.safetensors"  # what upscale_model.json uses
+UPSCALE_MODEL = ROOT / "models" / "upscale_models" / "tiny-shapes-2x.safetensors"  # what hires_fix.json uses
 # the size of each workflow's image under fast_overrides (64 unless it scales)
-EXPECTED_SIZE = {"hires_fix": 96, "upscale_model": 128}
+EXPECTED_SIZE = {"hires_fix": 128}
 
 
 @pytest.fixture(autouse=True)
