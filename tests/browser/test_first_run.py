@@ -27,7 +27,8 @@ def installation(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.workflows.model_files import make_installation
 
     root = make_installation(tmp_path_factory.mktemp("first-run"))
-    (root / "input" / "example.png").write_bytes((ROOT / "input" / "example.png").read_bytes())
+    for picture in (ROOT / "input").glob("*.png"):  # the shipped workflows' input images
+        (root / "input" / picture.name).write_bytes(picture.read_bytes())
     # the shipped model files the stand-ins do not cover (e.g. an upscale model a workflow names)
     for shipped in (ROOT / "models").glob("*/*.safetensors"):
         target = root / "models" / shipped.parent.name / shipped.name

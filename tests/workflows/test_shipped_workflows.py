@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 MODEL_WORKFLOWS = [p for p in WORKFLOWS if p.name != "example_math.json"]
 UPSCALE_MODEL = ROOT / "models" / "upscale_models" / "tiny-shapes-2x.safetensors"  # what hires_fix.json uses
+CONTROLNET_MODEL = ROOT / "models" / "controlnet" / "tiny-shapes-canny.safetensors"  # what controlnet.json uses
+CONTROLNET_INPUT = ROOT / "input" / "controlnet-example.png"
 # the size of each workflow's image under fast_overrides (64 unless it scales)
 EXPECTED_SIZE = {"hires_fix": 128}
 
@@ -32,6 +34,17 @@ def shipped_upscale_model(installation: Path) -> None:
     if not link.exists():
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(UPSCALE_MODEL)
+
+
+@pytest.fixture(autouse=True)
+def shipped_controlnet(installation: Path) -> None:
+    """The shipped ControlNet and its input image in the test installation, as in the repository."""
+    for source, folder in ((CONTROLNET_MODEL, installation / "models" / "controlnet"),
+                           (CONTROLNET_INPUT, installation / "input")):
+        link = folder / source.name
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(source)
 
 
 def fast_overrides(document: dict[str, Any]) -> list[str]:
@@ -158,3 +171,23 @@ def test_a_broken_checkpoint_fails_the_run_with_the_node_and_the_reason(
     assert code == 3 and not pngs
     assert "node 1 (LoadCheckpoint) failed" in err and "cannot load broken.safetensors" in err
     assert "damaged or incomplete" in err
+
+
+@pytest.mark.parametrize("strength, position", [(1.0, "bottom right"), (0.0, "top left")])
+def test_controlnet_workflow_draws_the_shape_where_the_edges_are(
+        strength: float, position: str, cli_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The prompt asks for the top left, the edge map shows the bottom right: with the shipped
+    ControlNet the star follows the edges (on the embedded model); at strength 0, the prompt."""
+    import numpy as np
+    from PIL import Image
+
+    from sgm.training.shapes_eval import analyse
+
+    path = ROOT / "workflows" / "controlnet.json"
+    code, pngs, err = run_cli(["run", str(path), "--set", f"12.strength={strength}", "--output-dir", str(tmp_path),
+                               "--quiet"], capsys)
+    assert code == 0, err
+    with Image.open(pngs[0]) as image:
+        analysis = analyse(np.asarray(image.convert("RGB")))
+    assert (analysis.position, analysis.colour, analysis.background) == (position, "yellow", "blue"), analysis
+
