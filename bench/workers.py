@@ -110,7 +110,7 @@ def main_(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-runs", type=int, default=15)
     args = parser.parse_args(argv)
 
-    settings = main.build_settings()
+    settings = main.build_settings(extra={"threads": "auto"})  # as serve: the small-model thread policy
     registry = main.build_registry(None, entry_points=False, settings=settings)
     rates = {n: throughput(n, args, registry, settings) for n in args.workers}
     base = rates[min(rates)]

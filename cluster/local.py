@@ -120,7 +120,10 @@ class LocalWorkers:
                 pass  # already gone
         deadline = time.monotonic() + timeout
         for worker in workers:
-            worker.process.join(max(0.1, deadline - time.monotonic()))
+            # join can return while the process still exits (its sentinel reads ready first):
+            # poll until it is gone or the time is up
+            while worker.process.is_alive() and time.monotonic() < deadline:
+                worker.process.join(min(0.1, max(0.0, deadline - time.monotonic())))
             if worker.process.is_alive():
                 log.warning("worker %s did not stop within %.0fs; killing it", worker.worker_id, timeout)
                 worker.process.kill()
