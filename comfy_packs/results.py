@@ -68,6 +68,11 @@ def merge(results: list[Normalized], node: PackNode, where: str) -> Result:
                 items.append(value)
         items = [from_comfy(item, output.type, where) for item in items]
         values.append(items[0] if len(items) == 1 else ComfyList(items))
+    return Result(values=tuple(values), ui=merged_ui(results))
+
+
+def merged_ui(results: list[Normalized]) -> dict[str, Any]:
+    """The UI data of several calls as one: lists joined in call order, other values the last."""
     ui: dict[str, Any] = {}
     for result in results:
         for key, value in (result.ui or {}).items():
@@ -75,7 +80,7 @@ def merge(results: list[Normalized], node: PackNode, where: str) -> Result:
                 ui.setdefault(key, []).extend(value)
             else:
                 ui[key] = value
-    return Result(values=tuple(values), ui=ui)
+    return ui
 
 
 def expansion(results: list[Normalized], node: PackNode, where: str) -> Expand:
@@ -110,14 +115,7 @@ def expansion(results: list[Normalized], node: PackNode, where: str) -> Expand:
                 else:
                     items.append(from_comfy(value, output.type, where))
             values.append(items[0] if len(items) == 1 else ComfyList(items))
-        ui: dict[str, Any] = {}
-        for result in results:
-            for key, value in (result.ui or {}).items():
-                if isinstance(value, (list, tuple)):
-                    ui.setdefault(key, []).extend(value)
-                else:
-                    ui[key] = value
-        return Result(values=tuple(values), ui=ui)
+        return Result(values=tuple(values), ui=merged_ui(results))
 
     return Expand(graph=graph, outputs=outputs, finish=finish)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from engine.api import Choice, Float, Int, NodeSpec, Out, node
 from engine.model_paths import model_choice
-from nodes.runtime import Runtime, file_fingerprint
+from nodes.runtime import Runtime, model_file_fingerprint
 from nodes.values import ClipValue, LatentFormat, LoraPatch, ModelValue, VaeValue
 from sgm.nets.speed_names import COMPILE_MODE_CHOICES, WEIGHT_DTYPE_CHOICES
 
@@ -43,10 +43,8 @@ def weight_dtype_for(runtime: Runtime, choice: str, node_id: str) -> Any:
 def nodes(runtime: Runtime) -> list[NodeSpec]:
     models = runtime.settings.model_paths
 
-    def fingerprint_for(kinds: tuple[str, ...], *inputs: str):
-        def fingerprint(**literals: Any) -> Any:
-            return [file_fingerprint(models.resolve(kinds, str(literals.get(name)))) for name in inputs]
-        return fingerprint
+    def fingerprint_for(kinds: tuple[str, ...], *inputs: str) -> Any:
+        return model_file_fingerprint(models, kinds, *inputs)
 
     def embeddings_folder() -> Path:
         # prompt embeddings are looked up in one folder (sgm.text): the first that exists

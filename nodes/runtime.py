@@ -216,3 +216,11 @@ def file_fingerprint(path: Path | None) -> tuple[str, int] | None:
     if path is None or not path.is_file():
         return None
     return str(path), path.stat().st_mtime_ns
+
+
+def model_file_fingerprint(model_paths: Any, kinds: tuple[str, ...], *inputs: str) -> Callable[..., Any]:
+    """A node's cache fingerprint: the (path, mtime) of the model file each of ``inputs`` names
+    in the folders of ``kinds``, so an edited or replaced file loads again."""
+    def fingerprint(**literals: Any) -> Any:
+        return [file_fingerprint(model_paths.resolve(kinds, str(literals.get(name)))) for name in inputs]
+    return fingerprint

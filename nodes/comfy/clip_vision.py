@@ -16,7 +16,7 @@ from engine.api import Choice, Float, NodeSpec, Out, node
 from engine.model_paths import model_choice
 from nodes.comfy import COMPAT, call
 from nodes.loaders import CHECKPOINTS
-from nodes.runtime import Runtime, file_fingerprint
+from nodes.runtime import Runtime, model_file_fingerprint
 
 CLIP_VISION = ("clip_vision",)
 CROPS = ("center", "none")
@@ -25,8 +25,7 @@ CROPS = ("center", "none")
 def nodes(runtime: Runtime, ours: Mapping[str, NodeSpec]) -> list[NodeSpec]:
     models = runtime.settings.model_paths
 
-    def fingerprint(**literals: Any) -> Any:
-        return file_fingerprint(models.resolve(CLIP_VISION, str(literals.get("clip_name"))))
+    fingerprint = model_file_fingerprint(models, CLIP_VISION, "clip_name")
 
     @node("CLIPVisionLoader", display_name="Load CLIP Vision", category="loaders", compat=COMPAT,
           fingerprint=fingerprint)

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from engine.api import Float, NodeSpec, Out, node
 from engine.model_paths import model_choice
 from nodes.comfy import COMPAT
-from nodes.runtime import Runtime, file_fingerprint
+from nodes.runtime import Runtime, model_file_fingerprint
 
 CONTROLNET = ("controlnet",)
 STRENGTH = dict(default=1.0, min=0.0, max=10.0, step=0.01)
@@ -27,8 +27,7 @@ def _hint(image: Any) -> Any:
 def nodes(runtime: Runtime, ours: Mapping[str, NodeSpec]) -> list[NodeSpec]:
     models = runtime.settings.model_paths
 
-    def fingerprint(**literals: Any) -> Any:
-        return file_fingerprint(models.resolve(CONTROLNET, str(literals.get("control_net_name"))))
+    fingerprint = model_file_fingerprint(models, CONTROLNET, "control_net_name")
 
     def load(node_id: str, name: str, model: Any = None) -> Any:
         from sgm.io.controlnet_files import load_control_file

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
 from engine.api import Int, NodeSpec, Out, Text, node
 from engine.model_paths import model_choice
 from nodes.comfy import COMPAT
-from nodes.runtime import Runtime, file_fingerprint
+from nodes.runtime import Runtime, model_file_fingerprint
 from nodes.text import encode_prompt
 
 GLIGEN = ("gligen",)
@@ -18,8 +18,7 @@ LATENT_FACTOR = 8  # boxes are given in image pixels and kept in latent pixels, 
 def nodes(runtime: Runtime, ours: Mapping[str, NodeSpec]) -> list[NodeSpec]:
     models = runtime.settings.model_paths
 
-    def fingerprint(**literals: Any) -> Any:
-        return file_fingerprint(models.resolve(GLIGEN, str(literals.get("gligen_name"))))
+    fingerprint = model_file_fingerprint(models, GLIGEN, "gligen_name")
 
     @node("GLIGENLoader", display_name="GLIGENLoader", category="loaders", compat=COMPAT, fingerprint=fingerprint)
     def gligen_loader(

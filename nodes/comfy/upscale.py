@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from engine.api import Context, NodeSpec, Out, node
 from engine.model_paths import model_choice
 from nodes.comfy import COMPAT
-from nodes.runtime import Runtime, file_fingerprint
+from nodes.runtime import Runtime, model_file_fingerprint
 
 UPSCALE_MODELS = ("upscale_models",)
 
@@ -20,8 +20,7 @@ UPSCALE_MODELS = ("upscale_models",)
 def nodes(runtime: Runtime, ours: Mapping[str, NodeSpec]) -> list[NodeSpec]:
     models = runtime.settings.model_paths
 
-    def fingerprint(**literals: Any) -> Any:
-        return file_fingerprint(models.resolve(UPSCALE_MODELS, str(literals.get("model_name"))))
+    fingerprint = model_file_fingerprint(models, UPSCALE_MODELS, "model_name")
 
     @node("UpscaleModelLoader", display_name="Load Upscale Model", category="loaders", compat=COMPAT,
           fingerprint=fingerprint)

@@ -38,7 +38,8 @@ SCALE_FACTORS = {"sdxl": 0.13025, "sd": 0.18215}
 Prediction = Literal["eps", "v"]
 
 
-def _config_hints(metadata: dict[str, str]) -> dict[str, Any]:
+def config_hints(metadata: dict[str, str]) -> dict[str, Any]:
+    """A file's ``latentflow.config`` metadata (hints shapes cannot tell: head layout, prediction, ...), {} if none."""
     raw = metadata.get("latentflow.config")
     if not raw:
         return {}
@@ -154,7 +155,7 @@ def infer_vae_config(state_dict: dict[str, torch.Tensor], hints: dict[str, Any] 
 
 
 def detect_prediction(state_dict: dict[str, torch.Tensor], metadata: dict[str, str], family: str) -> Prediction:
-    hint = _config_hints(metadata).get("prediction")
+    hint = config_hints(metadata).get("prediction")
     spec = metadata.get("modelspec.prediction_type", "")
     value = hint or {"epsilon": "eps", "eps": "eps", "v": "v", "v_prediction": "v"}.get(spec)
     if value is None:
@@ -289,7 +290,7 @@ def load_checkpoint(
     path = Path(path)
     state_dict, metadata = read_state_dict(path)
     family = detect_family(state_dict, metadata)
-    hints = _config_hints(metadata)
+    hints = config_hints(metadata)
     unet_sd, vae_sd = strip_prefix(state_dict, UNET_PREFIX), strip_prefix(state_dict, VAE_PREFIX)
     unet = build_unet(unet_sd, infer_unet_config(unet_sd, family, hints.get("unet")), device=device, dtype=dtype) if unet_sd else None
     vae = build_vae(vae_sd, infer_vae_config(vae_sd, hints.get("vae")), device=device, dtype=dtype) if vae_sd else None
@@ -334,7 +335,7 @@ def load_vae(path: str | Path, *, device: torch.device | str = "cpu", dtype: tor
         state_dict = vae_diffusers_to_original(state_dict)
     # Training checkpoints of the VAE carry a discriminator and LPIPS under loss.*.
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith(("loss.", "model_ema."))}
-    hints = _config_hints(metadata).get("vae")
+    hints = config_hints(metadata).get("vae")
     return build_vae(state_dict, infer_vae_config(state_dict, hints), device=device, dtype=dtype)
 
 
@@ -352,7 +353,7 @@ def load_unet(
         state_dict = unet_diffusers_to_original(state_dict)
     if family is None:
         family = detect_family({UNET_PREFIX + k: v for k, v in state_dict.items()}, metadata)
-    config = infer_unet_config(state_dict, family, _config_hints(metadata).get("unet"))
+    config = infer_unet_config(state_dict, family, config_hints(metadata).get("unet"))
     return build_unet(state_dict, config, device=device, dtype=dtype)
 
 

@@ -21,14 +21,13 @@ width / 64 heads and exact GELU unless the file's metadata ``latentflow.config``
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sgm.io.checkpoints import assign_weights
+from sgm.io.checkpoints import assign_weights, config_hints
 from sgm.io.state_dict import CheckpointError, read_state_dict
 from sgm.nets.clip_vision import CLIP_VISION_CONFIGS, ClipVisionConfig, ClipVisionModel
 
@@ -131,14 +130,7 @@ def infer_clip_vision_config(state_dict: dict[str, torch.Tensor], hints: dict[st
 
 def clip_vision_hints(metadata: dict[str, str]) -> dict[str, Any]:
     """The ``clip_vision`` entry of a file's ``latentflow.config`` metadata ({} where none)."""
-    raw = metadata.get("latentflow.config")
-    if not raw:
-        return {}
-    try:
-        hints = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"metadata latentflow.config is not valid JSON ({error})") from error
-    return dict(hints.get("clip_vision") or {}) if isinstance(hints, dict) else {}
+    return dict(config_hints(metadata).get("clip_vision") or {})
 
 
 def transformers_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sgm.io.checkpoints import _config_hints, assign_weights, infer_unet_config
+from sgm.io.checkpoints import config_hints, assign_weights, infer_unet_config
 from sgm.io.convert import unet_diffusers_to_original
 from sgm.io.state_dict import CheckpointError, read_state_dict
 from sgm.nets.controlnet import ControlNet
@@ -93,7 +93,7 @@ def controlnet_diffusers_to_ldm(state_dict: dict[str, torch.Tensor]) -> dict[str
 
 
 def _hints(metadata: dict[str, str], hints: dict[str, Any] | None) -> dict[str, Any]:
-    found = dict(_config_hints(metadata).get("unet", {}))
+    found = dict(config_hints(metadata).get("unet", {}))
     found.update(hints or {})
     return found
 

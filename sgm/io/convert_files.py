@@ -167,7 +167,7 @@ def single_file_to_diffusers(
 ) -> ConversionReport:
     """One single-file checkpoint -> a diffusers folder (unet/, vae/, text encoders, configs)."""
     from sgm.io.checkpoints import (
-        SCALE_FACTORS, UNET_PREFIX, VAE_PREFIX, TEXT_PREFIXES, _config_hints, detect_family,
+        SCALE_FACTORS, UNET_PREFIX, VAE_PREFIX, TEXT_PREFIXES, config_hints, detect_family,
         detect_prediction, infer_unet_config, infer_vae_config, read_state_dict, strip_prefix,
     )
 
@@ -178,7 +178,7 @@ def single_file_to_diffusers(
         if not replaced:
             warnings.append("--ema: the file has no model_ema.* weights; kept the model weights")
     family = detect_family(state_dict, metadata)
-    hints = _config_hints(metadata)
+    hints = config_hints(metadata)
     folder = Path(dst)
     written = 0
     unet_sd = strip_prefix(state_dict, UNET_PREFIX)

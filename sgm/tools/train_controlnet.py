@@ -71,9 +71,9 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = load_checkpoint(args.checkpoint, dtype=torch.float32)
     if checkpoint.unet is None or checkpoint.vae is None or checkpoint.conditioner is None:
         raise SystemExit(f"{args.checkpoint} needs a UNet, a VAE and a text encoder to train a ControlNet for it")
-    from sgm.io.checkpoints import _config_hints
+    from sgm.io.checkpoints import config_hints
 
-    unet_hints = dict(_config_hints(checkpoint.metadata).get("unet", {}))
+    unet_hints = dict(config_hints(checkpoint.metadata).get("unet", {}))
     torch.manual_seed(args.seed)  # hint encoder initialisation
     controlnet = controlnet_from_unet(checkpoint.unet, unet_hints)
     config = DiffusionConfig(prediction=checkpoint.prediction, caption_dropout=0.0, noise_offset=0.0,
@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"trained {result.step} steps in {result.seconds:.0f}s")
     dtype = torch.float16 if args.store_dtype == "fp16" else torch.float32
     path = save_controlnet(args.out, controlnet, unet_hints=unet_hints, base_model=Path(args.checkpoint).name,
+                           dtype=dtype,
                            training={"steps": step, "batch_size": args.batch_size, "lr": args.lr,
                                      "captions": {"empty": args.caption_dropout, "swapped": args.swap_position,
                                                   "dropped": args.drop_position},

@@ -33,7 +33,7 @@ from torch import nn
 
 from sgm.data import shapes
 from sgm.data.datasets import VIRTUAL_LENGTH, ShapesDataset
-from sgm.training.diffusion import DiffusionConfig, DiffusionTask, loss_weight, sample_timesteps
+from sgm.training.diffusion import DiffusionConfig, DiffusionTask, loss_weight, noised_batch
 
 CANNY_LOW, CANNY_HIGH = 0.01, 0.01
 
@@ -131,20 +131,12 @@ class ControlNetTask(DiffusionTask):
     def loss(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         with torch.no_grad():
             x0 = self.vae.encode_posterior(batch["image"]).sample(generator).float() * self.config.scale_factor
-        b = x0.shape[0]
-        t = sample_timesteps(self.config, self.sampling, b, generator)  # (B,)
-        noise = torch.randn(x0.shape, generator=generator)
-        if self.config.noise_offset:
-            noise = noise + self.config.noise_offset * torch.randn((b, x0.shape[1], 1, 1), generator=generator)
-        alpha_bar = self.alphas_cumprod[t]  # (B,)
-        a, s = alpha_bar.sqrt()[:, None, None, None], (1.0 - alpha_bar).sqrt()[:, None, None, None]
-        x_t = a * x0 + s * noise
-        target = noise if self.config.prediction == "eps" else a * noise - s * x0
+        n = noised_batch(self.config, self.sampling, self.alphas_cumprod, x0, generator)
         context = self.encode_captions(list(batch["caption"]))
-        control = self.controlnet(x_t, sampling_hint(batch["hint"], x_t), t, context)
-        output = self.unet(x_t, t, context=context, control=control).float()
-        per_sample = (output - target).pow(2).flatten(1).mean(1)  # (B,)
-        loss = (loss_weight(self.config, alpha_bar) * per_sample).mean()
+        control = self.controlnet(n.x_t, sampling_hint(batch["hint"], n.x_t), n.t, context)
+        output = self.unet(n.x_t, n.t, context=context, control=control).float()
+        per_sample = (output - n.target).pow(2).flatten(1).mean(1)  # (B,)
+        loss = (loss_weight(self.config, n.alpha_bar) * per_sample).mean()
         return loss, {"mse": float(per_sample.detach().mean())}
 
     def sample(self, generator: torch.Generator) -> torch.Tensor | None:

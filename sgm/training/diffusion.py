@@ -114,6 +114,32 @@ def sample_timesteps(config: DiffusionConfig, sampling: DiscreteModelSampling, b
     return t
 
 
+@dataclass(frozen=True)
+class NoisedBatch:
+    """A training batch at its noise levels: timesteps t (B,), alpha_bar_t (B,), the noised latents
+    x_t and the target the network must predict (eps, or v = a eps - s x0)."""
+
+    t: torch.Tensor
+    alpha_bar: torch.Tensor
+    x_t: torch.Tensor
+    target: torch.Tensor
+
+
+def noised_batch(config: DiffusionConfig, sampling: DiscreteModelSampling, alphas_cumprod: torch.Tensor,
+                 x0: torch.Tensor, generator: torch.Generator) -> NoisedBatch:
+    """x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps (Ho et al. 2020, eq. 4), with the
+    config's timestep sampling and noise offset."""
+    b = x0.shape[0]
+    t = sample_timesteps(config, sampling, b, generator)  # (B,)
+    noise = torch.randn(x0.shape, generator=generator)
+    if config.noise_offset:
+        noise = noise + config.noise_offset * torch.randn((b, x0.shape[1], 1, 1), generator=generator)
+    alpha_bar = alphas_cumprod[t]  # (B,)
+    a, s = alpha_bar.sqrt()[:, None, None, None], (1.0 - alpha_bar).sqrt()[:, None, None, None]
+    target = noise if config.prediction == "eps" else a * noise - s * x0
+    return NoisedBatch(t, alpha_bar, a * x0 + s * noise, target)
+
+
 class DiffusionTask:
     """Trains a UNet (and the tiny text encoder) to denoise scaled VAE latents."""
 
@@ -164,17 +190,10 @@ class DiffusionTask:
         b = x0.shape[0]
         drop = torch.rand(b, generator=generator) < self.config.caption_dropout
         captions = ["" if dropped else caption for caption, dropped in zip(batch["caption"], drop.tolist())]
-        t = sample_timesteps(self.config, self.sampling, b, generator)  # (B,)
-        noise = torch.randn(x0.shape, generator=generator)
-        if self.config.noise_offset:
-            noise = noise + self.config.noise_offset * torch.randn((b, x0.shape[1], 1, 1), generator=generator)
-        alpha_bar = self.alphas_cumprod[t]  # (B,)
-        a, s = alpha_bar.sqrt()[:, None, None, None], (1.0 - alpha_bar).sqrt()[:, None, None, None]
-        x_t = a * x0 + s * noise
-        target = noise if self.config.prediction == "eps" else a * noise - s * x0
-        output = self.unet(x_t, t, context=self.encode_captions(captions)).float()
-        per_sample = (output - target).pow(2).flatten(1).mean(1)  # (B,)
-        loss = (loss_weight(self.config, alpha_bar) * per_sample).mean()
+        n = noised_batch(self.config, self.sampling, self.alphas_cumprod, x0, generator)
+        output = self.unet(n.x_t, n.t, context=self.encode_captions(captions)).float()
+        per_sample = (output - n.target).pow(2).flatten(1).mean(1)  # (B,)
+        loss = (loss_weight(self.config, n.alpha_bar) * per_sample).mean()
         return loss, {"mse": float(per_sample.detach().mean())}
 
     def after_step(self, batch: dict[str, Any], generator: torch.Generator, step: int) -> dict[str, float]:
