@@ -10,6 +10,7 @@ export class AutoQueue {
     this.remaining = 0;
     this.dirty = false;
     this.inFlight = false;
+    this.statuses = 0;
     select.addEventListener("change", () => {
       this.dirty = false;
       this.maybeQueue();
@@ -23,6 +24,7 @@ export class AutoQueue {
   /** The server's queue size, from each `status` message. */
   status(remaining) {
     this.remaining = remaining;
+    this.statuses += 1;
     this.maybeQueue();
   }
 
@@ -38,11 +40,16 @@ export class AutoQueue {
     if (this.mode === "change" && !this.dirty) return;
     this.inFlight = true;
     this.dirty = false;
+    const seen = this.statuses;
     try {
       await this.editor.queue();
-      this.remaining = Math.max(this.remaining, 1);  // until the server's next status says otherwise
     } finally {
       this.inFlight = false;
     }
+    // The server's status messages and the reply to /prompt arrive in either order: if none came
+    // while queueing, the prompt's own status is still to come; if some did, the latest is current
+    // (a fast, cached prompt may already have finished: queue again now).
+    if (this.statuses === seen) this.remaining = Math.max(this.remaining, 1);
+    else this.maybeQueue();
   }
 }
