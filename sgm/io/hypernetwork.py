@@ -137,9 +137,9 @@ def load_hypernetwork(path: str | Path) -> Hypernetwork:
                 raise HypernetworkError(f"{path.name}: key {key!r} is not <width>.<0|1>.linear.<i>.<weight|bias>")
             data.setdefault(int(width), [{}, {}])[int(index)][rest] = tensor
         return parse_hypernetwork(data, path.name)
-    from sgm.io.state_dict import _load_pickle
+    from sgm.io.state_dict import load_pickle
 
-    loaded = _load_pickle(path)
+    loaded = load_pickle(path)
     if not isinstance(loaded, dict):
         raise HypernetworkError(f"{path.name}: expected a dict, found {type(loaded).__name__}")
     return parse_hypernetwork(loaded, path.name)

@@ -37,7 +37,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             # safetensors >= 0.6 returns tensors backed by the file mapping (copy-on-write).
             return {key: handle.get_tensor(key) for key in handle.keys()}, metadata
     if path.suffix in _PICKLE_SUFFIXES:
-        loaded = _load_pickle(path)
+        loaded = load_pickle(path)
         if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
             loaded = loaded["state_dict"]
         if not isinstance(loaded, dict):
@@ -48,7 +48,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     )
 
 
-def _load_pickle(path: Path) -> object:
+def load_pickle(path: Path) -> object:
     """``torch.load(weights_only=True)``: tensors and plain containers only, never code."""
     import pickle
 

@@ -141,7 +141,7 @@ def read_upscale_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     are removed by spandrel's canonicalisation."""
     canonicalize_state_dict = import_spandrel().canonicalize_state_dict
 
-    from sgm.io.state_dict import _load_pickle, read_state_dict
+    from sgm.io.state_dict import load_pickle, read_state_dict
 
     path = Path(path)
     if path.suffix.lower() not in SUFFIXES:
@@ -152,7 +152,7 @@ def read_upscale_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     else:
         if not path.is_file():
             raise FileNotFoundError(f"upscale model not found: {path}")
-        state_dict = _load_pickle(path)
+        state_dict = load_pickle(path)
         if not isinstance(state_dict, dict):
             raise UpscaleModelError(f"{path.name}: expected a dict of tensors, found {type(state_dict).__name__}")
     state_dict = canonicalize_state_dict(state_dict)

@@ -20,7 +20,9 @@ def floats(text: str) -> tuple[float, ...]:
 
 
 def add_common_options(parser: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float) -> None:
-    parser.add_argument("--data", default="shapes", help="'shapes' or a folder of images with .txt captions")
+    parser.add_argument("--data", default="shapes",
+                        help="'shapes', 'shapes-mirrored' (every image flipped left-right, captions unchanged: the "
+                             "shipped LoRA's data) or a folder of images with .txt captions")
     parser.add_argument("--out", required=True, help="run folder (log, samples, resumable checkpoint)")
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--batch-size", type=int, default=batch_size)
