@@ -4,15 +4,11 @@ The model-backed runs are in tests/workflows/test_unclip.py."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from engine.settings import Settings
-from nodes.builtin import build_nodes
-from nodes.runtime import Runtime
 from nodes.sampling import _prepare_conditions
 from nodes.values import ModelValue
 from sgm.nets.clip_vision import ClipVisionOutput
@@ -27,20 +23,7 @@ NAMES = ("CLIPVisionLoader", "CLIPVisionEncode", "unCLIPConditioning", "unCLIPCh
 REFERENCE = comfyui_object_info()
 
 
-@pytest.fixture(scope="module")
-def object_info(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from engine.registry import NodeRegistry
-
-    registry = NodeRegistry()
-    runtime = Runtime(Settings.for_root(tmp_path_factory.mktemp("root")), device="cpu")
-    registry.register_pack(build_nodes(runtime), "nodes.builtin")
-    return registry.object_info()
-
-
-@pytest.fixture()
-def nodes(tmp_path: Path) -> dict[str, Any]:
-    runtime = Runtime(Settings.for_root(tmp_path), device="cpu")
-    return {spec.id: spec.function for spec in build_nodes(runtime)}
+# object_info and nodes: tests/nodes/conftest.py
 
 
 @pytest.mark.skipif(REFERENCE is None, reason=f"the interface spec is not at {COMFYUI_OBJECT_INFO}")

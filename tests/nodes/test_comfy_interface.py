@@ -43,20 +43,7 @@ LIBRARY_CHOICES = {("KSampler", "sampler_name"), ("KSampler", "scheduler"), ("KS
                    ("KSamplerAdvanced", "scheduler"), ("KSamplerSelect", "sampler_name"), ("BasicScheduler", "scheduler")}
 
 
-@pytest.fixture(scope="module")
-def object_info(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from engine.registry import NodeRegistry
-
-    registry = NodeRegistry()
-    runtime = Runtime(Settings.for_root(tmp_path_factory.mktemp("root")), device="cpu")
-    registry.register_pack(build_nodes(runtime), "nodes.builtin")
-    return registry.object_info()
-
-
-@pytest.fixture()
-def nodes(tmp_path: Path) -> dict[str, Any]:
-    runtime = Runtime(Settings.for_root(tmp_path), device="cpu")
-    return {spec.id: spec.function for spec in build_nodes(runtime)}
+# object_info and nodes: tests/nodes/conftest.py
 
 
 def combo_entry(entry: list[Any]) -> list[Any]:
