@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Mapping, TextIO
 
 from engine.comfyui_graph import GraphProblem, is_ui_graph, ui_graph_to_document
 from engine.registry import NodeRegistry
@@ -184,13 +184,7 @@ def run_run(args: argparse.Namespace) -> int:
                 status = 3
             elif result.status == "cancelled":
                 return 130
-            for node_id, ui in result.outputs.items():
-                for text in ui.get("text", []):
-                    print(f"node {node_id}: {text}")
-                for image in ui.get("images", []):
-                    path = image.get("path") or image.get("filename")
-                    if path:
-                        print(path)
+            print_outputs(result.outputs)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
@@ -276,13 +270,7 @@ def _run_on_workers(args: argparse.Namespace, registry: NodeRegistry, document: 
                 for name, described in (error.get("inputs") or {}).items():
                     print(f"    {name} = {described}", file=sys.stderr)
                 status = 3
-            for node_id, ui in entry.outputs.items():
-                for text in ui.get("text", []):
-                    print(f"node {node_id}: {text}")
-                for image in ui.get("images", []):
-                    path = image.get("path") or image.get("filename")
-                    if path:
-                        print(path)
+            print_outputs(entry.outputs)
     finally:
         if events_file:
             events_file.close()
@@ -373,3 +361,13 @@ def _checked_combination(args: argparse.Namespace, document: Any, overrides: lis
         return 1
     return concrete, report
 
+
+def print_outputs(outputs: Mapping[str, Mapping[str, Any]]) -> None:
+    """What output nodes showed, on stdout: text lines, then each image's path (scripts read it)."""
+    for node_id, ui in outputs.items():
+        for text in ui.get("text", []):
+            print(f"node {node_id}: {text}")
+        for image in ui.get("images", []):
+            path = image.get("path") or image.get("filename")
+            if path:
+                print(path)
