@@ -8,7 +8,8 @@
 Rows (ms unless said; ratio = ours / diffusers, < 1 is faster):
 
 * UNet CFG step (batch 2): SD1.5 64x64 latent fp16 and bf16, SDXL 128x128 fp16 and bf16;
-* VAE decode 1024x1024 (SD VAE, 128x128 latent), fp16 and bf16;
+* VAE decode and encode 1024x1024 (SD VAE, 128x128 latent), fp16 and bf16, plus ours channels_last
+  (the policy keeps the VAE NCHW on CUDA: these rows check that choice);
 * whole 512x512 image: 20 euler steps, cfg 7, decode (text embeddings given: no text encoder);
 * process start to first 512x512 image from model files on disk (fresh processes; ours from one
   single-file fp16 checkpoint, diffusers from a save_pretrained folder; no text encoder either);
@@ -224,19 +225,31 @@ def unet_rows(table: Table, timer: Timer, shapes: Shapes, device: str, dtypes: l
 
 
 def vae_rows(table: Table, timer: Timer, shapes: Shapes, device: str, dtypes: list[Any]) -> None:
+    """Decode and encode at 8x the latent side: ours as the device policy lays it out (NCHW on CUDA)
+    and, as a check of that policy, ours channels_last."""
     import torch
 
     side = shapes.vae_latent
     for dtype in dtypes:
         peer = diffusers_vae(shapes.vae, device, dtype)
         ours = our_vae(peer, device, dtype)
-        latent = torch.randn(1, 4, side, side, device=device, generator=torch.Generator(device).manual_seed(0))
-        latent = latent.to(dtype)
+        generator = torch.Generator(device).manual_seed(0)
+        latent = torch.randn(1, 4, side, side, device=device, generator=generator).to(dtype)
+        image = torch.rand(1, 3, side * 8, side * 8, device=device, generator=generator).to(dtype) * 2 - 1
+        size = f"{side * 8}x{side * 8}, {_name(dtype)}"
         with torch.inference_mode():
             check = f"max rel diff {rel_diff(ours.decode(latent), peer.decode(latent).sample):.1e}"
             peer_ms = timer(lambda: peer.decode(latent))
             ours_ms = timer(lambda: ours.decode(latent))
-        table.add(f"VAE decode {side * 8}x{side * 8}, {_name(dtype)}", peer_ms, ours_ms, check)
+            table.add(f"VAE decode {size}", peer_ms, ours_ms, check)
+            check = f"max rel diff {rel_diff(ours.encode(image), peer.encode(image).latent_dist.mean):.1e}"
+            peer_encode_ms = timer(lambda: peer.encode(image))
+            table.add(f"VAE encode {size}", peer_encode_ms, timer(lambda: ours.encode(image)), check)
+            if device == "cuda":
+                ours.to(memory_format=torch.channels_last)
+                table.add(f"VAE decode {size}, ours channels_last", peer_ms, timer(lambda: ours.decode(latent)))
+                table.add(f"VAE encode {size}, ours channels_last", peer_encode_ms,
+                          timer(lambda: ours.encode(image.contiguous(memory_format=torch.channels_last))))
         del peer, ours
         _free(device)
 

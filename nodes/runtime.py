@@ -129,7 +129,7 @@ class Runtime:
             if device.type == "cpu":
                 prepare_module(module, "cpu", module_dtype)
             else:
-                prepare_module(module, "cpu", module_dtype, channels_last=use_channels_last(device, module_dtype),
+                prepare_module(module, "cpu", module_dtype, channels_last=use_channels_last(device, module_dtype, module),
                                pack_weights=False)
         if device.type == "cpu":
             self.apply_thread_policy(value)

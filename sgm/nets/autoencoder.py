@@ -228,6 +228,10 @@ class AutoencoderKL(nn.Module):
     that outputs match reference implementations (clamp when converting to pixels).
     """
 
+    # Contiguous (NCHW) on CUDA: GroupNorm feeds almost every convolution here, at up to full
+    # image resolution, and CUDA's group_norm works in NCHW only (see sgm.devices.use_channels_last).
+    cuda_channels_last = False
+
     def __init__(
         self,
         ch: int = 128,

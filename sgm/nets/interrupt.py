@@ -19,8 +19,6 @@ from contextvars import ContextVar
 
 import torch
 
-import torch
-
 InterruptCheck = Callable[[], None]  # raises to interrupt; returns to go on
 
 _CHECK: ContextVar[InterruptCheck | None] = ContextVar("sgm_interrupt_check", default=None)
