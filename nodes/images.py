@@ -8,6 +8,7 @@ IMAGE values are (B, H, W, 3) float in [0, 1] and MASK values (B, H, W) in [0, 1
 """
 
 import errno
+import functools
 import json
 import os
 import secrets
@@ -23,6 +24,8 @@ CROP_MODES = ("disabled", "center")
 MAX_NUMBER = 10**9
 PNG_KEY = "latentflow"  # the PNG text chunk holding our own workflow format
 MASK_CHANNELS = ("alpha", "red", "green", "blue")
+# Latent tile sizes a plain decode falls back to, in order, when it runs out of memory.
+TILED_FALLBACK_LATENT = (64, 32, 16)
 # ComfyUI lists what SaveImage / PreviewImage read from the submission as hidden inputs; ours
 # read them from the run context (ctx.services).
 COMFYUI_HIDDEN = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
@@ -49,7 +52,7 @@ def decode_latent(runtime: Runtime, vae: Any, latent: Any, tiled: bool, node_id:
     pixels when tiled (the library's defaults when None)."""
     import torch
 
-    def work() -> Any:
+    def work(tiled: bool = tiled, tiles: tuple[int, int] | None = tiles) -> Any:
         with runtime.models.use(vae.vae) as device, torch.no_grad():
             z = latent.samples.to(device) / vae.scale_factor
             if tiled:
@@ -58,7 +61,10 @@ def decode_latent(runtime: Runtime, vae: Any, latent: Any, tiled: bool, node_id:
                 pixels = vae.vae.decode(z)  # (B, 3, H, W) in ~[-1, 1]
         return ((pixels.float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).contiguous()
 
-    return runtime.models.retry_on_oom(work, f"{node_id} (VAE decode)")
+    # Out of memory even with the device emptied: decode in tiles, smaller each time (latent pixels).
+    fallbacks = [(f"tiled decode ({size}x{size} latent tiles)", functools.partial(work, True, (size, size // 4)))
+                 for size in TILED_FALLBACK_LATENT if not tiled or (tiles or (64, 16))[0] > size]
+    return runtime.models.retry_on_oom(work, f"{node_id} (VAE decode)", fallbacks)
 
 
 def to_png_images(image: Any) -> list[Any]:

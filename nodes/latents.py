@@ -1,5 +1,6 @@
 """Latent nodes: empty latents, VAE encoding, masks, upscaling and batch picking."""
 
+import functools
 from dataclasses import replace
 from typing import Any
 
@@ -9,6 +10,8 @@ from nodes.values import LatentValue, VaeValue
 
 UPSCALE_METHODS = ("nearest-exact", "bilinear", "bicubic", "area")
 CROP_MODES = ("disabled", "center")
+# Image tile sizes a plain encode falls back to, in order, when it runs out of memory.
+TILED_FALLBACK_PIXELS = (512, 256, 128)
 
 
 def center_crop(tensor: Any, width: int, height: int) -> Any:
@@ -42,7 +45,7 @@ def encode_images(runtime: Runtime, vae: VaeValue, pixels: Any, tiled: bool, nod
     (tile size, overlap) in image pixels when tiled (the library's defaults when None)."""
     import torch
 
-    def work() -> Any:
+    def work(tiled: bool = tiled, tiles: tuple[int, int] | None = tiles) -> Any:
         with runtime.models.use(vae.vae) as device, torch.no_grad():
             x = pixels.to(device)
             if tiled:
@@ -51,7 +54,10 @@ def encode_images(runtime: Runtime, vae: VaeValue, pixels: Any, tiled: bool, nod
                 latent = vae.vae.encode(x)
         return latent.float().cpu() * vae.scale_factor
 
-    return runtime.models.retry_on_oom(work, f"{node_id} (VAE encode)")
+    # Out of memory even with the device emptied: encode in tiles, smaller each time (image pixels).
+    fallbacks = [(f"tiled encode ({size}x{size} pixel tiles)", functools.partial(work, True, (size, size // 8)))
+                 for size in TILED_FALLBACK_PIXELS if not tiled or (tiles or (512, 64))[0] > size]
+    return runtime.models.retry_on_oom(work, f"{node_id} (VAE encode)", fallbacks)
 
 
 def check_vae(vae: Any, node_id: str) -> VaeValue:

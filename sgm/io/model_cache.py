@@ -9,7 +9,8 @@ On an accelerator, modules live in RAM until a node uses them: :meth:`ModelCache
 moves them to the compute device, and when the device runs short of memory the least
 recently used modules go back to RAM first. :meth:`ModelCache.retry_on_oom` runs a
 node's work and, on an out-of-memory error, frees every cached model from the device,
-empties the allocator cache and retries once; a second failure becomes a
+empties the allocator cache and retries once, then tries the node's fallbacks (the VAE
+nodes decode and encode in ever smaller tiles); the last failure becomes a
 :class:`ModelMemoryError` that says what to do.
 """
 
@@ -21,7 +22,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -184,23 +185,34 @@ class ModelCache:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def retry_on_oom(self, work: Callable[[], T], what: str) -> T:
-        """Run ``work``; on out-of-memory offload every cached model and retry once."""
+    def retry_on_oom(self, work: Callable[[], T], what: str,
+                     fallbacks: Sequence[tuple[str, Callable[[], T]]] = ()) -> T:
+        """Run ``work``; on out-of-memory offload every cached model and retry once, then try
+        each ``(description, work)`` of ``fallbacks`` in order (e.g. tiled VAE decodes with
+        shrinking tiles: slower, less memory) before giving up with a :class:`ModelMemoryError`."""
         try:
             return work()
         except Exception as error:
             if not is_out_of_memory(error):
                 raise
             logger.warning("%s ran out of memory (%s); offloading cached models and retrying once", what, error)
-        self.offload_all()
-        try:
-            return work()
-        except Exception as error:
-            if not is_out_of_memory(error):
-                raise
+        attempts = [("", work), *fallbacks]
+        for index, (description, attempt) in enumerate(attempts):
             self.offload_all()
-            raise ModelMemoryError(
-                f"{what} ran out of memory on {self.device} even after moving every cached model back "
-                f"to RAM ({error}); use a smaller image size or batch, tiled decode/encode, or a "
-                f"smaller dtype (fp16/bf16)"
-            ) from error
+            if description:
+                logger.warning("%s ran out of memory again; retrying with %s", what, description)
+            try:
+                return attempt()
+            except Exception as error:
+                if not is_out_of_memory(error):
+                    raise
+                if index + 1 < len(attempts):
+                    continue
+                self.offload_all()
+                tried = f" and trying {', '.join(d for d, _ in fallbacks)}" if fallbacks else ""
+                raise ModelMemoryError(
+                    f"{what} ran out of memory on {self.device} even after moving every cached model back "
+                    f"to RAM{tried} ({error}); use a smaller image size or batch, tiled decode/encode, or a "
+                    f"smaller dtype (fp16/bf16)"
+                ) from error
+        raise AssertionError("unreachable")  # the loop returns or raises
