@@ -50,8 +50,8 @@ MODEL_COMMANDS = ("run", "serve", "sample")
 
 
 def add_speed_options(parser: argparse.ArgumentParser) -> None:
-    """--compile, --weight-dtype and --threads; they reach the nodes as ``settings.extra``."""
-    from sgm.nets.speed_names import COMPILE_MODE_CHOICES, WEIGHT_DTYPE_CHOICES
+    """--compile, --weight-dtype, --preview-method and --threads; they reach the nodes as ``settings.extra``."""
+    from sgm.nets.speed_names import COMPILE_MODE_CHOICES, PREVIEW_METHOD_CHOICES, WEIGHT_DTYPE_CHOICES
 
     group = parser.add_argument_group("speed")
     group.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODE_CHOICES,
@@ -63,6 +63,11 @@ def add_speed_options(parser: argparse.ArgumentParser) -> None:
                        help="store diffusion-model weights as " + ", ".join(WEIGHT_DTYPE_CHOICES[1:])
                             + " (about 1/2 the memory of fp16, 1/4 of fp32; compute stays in the usual dtype); "
                             "default: as loaded")
+    group.add_argument("--preview-method", default=None, choices=PREVIEW_METHOD_CHOICES, metavar="METHOD",
+                       help="live previews while sampling, made only while a browser watches, at most 4 a second: "
+                            "latent2rgb (a linear map, nearly free), taesd (the tiny autoencoder's decoder from "
+                            "models/vae_approx: taesd_decoder for SD 1.x/2.x, taesdxl_decoder for SDXL), none, or "
+                            "auto (default: taesd where its file is there, else latent2rgb)")
     group.add_argument("--threads", type=int, default=None, metavar="N",
                        help="CPU threads for torch (default: 1 for small models such as the embedded one, "
                             "all cores for bigger ones)")
@@ -77,6 +82,8 @@ def speed_settings(args: argparse.Namespace) -> dict[str, str]:
         extra["compile"] = args.compile
     if getattr(args, "weight_dtype", None):
         extra["weight_dtype"] = args.weight_dtype
+    if getattr(args, "preview_method", None):
+        extra["preview_method"] = args.preview_method
     return extra
 
 

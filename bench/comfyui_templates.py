@@ -8,7 +8,8 @@ ComfyUI UI-format workflows and an ``index.json`` that lists each template's mod
 listing SD1.5 or SDXL are checked. Each is converted with ``engine.comfyui_graph`` against our
 registry's ``/object_info``, validated in a temporary installation where every model file the
 template names exists as a stand-in (SD1.5 checkpoints: links to the embedded tiny-shapes model;
-SDXL ones: a reduced-width random SDXL checkpoint; LoRAs, VAEs and embeddings to match), and,
+SDXL ones: a reduced-width random SDXL checkpoint; LoRAs, VAEs and embeddings to match; Lotus-D
+diffusion models: a reduced-width random Lotus UNet, with a random null-prompt file), and,
 when valid, run with image sizes shrunk to 64x64 and steps to 2 (literal inputs overridden after
 conversion). Refusals are ComfyUI's error types (``missing_node_type: ControlNetLoader``, ...).
 Prints a table and the pass rate.
@@ -114,12 +115,16 @@ def write_stand_ins(root: Path, wanted: dict[str, set[tuple[str, str]]]) -> None
                   str(embeddings[family]))
     sources = {"checkpoints": checkpoints, "loras": loras, "vae": vaes, "embeddings": embeddings,
                **extra_stand_ins(store, loaded)}
+    lotus = lotus_stand_ins(store, models) if any("lotus" in n.lower() for ns in wanted.values() for _, n in ns) \
+        else None
     for family, names in wanted.items():
         for folder, name in sorted(names):
             target = models / folder / name
             if folder == "embeddings" and not target.suffix:
                 target = target.with_suffix(".safetensors")
             source = sources.get(folder, {}).get(family)
+            if folder == "diffusion_models" and "lotus" in name.lower():
+                source = lotus
             if source is None or target.exists():
                 continue  # a kind we have no stand-in for: validation reports the missing file
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +164,15 @@ def extra_stand_ins(store: Path, loaded: dict[str, Any]) -> dict[str, dict[str, 
                                                             tiny_clip_vision(config), hints={"heads": 2})
         out["upscale_models"][family] = upscale_stand_in(store / "upscale-2x.safetensors")
     return out
+
+
+def lotus_stand_ins(store: Path, models: Path) -> Path:
+    """A reduced-width random Lotus-D UNet (SD 2 layout, 1024-wide text, the 4-wide task input) and a
+    random stand-in of the null-prompt file LotusConditioning reads (models/text_encoders/)."""
+    from tests.nodes.test_comfy_lotus import write_null_prompt_stand_in, write_tiny_lotus
+
+    write_null_prompt_stand_in(models)
+    return write_tiny_lotus(store / "lotus-d.safetensors", context_dim=1024, seed=30)
 
 
 def upscale_stand_in(path: Path) -> Path:

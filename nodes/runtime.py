@@ -67,6 +67,29 @@ class Runtime:
 
         return parse_weight_dtype(self._extra("weight_dtype", "default"), "settings weight_dtype (--weight-dtype)")
 
+    def preview_method(self) -> str:
+        """How live previews are made: ``settings.extra["preview_method"]`` (``--preview-method``:
+        auto, none, latent2rgb, taesd); auto unless set."""
+        from sgm.nets.speed_names import PREVIEW_METHOD_CHOICES
+
+        method = self._extra("preview_method", "auto")
+        if method not in PREVIEW_METHOD_CHOICES:
+            raise ValueError(f"settings preview_method (--preview-method) {method!r} is not one of "
+                             f"{', '.join(PREVIEW_METHOD_CHOICES)}")
+        return method
+
+    def preview_decoder(self, family: str) -> Any:
+        """The TAESD decoder for ``family``'s latents from models/vae_approx/ (taesd_decoder for SD
+        1.x/2.x, taesdxl_decoder for SDXL), loaded once per file version, or None where there is none."""
+        from sgm.io.taesd_files import find_preview_decoder, load_taesd_part
+
+        folders = [folder.path for folder in self.settings.model_paths.folders("vae_approx")]
+        path = find_preview_decoder(folders, family)
+        if path is None:
+            return None
+        return self.load_model(Path(path), "taesd-preview-decoder", "live preview",
+                               lambda dtype: load_taesd_part(path, "decoder").to(dtype=dtype))
+
     def compile_options(self, mode: str | None = None) -> Any:
         """:class:`sgm.nets.compile.CompileOptions` for ``mode`` (default: ``settings.extra["compile"]``,
         ``--compile``), or None when compiling is off. The cache lives in user/compile-cache."""

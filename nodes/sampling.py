@@ -8,6 +8,7 @@ report each step as progress (with a cheap latent preview) and stop when the run
 cancelled.
 """
 
+import logging
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 from engine.api import Bool, Cancelled, Choice, Context, Float, Int, NodeContext, NodeSpec, Out, node
 from nodes.runtime import Runtime
 from nodes.values import LatentValue, ModelValue
+
+logger = logging.getLogger(__name__)
 
 def sampler_names() -> list[str]:
     """The keys of ``sgm.sampling.samplers.SAMPLERS`` in ComfyUI's order (no torch import)."""
@@ -79,6 +82,11 @@ def _prepare_conditions(conditions: tuple[Any, ...], model: ModelValue, height: 
 
     adm = int(getattr(model.unet, "adm_in_channels", 0) or 0)
     noise_seed = seed + uc.NOISE_SEED_OFFSET
+    if model.family == "lotus":  # the task switcher's vector, whatever the conditioning brought
+        from sgm.io.lotus import task_embedding
+
+        vector = task_embedding()
+        return [replace(c, y=vector.expand(c.context.shape[0], -1)) for c in conditions]
     if model.family.startswith("sd2"):  # an SD 2.x UNet with a vector input: SD 2.1 unCLIP
         dim = uc.unclip_adm_dim(adm)
         augmentation = uc.EmbeddingNoiseAugmentation(dim)
@@ -148,15 +156,42 @@ def _inpaint_concat(latent: LatentValue, samples: Any) -> Any:
     return make_inpaint_concat(latent.noise_mask.float(), masked)
 
 
-def _preview(denoised: Any, family: str) -> Any:
-    from sgm.sampling.latent_preview import latent_preview_image
+def _preview(denoised: Any, family: str, method: str, decoder: Any = None) -> Any:
+    """A PIL preview of the first item of ``denoised`` (scaled latents) by ``method`` (see
+    ``Runtime.preview_method``); ``decoder``: the TAESD decoder when the method resolved to taesd."""
+    from sgm.sampling.latent_preview import latent_preview_image, taesd_preview_image
 
-    if denoised.shape[1] != 4:
+    if method == "none" or denoised.shape[1] != 4:
         return None
+    if decoder is not None:
+        import torch.nn.functional as F
+
+        latent = denoised[:1]
+        largest = PREVIEW_SIZE // 8  # TAESD's cost grows with its output: decode no more than is shown
+        if max(latent.shape[-2:]) > largest:
+            scale = largest / max(latent.shape[-2:])
+            latent = F.interpolate(latent.float(), size=[max(1, round(s * scale)) for s in latent.shape[-2:]],
+                                   mode="area")
+        return taesd_preview_image(latent, decoder, max_size=PREVIEW_SIZE)
     try:
         return latent_preview_image(denoised[:1], family, max_size=PREVIEW_SIZE)
     except ValueError:  # a family without fitted factors: SD's are a fair approximation
         return latent_preview_image(denoised[:1], "sd1", max_size=PREVIEW_SIZE)
+
+
+def _preview_decoder(runtime: Runtime, method: str, family: str, node_id: str) -> Any:
+    """The TAESD decoder previews use, or None for latent2rgb: ``taesd`` wants one (and falls back to
+    latent2rgb with a warning when its file is missing); ``auto`` uses one where its file is there and
+    the model runs on an accelerator (on a CPU a TAESD preview costs as much as a few sampler steps)."""
+    if method not in ("taesd", "auto") or (method == "auto" and runtime.models.device.type == "cpu"):
+        return None
+    family = "sdxl" if family.startswith("sdxl") else "sd1" if family.startswith(("sd1", "sd2")) else family
+    decoder = runtime.preview_decoder(family)
+    if decoder is None and method == "taesd":
+        logger.warning("%s: --preview-method taesd but no TAESD decoder for %s latents in models/vae_approx/ "
+                       "(taesd_decoder.safetensors for SD 1.x/2.x, taesdxl_decoder.safetensors for SDXL); "
+                       "previewing with latent2rgb", node_id, family)
+    return decoder
 
 
 def run_sampler(runtime: Runtime, guider: GuiderValue, sampler: SamplerValue, sigmas: Any, latent: LatentValue,
@@ -207,6 +242,10 @@ def run_sampler_with_denoised(runtime: Runtime, guider: GuiderValue, sampler: Sa
 
     preview_wanted = ctx.services.get("preview_wanted")  # the server: "does a client watch?"
     last_preview = [float("-inf")]
+    preview_method = runtime.preview_method()
+    # The TAESD decoder (if previews use one) goes to the device with the UNet; only a server makes previews.
+    preview_decoder = (_preview_decoder(runtime, preview_method, model.family, node_id)
+                       if preview_wanted is not None and preview_method != "none" else None)
 
     last_denoised: list[Any] = []
 
@@ -217,16 +256,19 @@ def run_sampler_with_denoised(runtime: Runtime, guider: GuiderValue, sampler: Sa
         now = time.monotonic()
         due = now - last_preview[0] >= PREVIEW_INTERVAL or info.step + 1 == info.total
         preview = None
-        if due and preview_wanted is not None and preview_wanted():
-            preview = _preview(info.denoised, model.family)
+        if due and preview_method != "none" and preview_wanted is not None and preview_wanted():
+            preview = _preview(info.denoised, model.family, preview_method, preview_decoder)
             last_preview[0] = now
         ctx.progress(info.step + 1, info.total, preview)
 
     def work() -> Any:
-        # ControlNets, T2I-Adapters and GLIGEN models of the conditions run beside the UNet, on its device.
+        # ControlNets, T2I-Adapters and GLIGEN models of the conditions (and the TAESD preview decoder) run
+        # beside the UNet, on its device.
         conditions = [*positive, *negative, *(middle or [])]
         controls = list({id(m): m for c in conditions if c.control is not None for m in c.control.models()}.values())
         controls += list({id(c.gligen[0]): c.gligen[0] for c in conditions if c.gligen is not None}.values())
+        if preview_decoder is not None:
+            controls.append(preview_decoder)
         with runtime.models.use(model.unet, *controls) as device, \
                 patched({"unet": model.unet}, [(p.targets, p.strength) for p in model.loras]):
             denoiser = _make_denoiser(

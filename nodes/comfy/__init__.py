@@ -32,12 +32,13 @@ NATIVE = ("SaveImage", "PreviewImage")
 def nodes(runtime: Runtime, ours: Mapping[str, NodeSpec]) -> list[NodeSpec]:
     """The adapters, given our built nodes by id (they call ``ours[id].function``)."""
     from nodes.comfy import (clip_vision, conditioning, controlnet, custom_sampling, gligen, image, image_ops, latent,
-                             loaders, masks, model_merge, notes, upscale)
+                             loaders, lotus, masks, model_merge, notes, upscale)
 
     return [*loaders.nodes(runtime, ours), *conditioning.nodes(runtime, ours), *latent.nodes(runtime, ours),
             *custom_sampling.nodes(runtime, ours), *image.nodes(runtime, ours), *image_ops.nodes(runtime, ours),
             *masks.nodes(runtime, ours), *clip_vision.nodes(runtime, ours), *model_merge.nodes(runtime, ours),
             *controlnet.nodes(runtime, ours), *gligen.nodes(runtime, ours), *upscale.nodes(runtime, ours),
+            *lotus.nodes(runtime, ours),
             *notes.nodes()]
 
 

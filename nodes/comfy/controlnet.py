@@ -1,15 +1,16 @@
 """ComfyUI's ControlNet nodes: load a ControlNet or T2I-Adapter, apply it to conditioning.
 
-The models load by content (``sgm.io.controlnet_files``: ldm/cldm or diffusers ControlNets, full and
-light T2I-Adapters), the application is ``sgm.sampling.guiders.apply_control`` and the guider runs the
-chain while sampling (strength, start/end percent, stacked controls summed).
+The models load by content (``sgm.io.controlnet_files``: ldm/cldm or diffusers ControlNets, union
+ControlNets, control-LoRAs, full and light T2I-Adapters), the application is
+``sgm.sampling.guiders.apply_control`` and the guider runs the chain while sampling (strength, start/end
+percent, stacked controls summed; a control-LoRA is completed there by the UNet being sampled).
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from engine.api import Float, NodeSpec, Out, node
+from engine.api import Choice, Float, NodeSpec, Out, node
 from engine.model_paths import model_choice
 from nodes.comfy import COMPAT
 from nodes.runtime import Runtime, model_file_fingerprint
@@ -17,6 +18,10 @@ from nodes.runtime import Runtime, model_file_fingerprint
 CONTROLNET = ("controlnet",)
 STRENGTH = dict(default=1.0, min=0.0, max=10.0, step=0.01)
 PERCENT = dict(min=0.0, max=1.0, step=0.001)
+# SetUnionControlNetType's choices: "auto" and ``sgm.nets.controlnet_union.UNION_TYPES`` in index order
+# (written out here so that listing the nodes does not import torch; a test keeps them equal).
+UNION_TYPE_CHOICES = ("auto", "openpose", "depth", "hed/pidi/scribble/ted", "canny/lineart/anime_lineart/mlsd",
+                      "normal", "segment", "tile", "repaint")
 
 
 def _hint(image: Any) -> Any:
@@ -47,8 +52,9 @@ def nodes(runtime: Runtime, ours: Mapping[str, NodeSpec]) -> list[NodeSpec]:
         control_net_name: model_choice(models, *CONTROLNET,
                                        tooltip="a ControlNet or T2I-Adapter in models/controlnet/ or models/t2i_adapter/"),
     ) -> Out(CONTROL_NET="CONTROL_NET"):
-        """Load a ControlNet (ldm/cldm or diffusers layout, SD 1.x / 2.x / SDXL) or a T2I-Adapter (full SD / SDXL
-        or light), recognised by the file's content."""
+        """Load a ControlNet (ldm/cldm or diffusers layout, SD 1.x / 2.x / SDXL; union ControlNets such as
+        controlnet-union-sdxl-1.0 / ProMax; Stability AI's control-LoRAs, completed by the model they are
+        sampled with) or a T2I-Adapter (full SD / SDXL or light), recognised by the file's content."""
         return load("ControlNetLoader", control_net_name)
 
     @node("DiffControlNetLoader", display_name="Load ControlNet Model (diff)", category="loaders", compat=COMPAT,
@@ -95,4 +101,25 @@ def nodes(runtime: Runtime, ours: Mapping[str, NodeSpec]) -> list[NodeSpec]:
                                  end_percent)
         return pos, neg
 
-    return [controlnet_loader, diff_controlnet_loader, controlnet_apply, controlnet_apply_advanced]
+    @node("SetUnionControlNetType", display_name="SetUnionControlNetType", category="conditioning/controlnet",
+          compat=COMPAT)
+    def set_union_controlnet_type(
+        control_net: "CONTROL_NET",
+        type: Choice(choices=UNION_TYPE_CHOICES,  # noqa: A002 - ComfyUI's input name
+                     tooltip="the kind of hint image a union ControlNet is given; auto: no type"),
+    ) -> Out(CONTROL_NET="CONTROL_NET"):
+        """Tell a union ControlNet (controlnet-union-sdxl-1.0, ProMax) what its hint images are. The loaded model
+        is shared, not changed; "auto" runs it without a type, as a loaded union ControlNet runs."""
+        from sgm.nets.controlnet_union import union_type_index
+
+        control_type = union_type_index(type)
+        if hasattr(control_net, "with_type"):
+            return control_net.with_type(control_type)
+        if not control_type:  # "auto" on another control model: nothing to set
+            return control_net
+        raise ValueError(f"SetUnionControlNetType: type {type!r} needs a union ControlNet (e.g. "
+                         f"controlnet-union-sdxl-1.0); control_net is a {control_net.__class__.__name__}. Use 'auto' "
+                         "or connect a union ControlNet")
+
+    return [controlnet_loader, diff_controlnet_loader, controlnet_apply, controlnet_apply_advanced,
+            set_union_controlnet_type]

@@ -7,14 +7,16 @@ modification time), so an edited model file reloads here too.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from engine.api import Choice, Float, Int, NodeSpec, Out, node
+from engine.model_paths import ModelChoice, ModelPaths
 from nodes.comfy import COMPAT, call
 from nodes.loaders import TEXT_ENCODERS
-from nodes.runtime import Runtime
+from nodes.runtime import Runtime, file_fingerprint
+from nodes.values import VaeValue
 
 CONFIGS = (
     "anything_v3.yaml", "v1-inference.yaml", "v1-inference_clip_skip_2.yaml", "v1-inference_clip_skip_2_fp16.yaml",
@@ -35,6 +37,62 @@ DUAL_CLIP_TYPES = ("sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_i
 LORA_STRENGTH = dict(min=-100.0, max=100.0, step=0.01)
 SDXL_VAE_SCALE, SD_VAE_SCALE = 0.13025, 0.18215
 ENCODER_TIP = "a text encoder file in models/text_encoders/ (or models/clip/)"
+TAESD_VAES = ("taesd", "taesdxl")  # VAE names for TAESD pairs in models/vae_approx/ (ComfyUI's names)
+VAE_TIP = ("a file in models/vae/, or taesd / taesdxl (the tiny autoencoder for SD 1.x-2.x / SDXL: fast, a little "
+           "less faithful), listed when its encoder and decoder files are both in models/vae_approx/")
+
+
+def approx_folders(models: ModelPaths) -> list[Path]:
+    """The vae_approx folders (TAESD files) in search order."""
+    return [folder.path for folder in models.folders("vae_approx")]
+
+
+@dataclass(frozen=True)
+class VaeChoice(ModelChoice):
+    """The VAE files, then ``taesd`` / ``taesdxl`` for each TAESD whose encoder and decoder files
+    (``taesd_encoder.*`` + ``taesd_decoder.*``, ``taesdxl_*``) are both in models/vae_approx/, as
+    ComfyUI lists them (no torch: the list is part of /object_info)."""
+
+    def options(self) -> list[str]:
+        from sgm.io.taesd_files import taesd_vae_names
+
+        assert self.models is not None
+        return [*super().options(), *taesd_vae_names(approx_folders(self.models))]
+
+    def check(self, value: Any) -> str | None:
+        problem = super().check(value)
+        if problem is not None and value in TAESD_VAES and self.models is not None:
+            return taesd_missing_message(self.models, value)
+        return problem
+
+
+def taesd_missing_message(models: ModelPaths, name: str) -> str:
+    """What a TAESD VAE name lacks and where to put it."""
+    from sgm.io.taesd_files import PARTS, PREFIX_FAMILIES, find_taesd_file
+
+    folders = approx_folders(models)
+    missing = [f"{name}_{part}" for part in PARTS if find_taesd_file(folders, PREFIX_FAMILIES[name], part) is None]
+    where = " or ".join(f"{folder}/" for folder in folders) or "models/vae_approx/"
+    return (f"VAE {name!r} needs {' and '.join(missing) or 'both files'} (.safetensors or .pth, from "
+            f"madebyollin/taesd) in {where}")
+
+
+def taesd_vae(runtime: Runtime, name: str, node_id: str) -> VaeValue:
+    """The TAESD pair ``name`` (taesd / taesdxl) from models/vae_approx/ as a VAE value: its
+    ``encode`` / ``decode`` speak unscaled latents, so the decode and encode nodes run it unchanged."""
+    from sgm.io.taesd_files import PARTS, PREFIX_FAMILIES, find_taesd_file, load_tiny_autoencoder
+
+    models = runtime.settings.model_paths
+    family = PREFIX_FAMILIES[name]
+    encoder, decoder = (find_taesd_file(approx_folders(models), family, part) for part in PARTS)
+    if encoder is None or decoder is None:
+        raise FileNotFoundError(f"{node_id}: vae_name: {taesd_missing_message(models, name)}")
+    # One cache entry for the pair, under the decoder's file; the encoder's version is part of
+    # the kind, so replacing either file loads the pair again.
+    kind = f"taesd:{encoder.resolve()}@{encoder.stat().st_mtime_ns}"
+    vae = runtime.load_model(decoder, kind, node_id,
+                             lambda dtype: load_tiny_autoencoder(encoder, decoder, family, dtype))
+    return VaeValue(vae, vae.scale_factor, name)
 
 
 def nodes(runtime: Runtime, ours: Mapping[str, NodeSpec]) -> list[NodeSpec]:
@@ -70,13 +128,23 @@ def nodes(runtime: Runtime, ours: Mapping[str, NodeSpec]) -> list[NodeSpec]:
             clip = replace(clip, clip_skip=CONFIG_CLIP_SKIP[config_name])
         return model, clip, vae
 
-    @node("VAELoader", display_name="Load VAE", category="loaders", compat=COMPAT,
-          fingerprint=ours["LoadVAE"].fingerprint)
+    def vae_fingerprint(vae_name: Any = None, **literals: Any) -> Any:
+        if vae_name in TAESD_VAES:  # both TAESD files: replacing either reloads
+            from sgm.io.taesd_files import PARTS, PREFIX_FAMILIES, find_taesd_file
+
+            folders = approx_folders(runtime.settings.model_paths)
+            return [file_fingerprint(find_taesd_file(folders, PREFIX_FAMILIES[vae_name], part)) for part in PARTS]
+        return ours["LoadVAE"].fingerprint(vae_name=vae_name, **literals)
+
+    @node("VAELoader", display_name="Load VAE", category="loaders", compat=COMPAT, fingerprint=vae_fingerprint)
     def vae_loader(
-        vae_name: files("LoadVAE", "vae_name"),
+        vae_name: VaeChoice(models=runtime.settings.model_paths, kinds=("vae",), tooltip=VAE_TIP),
     ) -> Out(VAE="VAE"):
-        """Load a standalone VAE (latentflow's LoadVAE). ComfyUI scales latents by the model, we by the VAE: a file
-        whose name says it is an SDXL VAE ("xl") gets SDXL's factor 0.13025, any other SD's 0.18215."""
+        """Load a standalone VAE (latentflow's LoadVAE), or taesd / taesdxl: the tiny autoencoder whose encoder and
+        decoder files are in models/vae_approx/. ComfyUI scales latents by the model, we by the VAE: a file whose
+        name says it is an SDXL VAE ("xl") gets SDXL's factor 0.13025, any other SD's 0.18215."""
+        if vae_name in TAESD_VAES:
+            return taesd_vae(runtime, vae_name, "VAELoader")
         scale = SDXL_VAE_SCALE if "xl" in Path(vae_name).name.lower() else SD_VAE_SCALE
         return call(ours, "LoadVAE", vae_name=vae_name, scale_factor=scale)
 
@@ -116,10 +184,13 @@ def nodes(runtime: Runtime, ours: Mapping[str, NodeSpec]) -> list[NodeSpec]:
         weight_dtype: Choice(choices=WEIGHT_DTYPES, tooltip="default: the installation's precision; fp8_*: "
                                                             "weights stored in one byte, computed in it"),
     ) -> Out(MODEL="MODEL"):
-        """Load a diffusion model (UNet) file, eps prediction (latentflow's LoadUNet). fp8 weights are stored in
-        one byte and computed in the installation's precision (fp8_e4m3fn_fast is fp8_e4m3fn here)."""
-        return call(ours, "LoadUNet", unet_name=unet_name, prediction="eps",
-                    weight_dtype="fp8_e4m3fn" if weight_dtype == "fp8_e4m3fn_fast" else weight_dtype)
+        """Load a diffusion model (UNet) file, eps prediction (latentflow's LoadUNet); a Lotus-D UNet gets its
+        img-to-img sampling (``nodes.comfy.lotus``). fp8 weights are stored in one byte and computed in the
+        installation's precision (fp8_e4m3fn_fast is fp8_e4m3fn here)."""
+        from nodes.comfy.lotus import lotus_model
+
+        return lotus_model(call(ours, "LoadUNet", unet_name=unet_name, prediction="eps",
+                                weight_dtype="fp8_e4m3fn" if weight_dtype == "fp8_e4m3fn_fast" else weight_dtype))
 
     @node("CLIPLoader", display_name="Load CLIP", category="advanced/loaders", compat=COMPAT,
           fingerprint=lambda clip_name=None, **_: ours["LoadTextEncoder"].fingerprint(text_encoder_name=clip_name))

@@ -210,6 +210,23 @@ def assign_weights(
     return module.eval()
 
 
+def controlnet_config(state_dict: dict[str, torch.Tensor], hints: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``ControlNet`` keyword arguments read from bare cldm keys (heads from ``hints`` or the family:
+    8 heads for SD 1.x, 64-channel heads for SD 2.x / SDXL, as in ``infer_unet_config``)."""
+    if "label_emb.0.0.weight" in state_dict:
+        family = "sdxl"
+    elif any(k.endswith("proj_in.weight") and v.ndim == 2 for k, v in state_dict.items()):
+        family = "sd2"
+    else:
+        family = "sd1"
+    shapes = dict(state_dict)
+    shapes["out.2.weight"] = torch.empty(4, 1, 1, 1, device="meta")  # a ControlNet has no output layer
+    config = infer_unet_config(shapes, family, hints)
+    config.pop("out_channels")
+    config["hint_channels"] = state_dict["input_hint_block.0.weight"].shape[1]
+    return config
+
+
 def build_unet(
     state_dict: dict[str, torch.Tensor], config: dict[str, Any], *, device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,

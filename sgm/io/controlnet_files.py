@@ -13,6 +13,14 @@ ControlNet, diffusers   ``controlnet_cond_embedding.conv_in / blocks.i / conv_ou
                         and the UNet encoder's names (``sgm.io.convert``).
 "diff" ControlNet       a cldm file with a ``difference`` marker: its encoder weights are stored
                         as differences from a UNet's and need that UNet (DiffControlNetLoader).
+Union ControlNet        either ControlNet layout plus ``task_embedding``, ``control_add_embedding.*``,
+                        ``transformer_layes.N.*`` and ``spatial_ch_projs`` (``sgm.nets.controlnet_union``).
+                        xinsir's released single files use the diffusers names (attention as
+                        ``attn.in_proj_weight``); ComfyUI's renamed ``attn.in_proj.weight`` is read too.
+Control-LoRA            Stability AI's ``control-lora-*``: a ``lora_controlnet`` marker, ``<layer>.up`` /
+                        ``<layer>.down`` low-rank factors of the difference between a ControlNet layer
+                        and the UNet's, and full tensors (hint encoder, zero convolutions, biases,
+                        norms). Completed by the UNet it is sampled with (``sgm.io.control_lora.ControlLoRA``).
 T2I-Adapter, full       ``conv_in``, ``body.N.block1/block2/in_conv/skep`` (TencentARC) or
                         diffusers' ``adapter.conv_in``, ``adapter.body.L.in_conv``,
                         ``adapter.body.L.resnets.j.block1/2`` (= ``body.{L R + j}``); SD (8x
@@ -30,10 +38,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from sgm.io.checkpoints import config_hints, assign_weights, infer_unet_config
+from sgm.io.checkpoints import assign_weights, config_hints, controlnet_config
 from sgm.io.convert import unet_diffusers_to_original
 from sgm.io.state_dict import CheckpointError, read_state_dict
+from sgm.io.control_lora import CONTROL_LORA_MARKER, ControlLoRA
 from sgm.nets.controlnet import ControlNet
+from sgm.nets.controlnet_union import UNION_PREFIXES, UnionControlNet
 from sgm.nets.t2i_adapter import LightT2IAdapter, T2IAdapter
 
 LDM_PREFIX = "control_model."
@@ -41,8 +51,12 @@ DIFF_MARKER = "difference"
 
 
 def control_kind(state_dict: dict[str, torch.Tensor]) -> str:
-    """"controlnet-ldm", "controlnet-diffusers", "t2i-adapter[-light][-diffusers]"."""
+    """"controlnet-ldm", "controlnet-diffusers", "control-lora", "t2i-adapter[-light][-diffusers]".
+
+    A union ControlNet is one of the ControlNet layouts (``is_union``)."""
     keys = state_dict.keys()
+    if CONTROL_LORA_MARKER in keys:
+        return "control-lora"
     if "controlnet_cond_embedding.conv_in.weight" in keys:
         return "controlnet-diffusers"
     if LDM_PREFIX + "input_hint_block.0.weight" in keys or "input_hint_block.0.weight" in keys:
@@ -58,7 +72,7 @@ def control_kind(state_dict: dict[str, torch.Tensor]) -> str:
     raise CheckpointError(
         "not a ControlNet or T2I-Adapter file this loader knows: expected input_hint_block.* (ldm), "
         "controlnet_cond_embedding.* (diffusers) or conv_in/body.* (T2I-Adapter); first keys found: "
-        f"{sorted(keys)[:8]} (style T2I-Adapters, control-LoRAs and union models are not supported)")
+        f"{sorted(keys)[:8]} (style T2I-Adapters are not supported)")
 
 
 def controlnet_diffusers_to_ldm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -83,6 +97,8 @@ def controlnet_diffusers_to_ldm(state_dict: dict[str, torch.Tensor]) -> dict[str
             out[f"zero_convs.{index}.0.{param}"] = tensor
         elif key.startswith("controlnet_mid_block."):
             out[f"middle_block_out.0.{key[len('controlnet_mid_block.'):]}"] = tensor
+        elif key.startswith(UNION_PREFIXES):
+            out[key] = tensor
         elif key.startswith("add_embedding.") or key.startswith(("time_embedding.", "conv_in.", "down_blocks.",
                                                                     "mid_block.", "class_embedding.")):
             encoder[key] = tensor
@@ -92,27 +108,33 @@ def controlnet_diffusers_to_ldm(state_dict: dict[str, torch.Tensor]) -> dict[str
     return out
 
 
+def is_union(state_dict: dict[str, torch.Tensor]) -> bool:
+    """Whether bare or diffusers ControlNet keys hold a union ControlNet (control-type embedding)."""
+    return "control_add_embedding.linear_1.weight" in state_dict
+
+
+def union_config(state_dict: dict[str, torch.Tensor], hints: dict[str, Any]) -> dict[str, Any]:
+    """The ``UnionControlNet`` arguments beyond the ControlNet's, read from its union keys (the token
+    transformer's head count from ``hints["union_heads"]``, else 8 as in every released model)."""
+    types, channels = state_dict["task_embedding"].shape
+    layers = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("transformer_layes."))
+    type_inputs = state_dict["control_add_embedding.linear_1.weight"].shape[1]
+    if type_inputs % types:
+        raise CheckpointError(f"union ControlNet: control_add_embedding takes {type_inputs} features, not a "
+                              f"multiple of its {types} control types")
+    return dict(num_control_types=types, token_channels=channels, token_layers=layers,
+                token_heads=int(hints.get("union_heads", 8)), type_features=type_inputs // types)
+
+
+def _union_names(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ComfyUI's ``attn.in_proj.weight`` -> torch's ``attn.in_proj_weight`` (the released files' name)."""
+    return {k.replace(".attn.in_proj.", ".attn.in_proj_"): v for k, v in state_dict.items()}
+
+
 def _hints(metadata: dict[str, str], hints: dict[str, Any] | None) -> dict[str, Any]:
     found = dict(config_hints(metadata).get("unet", {}))
     found.update(hints or {})
     return found
-
-
-def controlnet_config(state_dict: dict[str, torch.Tensor], hints: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``ControlNet`` keyword arguments read from bare cldm keys (heads from ``hints`` or the family:
-    8 heads for SD 1.x, 64-channel heads for SD 2.x / SDXL, as in ``infer_unet_config``)."""
-    if "label_emb.0.0.weight" in state_dict:
-        family = "sdxl"
-    elif any(k.endswith("proj_in.weight") and v.ndim == 2 for k, v in state_dict.items()):
-        family = "sd2"
-    else:
-        family = "sd1"
-    shapes = dict(state_dict)
-    shapes["out.2.weight"] = torch.empty(4, 1, 1, 1, device="meta")  # a ControlNet has no output layer
-    config = infer_unet_config(shapes, family, hints)
-    config.pop("out_channels")
-    config["hint_channels"] = state_dict["input_hint_block.0.weight"].shape[1]
-    return config
 
 
 def t2i_adapter_diffusers_to_original(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -213,6 +235,9 @@ def load_control_model(
         with torch.device("meta"):
             adapter = T2IAdapter(**config)
         return assign_weights(adapter, tensors, device=device, dtype=dtype, what=f"{what} (T2I-Adapter)")
+    if kind == "control-lora":
+        return ControlLoRA({k: v for k, v in state_dict.items() if k != CONTROL_LORA_MARKER}, what=what).to(
+            device=device, dtype=dtype)
     if kind == "controlnet-diffusers":
         tensors = controlnet_diffusers_to_ldm(state_dict)
     else:
@@ -224,7 +249,16 @@ def load_control_model(
             tensors = {k: v for k, v in state_dict.items() if k != DIFF_MARKER}
         if diff:
             tensors = _undo_difference(tensors, unet_state, what)
-    config = controlnet_config(tensors, _hints(metadata, hints))
+    hints = _hints(metadata, hints)
+    if is_union(tensors):
+        tensors = _union_names(tensors)
+        encoder = {k: v for k, v in tensors.items() if not k.startswith(UNION_PREFIXES)}
+        unet_hints = {k: v for k, v in hints.items() if k != "union_heads"}
+        config = {**controlnet_config(encoder, unet_hints), **union_config(tensors, hints)}
+        with torch.device("meta"):
+            union = UnionControlNet(**config)
+        return assign_weights(union, tensors, device=device, dtype=dtype, what=f"{what} (union ControlNet)")
+    config = controlnet_config(tensors, hints)
     with torch.device("meta"):
         model = ControlNet(**config)
     return assign_weights(model, tensors, device=device, dtype=dtype, what=f"{what} (ControlNet)")

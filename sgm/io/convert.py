@@ -51,6 +51,10 @@ _UNET_SIMPLE_TO_DIFFUSERS = {
     "out.2.": "conv_out.",
 }
 _UNET_SIMPLE_TO_ORIGINAL = {v: k for k, v in _UNET_SIMPLE_TO_DIFFUSERS.items()}
+# A projection class embedding (diffusers' name for the vector input of Lotus and other SD 2.x
+# fine-tunes) is the same MLP as SDXL's add_embedding: read it as label_emb.0 too.
+_UNET_SIMPLE_TO_ORIGINAL.update({"class_embedding.linear_1.": "label_emb.0.0.",
+                                 "class_embedding.linear_2.": "label_emb.0.2."})
 
 
 class KeyMappingError(ValueError):

@@ -7,6 +7,11 @@ The network is a trainable copy of the UNet's encoder (``time_embed``, ``label_e
 convolutions, the last one zero-initialised), one 1x1 zero convolution per input block
 (``zero_convs.N.0``) and one after the middle block (``middle_block_out.0``). Its outputs are
 ``ControlResiduals`` the UNet adds to its skips and middle block (cldm's ``ControlledUnetModel``).
+``ControlNet.run`` is the encoder pass given an encoded hint; union ControlNets
+(``sgm.nets.controlnet_union``) encode theirs differently and reuse it.
+
+``sgm.io.control_lora.ControlLoRA`` is Stability AI's control-LoRA: a ControlNet stored as low-rank differences from
+the UNet it is used with, completed by that UNet when sampling starts (``ControlLoRA.for_unet``).
 
 ``ControlLink`` is one applied control: model, hint image, strength, start/end fraction of
 sampling, and the previous link (stacked controls sum up). The guider evaluates the chain per
@@ -16,6 +21,7 @@ UNet call (``sgm.sampling.guiders``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -78,17 +84,34 @@ class ControlNet(nn.Module):
         context: torch.Tensor | None = None,
         y: torch.Tensor | None = None,
     ) -> ControlResiduals:
+        dtype = self.time_embed[0].weight.dtype
+        guided_hint = self.input_hint_block(hint.to(dtype), None, None)  # (B, mc, h, w): convolutions only
+        return self.run(x, guided_hint, timesteps, context, y)
+
+    def run(
+        self,
+        x: torch.Tensor,
+        guided_hint: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        extra_emb: torch.Tensor | None = None,
+    ) -> ControlResiduals:
+        """The encoder pass with an encoded hint (B, mc, h, w) added after the first input block.
+
+        extra_emb: (B or 1, 4*mc) added to the time embedding (a union ControlNet's control type)."""
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(x.shape[0])
         dtype = self.time_embed[0].weight.dtype
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(dtype))  # (B, 4*mc)
+        if extra_emb is not None:
+            emb = emb + extra_emb
         if self.num_classes is not None:
             if y is None:
                 raise ValueError("this ControlNet takes vector conditioning y (an SDXL ControlNet); got None")
             emb = emb + self.label_emb(y.to(dtype) if y.is_floating_point() else y)
         if context is not None:
             context = context.to(dtype)
-        guided_hint = self.input_hint_block(hint.to(dtype), emb, context)  # (B, mc, h, w)
         h = x.to(dtype)
         skips = []
         for index, (block, zero_conv) in enumerate(zip(self.input_blocks, self.zero_convs)):
@@ -107,6 +130,8 @@ class ControlNet(nn.Module):
         """The interface every control model has (``ControlLink.model``)."""
         return self(x, hint, timesteps, context, y)
 
+
+# ------------------------------------------------------------------ control-LoRA
 
 # ------------------------------------------------------------------ applied controls
 

@@ -331,7 +331,7 @@ class GuidedDenoiser:
             if not low <= s <= high or link.strength == 0:
                 continue
             hints = [self._hint(link, job, full_shape, x) for job in jobs]
-            model = link.model
+            model = self._control_model(link)
             if getattr(model, "depends_on_input", True):
                 residuals = model.residuals(
                     x, torch.cat(hints), timestep, None if context[0] is None else torch.cat(context),  # type: ignore[arg-type]
@@ -350,6 +350,17 @@ class GuidedDenoiser:
             residuals = residuals.scaled(link.strength)
             total = residuals if total is None else total + residuals
         return total
+
+    def _control_model(self, link: ControlLink) -> nn.Module:
+        """The link's control model; a control-LoRA (``for_unet``) is completed by this guider's UNet,
+        once per sampling (the UNet's weights are those being sampled with, LoRAs included)."""
+        model = link.model
+        if not hasattr(model, "for_unet"):
+            return model
+        key = (id(model), "for_unet")
+        if key not in self._control_cache:
+            self._control_cache[key] = model.for_unet(self.unet)
+        return self._control_cache[key]  # type: ignore[return-value]
 
     def _hint(self, link: ControlLink, job: _Job, full_shape: torch.Size, x: torch.Tensor) -> torch.Tensor:
         """The link's hint for one job: resized to the whole image, cropped to the job's region."""

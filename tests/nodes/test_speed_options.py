@@ -74,11 +74,13 @@ def test_bad_weight_dtype_settings_and_inputs_are_errors_that_list_the_choices(t
 def test_the_cli_checks_the_speed_options_before_importing_torch() -> None:
     code = ("import sys, main\n"
             "parser = main.build_parser('sample')\n"
-            "args = parser.parse_args(['sample', '--prompt', 'x', '--compile', '--weight-dtype', 'int8'])\n"
+            "args = parser.parse_args(['sample', '--prompt', 'x', '--compile', '--weight-dtype', 'int8',\n"
+            "                          '--preview-method', 'taesd'])\n"
             "print(main.speed_settings(args), 'torch' in sys.modules)\n"
             "parser.parse_args(['sample', '--prompt', 'x', '--weight-dtype', 'fp4'])\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert result.stdout.strip() == "{'threads': 'auto', 'compile': 'default', 'weight_dtype': 'int8'} False"
+    assert result.stdout.strip() == ("{'threads': 'auto', 'compile': 'default', 'weight_dtype': 'int8', "
+                                     "'preview_method': 'taesd'} False")
     assert result.returncode == 2
     assert "--weight-dtype: invalid choice: 'fp4' (choose from 'default', 'fp8_e4m3fn', 'fp8_e5m2', 'int8')" \
         in result.stderr
