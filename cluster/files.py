@@ -7,8 +7,9 @@ overwriting (``nodes.images.write_png_atomically``).
 
 ``send`` (the default for Ray): each worker writes into a scratch folder of its own
 (:func:`scratch_folder`, :func:`scratch_services`); after a run every file the run added
-there (outputs, and temp files such as previews) travels back with the result in
-:class:`FilePart` chunks (:func:`file_parts`) and is emptied on the worker: a zero-byte
+or wrote again there (outputs, and temp files such as previews: ours, and those of
+ComfyUI packs, whose ``folder_paths`` folders are the run's: ``comfy_packs.files``) travels
+back with the result in :class:`FilePart` chunks (:func:`file_parts`) and is emptied on the worker: a zero-byte
 placeholder keeps its name taken, so the worker's names stay unique for the worker's
 life, as long as its result cache. The server lands the files in its own folders
 (:class:`Landing`): under the same relative names, each written to a temporary first and
@@ -17,20 +18,32 @@ takes the server's next free number, as a local SaveImage would have; the run's 
 (history, ``/api/view``) are rewritten to the names the files got (:meth:`Landing.rewrite`),
 from a memory kept per worker, so a later run that the worker answers from its cache
 (the same UI, no new file) names the server's files too.
+
+A scratch folder names its owners in ``owner.json`` (:func:`write_owners`): the processes
+(pid, start time, host) whose life it serves. The process that made it removes it when its
+worker is gone (a local server, when a worker process dies, even by SIGKILL; the worker
+itself at its exit); what a killed server left is removed by the next one
+(:func:`remove_stale_scratch`): a folder only when it names owners on this host and none of
+them runs any more. A folder without a readable owner file, or of another host, is kept.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import os
 import re
 import secrets
 import shutil
+import socket
 import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, Literal, Mapping
+from typing import Any, Iterable, Iterator, Literal, Mapping
+
+log = logging.getLogger(__name__)
 
 WorkerFiles = Literal["send", "shared"]
 WORKER_FILES = ("send", "shared")
@@ -39,6 +52,7 @@ CHUNK_BYTES = 4 << 20  # one message (pipe) or one Ray object per chunk
 DEFAULT_LIMIT_BYTES = 1 << 30  # all the files of one run
 NUMBERED = re.compile(r"^(?P<stem>.*)_(?P<number>\d{5,})(?P<tail>_?)(?P<suffix>\.[^.]*)?$")
 MAX_NUMBER = 10 ** 7
+OWNER_FILE = "owner.json"  # in a scratch folder: the processes it belongs to (outside output/ and temp/)
 
 
 class FilesTooLarge(RuntimeError):
@@ -64,24 +78,116 @@ class FilePart:
 # ---------------------------------------------------------------------- worker side
 
 
-def scratch_folder(scratch: Path | None, name: str) -> Path:
-    """A fresh folder under ``scratch`` (default: the system's temp folder) for a worker."""
-    base = Path(scratch) if scratch is not None else Path(tempfile.gettempdir()) / "latentflow-worker"
-    folder = base / f"{name[:40]}-{uuid.uuid4().hex[:8]}"
-    (folder / "output").mkdir(parents=True)
+def scratch_base(scratch: Path | None) -> Path:
+    """Where scratch folders are made: ``scratch``, or ``latentflow-worker`` in the system's temp folder."""
+    return Path(scratch) if scratch is not None else Path(tempfile.gettempdir()) / "latentflow-worker"
+
+
+def scratch_folder(scratch: Path | None, name: str, owners: Iterable[int] | None = None) -> Path:
+    """A fresh folder under :func:`scratch_base` for a worker, owned by the processes
+    ``owners`` (default: this one); the owner file is in place before output/ and temp/ are."""
+    folder = scratch_base(scratch) / f"{name[:40]}-{uuid.uuid4().hex[:8]}"
+    folder.mkdir(parents=True)
+    write_owners(folder, owners if owners is not None else (os.getpid(),))
+    (folder / "output").mkdir()
     (folder / "temp").mkdir()
     return folder
 
 
-def written_files(folder: Path) -> set[tuple[str, str]]:
-    """``(kind, name)`` of every file under ``folder``/output and ``folder``/temp."""
-    found = set()
+def process_started(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat`` field 22):
+    with the pid, it names one process even after the pid is reused. None without ``/proc``."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def write_owners(folder: Path, pids: Iterable[int]) -> None:
+    """Name ``pids`` (on this host) as the owners of ``folder``: replaced in one step, so a
+    reader sees the old file or the new one, never half of one."""
+    owners = [{"pid": int(pid), "started": process_started(int(pid))} for pid in pids]
+    text = json.dumps({"host": socket.gethostname(), "owners": owners})
+    temporary = folder / f".{OWNER_FILE}.{secrets.token_hex(8)}.tmp"
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, folder / OWNER_FILE)
+
+
+def is_running(pid: int, started: int | None) -> bool:
+    """Whether process ``pid`` (started at ``started``, when known) still runs; a zombie has
+    exited. Where that cannot be told (no ``/proc``, Windows) it counts as running."""
+    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        state, start = fields[0], int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return True
+    return state not in ("Z", "X") and (started is None or start == started)
+
+
+def folder_in_use(folder: Path) -> bool | None:
+    """Whether an owner of the scratch folder ``folder`` still runs; None when that cannot be
+    told (no or unreadable owner file, another host's folder): such a folder is not touched."""
+    try:
+        record = json.loads((folder / OWNER_FILE).read_text(encoding="utf-8"))
+        owners = [(int(owner["pid"]), owner.get("started")) for owner in record["owners"]]
+        host = record["host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if host != socket.gethostname() or not owners or any(pid <= 0 for pid, _ in owners):
+        return None
+    return any(is_running(pid, started if isinstance(started, int) else None) for pid, started in owners)
+
+
+def remove_stale_scratch(scratch: Path | None) -> list[Path]:
+    """Remove the scratch folders under :func:`scratch_base` whose owners all stopped (a
+    server or worker killed before it could clean up); the folders removed."""
+    base = scratch_base(scratch)
+    try:
+        folders = [path for path in base.iterdir() if path.is_dir() and not path.is_symlink()]
+    except OSError:
+        return []
+    removed = []
+    for folder in folders:
+        if folder_in_use(folder) is False:
+            remove_folder(folder)
+            removed.append(folder)
+    if removed:
+        log.info("removed %d scratch folder(s) of stopped workers under %s", len(removed), base)
+    return removed
+
+
+FileKey = tuple[str, str]  # (kind, name): "temp", "sub/preview_00001_.png"
+FileStamp = tuple[int, int, int]  # (size, mtime in ns, inode): a file written again gets another
+
+
+def written_files(folder: Path) -> dict[FileKey, FileStamp]:
+    """``(kind, name)`` -> stamp of every file under ``folder``/output and ``folder``/temp."""
+    found: dict[FileKey, FileStamp] = {}
     for kind in FILE_KINDS:
         root = folder / kind
         for path in root.rglob("*"):
             if not path.is_symlink() and path.is_file() and not path.name.endswith(".tmp"):
-                found.add((kind, path.relative_to(root).as_posix()))
+                try:
+                    stat = path.stat()
+                except OSError:
+                    continue  # removed while we looked
+                found[(kind, path.relative_to(root).as_posix())] = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
     return found
+
+
+def changed_files(folder: Path, before: Mapping[FileKey, FileStamp]) -> set[FileKey]:
+    """The files under ``folder`` that are new since ``before`` (:func:`written_files`) or were
+    written again: a pack that saves under a fixed name (``preview.png``) over its placeholder."""
+    return {key for key, stamp in written_files(folder).items() if before.get(key) != stamp}
 
 
 def scratch_services(services: Mapping[str, Any], settings: Any, folder: Path) -> dict[str, Any]:
@@ -94,13 +200,13 @@ def scratch_services(services: Mapping[str, Any], settings: Any, folder: Path) -
 
 
 def file_parts(folder: Path, limit: int = DEFAULT_LIMIT_BYTES, chunk: int = CHUNK_BYTES,
-               worker: str = "worker", before: set[tuple[str, str]] = frozenset()) -> Iterator[FilePart]:
-    """The files under ``folder``/output and ``folder``/temp (less those ``before`` named:
-    :func:`written_files` before the run), in chunks, sorted by name (numbered files keep
-    their order). Raises :class:`FilesTooLarge` before reading any when together they
-    exceed ``limit`` bytes."""
+               worker: str = "worker", before: Mapping[FileKey, FileStamp] | None = None) -> Iterator[FilePart]:
+    """The files under ``folder``/output and ``folder``/temp that are new or written again
+    since ``before`` (:func:`written_files` before the run; None: all of them), in chunks,
+    sorted by name (numbered files keep their order). Raises :class:`FilesTooLarge` before
+    reading any when together they exceed ``limit`` bytes."""
     files: list[tuple[str, str, Path, int]] = []
-    for kind, name in sorted(written_files(folder) - set(before)):
+    for kind, name in sorted(changed_files(folder, before or {})):
         path = folder / kind / name
         files.append((kind, name, path, path.stat().st_size))
     total = sum(size for *_, size in files)
@@ -122,7 +228,7 @@ def file_parts(folder: Path, limit: int = DEFAULT_LIMIT_BYTES, chunk: int = CHUN
                     break
 
 
-def leave_placeholders(folder: Path, sent: set[tuple[str, str]]) -> None:
+def leave_placeholders(folder: Path, sent: set[FileKey]) -> None:
     """Empty the files that were sent, keeping their names taken (see the module's note)."""
     for kind, name in sent:
         try:

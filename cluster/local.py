@@ -7,7 +7,10 @@ workers write outputs into the installation's output folder themselves. A worker
 its pipe closing: the prompt it ran is reported lost (the queue runs it again elsewhere)
 and a new worker is started in its place (bounded, so a crash loop ends). With
 ``setup.files="send"`` the workers write into scratch folders and send their files back
-(:mod:`cluster.files`); the server lands them in ``server_settings``' folders.
+(:mod:`cluster.files`); the server lands them in ``server_settings``' folders. The server
+makes each worker's scratch folder (owned by the server and the worker) and removes it when
+the worker is gone, however it ended; at start it removes the folders that workers of a
+server that was killed left behind (:func:`cluster.files.remove_stale_scratch`).
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from cluster.files import Landing
+from cluster.files import Landing, remove_folder, remove_stale_scratch, scratch_folder, write_owners
 from cluster.worker import WorkerSetup, describe_exit, portable_services, process_main
 from engine.backends import RunRequest, WorkerInfo, WorkerLost, WorkerRunError
 from engine.scheduler import Event, RunResult
@@ -54,6 +58,7 @@ class _Worker:
     info: WorkerInfo | None = None  # set when the worker said it is ready
     alive: bool = True
     call: _Call | None = None
+    folder: Path | None = None  # files="send": its scratch folder, removed when it is gone
     send_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def send(self, message: tuple[Any, ...]) -> None:
@@ -87,6 +92,8 @@ class LocalWorkers:
 
     def start(self, on_change: Callable[[], None]) -> None:
         self._on_change = on_change
+        if self.setup.files == "send":
+            remove_stale_scratch(self.setup.scratch)  # a killed server's workers' (never a live one's)
         with self._lock:
             self._stopping = False
             missing = self.count - len(self._workers)
@@ -128,17 +135,26 @@ class LocalWorkers:
                 log.warning("worker %s did not stop within %.0fs; killing it", worker.worker_id, timeout)
                 worker.process.kill()
                 worker.process.join(5)
+            self._remove_folder(worker)  # its reader does too, maybe later than this returns
 
     def _spawn(self) -> None:
         with self._lock:
             self._numbered += 1
             worker_id = f"process-{self._numbered}"
+        folder = scratch_folder(self.setup.scratch, worker_id) if self.setup.files == "send" else None
         ours, theirs = self._context.Pipe(duplex=True)
-        process = self._context.Process(target=process_main, args=(theirs, worker_id, self.setup),
+        process = self._context.Process(target=process_main, args=(theirs, worker_id, self.setup, folder),
                                         name=f"latentflow-{worker_id}", daemon=True)
-        process.start()
+        try:
+            process.start()
+        except BaseException:
+            if folder is not None:
+                remove_folder(folder)
+            raise
         theirs.close()  # only the child holds it now: its death closes the pipe for our reader
-        worker = _Worker(worker_id, process, ours)
+        if folder is not None:  # kept while the worker runs, even should this server be killed
+            write_owners(folder, (os.getpid(), process.pid))
+        worker = _Worker(worker_id, process, ours, folder=folder)
         with self._lock:
             self._workers[worker_id] = worker
         threading.Thread(target=self._read, args=(worker,), name=f"reader-{worker_id}", daemon=True).start()
@@ -265,9 +281,12 @@ class LocalWorkers:
 
     def _gone(self, worker: _Worker) -> None:
         """The worker's pipe closed: it exited or was killed."""
-        worker.process.join(2.0)
+        deadline = time.monotonic() + 2.0
+        while worker.process.exitcode is None and time.monotonic() < deadline:  # see stop: join may return early
+            worker.process.join(0.1)
         worker.conn.close()
         reason = describe_exit(worker.process.exitcode)
+        self._remove_folder(worker)
         with self._changed:
             worker.alive = False
             self._workers.pop(worker.worker_id, None)
@@ -289,3 +308,13 @@ class LocalWorkers:
         if replace:
             self._spawn()
         self._on_change()
+
+    def _remove_folder(self, worker: _Worker) -> None:
+        """Remove the scratch folder of ``worker`` once its process has exited; one still
+        running keeps it (its owner file names it, so a later start removes it when gone)."""
+        if worker.folder is None:
+            return
+        if worker.process.exitcode is None:
+            log.warning("worker %s still runs; its scratch folder %s stays", worker.worker_id, worker.folder)
+            return
+        remove_folder(worker.folder)

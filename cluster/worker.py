@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from cluster.files import DEFAULT_LIMIT_BYTES, FilePart, WorkerFiles, file_parts, leave_placeholders, \
-    remove_folder, scratch_folder, scratch_services, written_files
+from cluster.files import DEFAULT_LIMIT_BYTES, FilePart, WorkerFiles, changed_files, file_parts, \
+    leave_placeholders, remove_folder, remove_stale_scratch, scratch_folder, scratch_services, written_files
 from engine.backends import PROMPT_SERVICE_KEYS
 from engine.cache import ResultCache
 from engine.registry import NodeRegistry
@@ -76,7 +76,10 @@ def limit_threads(threads: int | None) -> None:
 class WorkerRuntime:
     """The worker's state: its executor (with its own model cache) and what it runs."""
 
-    def __init__(self, setup: WorkerSetup, worker_id: str = "worker") -> None:
+    def __init__(self, setup: WorkerSetup, worker_id: str = "worker", folder: Path | None = None) -> None:
+        """``folder``: the scratch folder (``files="send"``) when the caller made it (a local
+        server makes each worker's, and removes it when the worker dies); else the worker
+        makes its own, after removing those that stopped workers on this host left."""
         limit_threads(setup.threads)
         self.setup = setup
         self.worker_id = worker_id
@@ -84,8 +87,11 @@ class WorkerRuntime:
         limit_threads(setup.threads)  # torch is imported by now when the nodes use it
         self.folder: Path | None = None
         if setup.files == "send":
-            self.folder = scratch_folder(setup.scratch, worker_id)
-            atexit.register(remove_folder, self.folder)  # a killed worker leaves it for the OS's cleaning
+            if folder is None:
+                remove_stale_scratch(setup.scratch)
+                folder = scratch_folder(setup.scratch, worker_id)
+            self.folder = folder
+            atexit.register(remove_folder, self.folder)  # a killed worker's: see cluster.files
 
     def run(self, prompt_id: str, workflow: Workflow, services: Mapping[str, Any],
             emit: Callable[[Event], None], cancel: threading.Event,
@@ -109,7 +115,7 @@ class WorkerRuntime:
                 send_file(part)
             return result
         finally:
-            leave_placeholders(folder, written_files(folder) - before)
+            leave_placeholders(folder, changed_files(folder, before))
 
     def free(self, unload_models: bool, free_memory: bool) -> None:
         self.executor.free(unload_models=unload_models, free_memory=free_memory)
@@ -157,8 +163,9 @@ def describe_exit(code: int | None) -> str:
 # ---------------------------------------------------------------------- worker process
 
 
-def process_main(conn: Any, worker_id: str, setup: WorkerSetup) -> None:
+def process_main(conn: Any, worker_id: str, setup: WorkerSetup, folder: Path | None = None) -> None:
     """A local worker process (multiprocessing spawn): build the runtime, then serve ``conn``.
+    ``folder``: its scratch folder, made by the server (``files="send"``).
 
     In: ``("run", prompt_id, workflow, services)``, ``("cancel", prompt_id)``,
     ``("free", unload_models, free_memory)``, ``("stop",)``. Out: ``("ready", pid, host)`` or
@@ -176,7 +183,7 @@ def process_main(conn: Any, worker_id: str, setup: WorkerSetup) -> None:
             conn.send(message)
 
     try:
-        runtime = WorkerRuntime(setup, worker_id)
+        runtime = WorkerRuntime(setup, worker_id, folder)
     except BaseException as error:  # reported to the server, which does not restart us
         send(("failed", f"{type(error).__name__}: {error}",
               "".join(traceback.format_exception(type(error), error, error.__traceback__))))

@@ -14,6 +14,7 @@ import random
 from typing import Any
 
 from comfy_packs import state
+from comfy_packs.files import run_folder
 from comfy_packs.models import NotSupportedError
 from comfy_packs.values import from_comfy, to_comfy
 
@@ -98,7 +99,7 @@ class SaveImage:
     extra_pnginfo)`` writes numbered PNGs with the prompt and workflow, returns the UI entry."""
 
     def __init__(self) -> None:
-        self.output_dir = state.installation().settings.output_dir
+        self.output_dir = run_folder("output")  # the run's: a worker's scratch folder (cluster.files)
         self.type = "output"
         self.prefix_append = ""
         self.compress_level = 4
@@ -147,7 +148,7 @@ class PreviewImage(SaveImage):
 
     def __init__(self) -> None:
         super().__init__()
-        self.output_dir = os.path.join(state.installation().settings.root, "temp")
+        self.output_dir = run_folder("temp")
         self.type = "temp"
         self.prefix_append = "_temp_" + "".join(random.choice("abcdefghijklmnopqrstupvxyz") for _ in range(5))
         self.compress_level = 1

@@ -4,6 +4,11 @@
 and extra_model_paths.yaml's) plus the input/output/temp folders; packs may add kinds and
 folders to it (``add_model_folder_path``) for their own loaders. Our own loaders keep reading
 ``settings.model_paths``.
+
+The input, output and temp folders are those of the prompt the calling node runs in
+(:func:`run_folder`): a worker with ``--worker-files send`` points its runs' output and temp
+folders into a scratch folder whose files travel back to the server (``cluster.files``), so
+a pack's SaveImage, PreviewImage and ``folder_paths.get_temp_directory()`` files do too.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
 from engine.model_paths import MODEL_EXTENSIONS, list_files, relative_name
 from comfy_packs import state
@@ -30,6 +35,30 @@ def build_folders() -> dict[str, tuple[list[str], set[str]]]:
     table["clip"] = table.get("text_encoders", ([], set(supported_pt_extensions)))
     table["custom_nodes"] = ([str(settings.custom_nodes_dir)], set())
     return table
+
+
+FolderKind = Literal["input", "output", "temp"]
+
+
+def run_folder(kind: FolderKind) -> str:
+    """The ``kind`` folder for the node running on this thread: the one its prompt's services
+    name (``services["output_dir"]``, ``services["settings"]``: ``input_dir``, ``root``/temp, as
+    our SaveImage and PreviewImage read them), else the installation's (outside a run)."""
+    current = state.running()
+    services = current.ctx.services if current is not None and current.ctx is not None else {}
+    settings = services.get("settings") or state.installation().settings
+    if kind == "output":
+        return str(services.get("output_dir") or settings.output_dir)
+    if kind == "temp":
+        return str(Path(settings.root) / "temp")
+    if kind == "input":
+        return str(settings.input_dir)
+    raise ValueError(f"folder kind {kind!r} is not one of input, output, temp")
+
+
+def run_folders() -> dict[str, str]:
+    """``{"input": ..., "output": ..., "temp": ...}`` of :func:`run_folder`."""
+    return {kind: run_folder(kind) for kind in ("input", "output", "temp")}
 
 
 def filter_files_extensions(files: Iterable[str], extensions: Iterable[str]) -> list[str]:

@@ -20,6 +20,17 @@ batch). The steps of a sampler do not change its peak (a sampler holds a fixed n
 latents), so they are bounded by the widget's maximum only; an interrupt stops a long run
 within a block's time (``sgm.nets.interrupt``).
 
+An upscale model (ImageUpscaleWithModel) multiplies each side by its scale, which is known only
+once its file is loaded: UpscaleModelLoader's check passes on the scale of a file version this
+installation loaded before (:class:`UpscaleFactor`), so a repeated workflow is checked here;
+otherwise the node checks itself before it runs (:func:`check_upscale`), with the scale of the
+model in hand. Its peak is the float32 output it holds in host memory (the blended sum, its
+(B, H, W, C) copy and the weight sum: 24 B per output pixel per image, plus 4) and the network
+on one tile, which halves down to UPSCALE_MIN_TILE when memory is short, so only that smallest
+tile counts here: ESRGAN (64 features, float32, CPU, peak RSS of a 256-pixel tile) held 12.8 KB
+per input pixel at scale 4 and 3.96 KB at scale 2, i.e. about 1 KiB per input pixel plus
+0.75 KiB per output pixel.
+
 The limit for a pass on the CPU is HOST_SHARE of the host memory available when the prompt
 is validated (``MemAvailable``). When torch is loaded with CUDA initialised, a UNet / VAE
 pass is bounded instead by GPU_SHARE of the GPU's total memory, at half precision: the model
@@ -55,6 +66,13 @@ GPU_SHARE = 0.9  # of the GPU's total memory: the model cache offloads models to
 # exhaustion takes the server down, hence the tighter host bound)
 GPU_PRECISION = 0.5  # networks run in half precision on accelerators (sgm.devices), our estimates are float32
 MAX_IMAGE_PIXELS = 8192 * 8192  # an input image (upload, LoadImage) holds at most this many pixels
+UPSCALE_TILE_BYTES_PER_INPUT_PIXEL = 1024  # an upscale network on one tile (ESRGAN, see above)
+UPSCALE_TILE_BYTES_PER_OUTPUT_PIXEL = 768
+UPSCALE_MIN_TILE = 128  # sgm.io.upscalers.MIN_TILE: the smallest tile a short-of-memory run halves to
+
+
+class ResourceLimitError(ValueError):
+    """A node refused to start a pass whose estimated peak memory passes the limit."""
 
 
 @dataclass(frozen=True)
@@ -321,6 +339,81 @@ def save_images(node: CheckInput) -> CheckResult:
     return CheckResult(size)
 
 
+@dataclass(frozen=True)
+class UpscaleFactor:
+    """An UPSCALE_MODEL as validation can know it: ``model`` (its file name) and its ``scale``,
+    when this installation has loaded that version of the file (None before)."""
+
+    model: str
+    scale: int | None
+
+
+def upscale_host_bytes(size: Size, scale: int) -> int:
+    """Host bytes an upscale of ``size`` input pixels by ``scale`` holds to the end: the
+    float32 input copy, the blended (B, C, H*s, W*s) sum, its (B, H*s, W*s, C) copy, the
+    weight sum of one image (``sgm.io.upscalers.upscale_image``)."""
+    output = size.width * scale * size.height * scale
+    return IMAGE_BYTES_PER_PIXEL * size.pixels + 2 * IMAGE_BYTES_PER_PIXEL * output * size.batch + 4 * output
+
+
+def upscale_tile_bytes(size: Size, scale: int) -> int:
+    """Bytes of the network on one tile of the smallest size (float32)."""
+    tile = min(size.width, UPSCALE_MIN_TILE) * min(size.height, UPSCALE_MIN_TILE)
+    return tile * (UPSCALE_TILE_BYTES_PER_INPUT_PIXEL + UPSCALE_TILE_BYTES_PER_OUTPUT_PIXEL * scale * scale)
+
+
+def upscale_problems(node: CheckInput, image: Size, scale: int, model: str) -> list[CheckProblem]:
+    """Why upscaling ``image`` by ``scale`` cannot fit (none when it can): on the CPU the
+    network's tile and the output share the host's limit; on a GPU the tile is bounded by
+    the GPU's, the output by the host's."""
+    output = Size(image.width * scale, image.height * scale, image.batch, image.source)
+    what = f"upscaling by {scale} ({model}) to"
+    fix = "use a smaller image or batch, or a model of a lower scale (then ImageScaleBy for the rest)"
+    host, network = host_budget(), network_budget()
+    held = upscale_host_bytes(image, scale)
+    tile = int(upscale_tile_bytes(image, scale) * network.precision)
+    if network.where == host.where:  # no GPU: both in host memory
+        return [_refuse(node, what, output, held + tile, host, fix)] if held + tile > host.limit else []
+    problems = []
+    if tile > network.limit:
+        problems.append(_refuse(node, f"the network's smallest tile in {what}", output, tile, network, fix))
+    if held > host.limit:
+        problems.append(_refuse(node, f"holding the images of {what}", output, held, host, fix))
+    return problems
+
+
+def upscale_model_loader(known_scale: Callable[[str], int | None]) -> Callable[[CheckInput], CheckResult]:
+    """UpscaleModelLoader: passes on the model's scale where ``known_scale(model_name)`` knows
+    it (a version of the file this installation loaded before)."""
+    def check(node: CheckInput) -> CheckResult:
+        name = node.values.get("model_name")
+        if not isinstance(name, str):
+            return CheckResult()
+        return CheckResult(UpscaleFactor(name, known_scale(name)))
+    return check
+
+
+def upscale_with_model(node: CheckInput) -> CheckResult:
+    """ImageUpscaleWithModel: checked here when the model's scale is known, else when it runs
+    (:func:`check_upscale`); with the scale its output size flows on."""
+    image, model = _upstream(node, "image"), node.upstream.get("upscale_model")
+    if image is None or not isinstance(model, UpscaleFactor) or model.scale is None:
+        return CheckResult()
+    output = Size(image.width * model.scale, image.height * model.scale, image.batch,
+                  f"{node.node_type} {node.node_id}")
+    return CheckResult(output, tuple(upscale_problems(node, image, model.scale, model.model)))
+
+
+def check_upscale(node_id: str, width: int, height: int, batch: int, scale: int, model: str) -> None:
+    """Before ImageUpscaleWithModel node ``node_id`` runs, its model loaded (so its scale
+    known): raise :class:`ResourceLimitError` when upscaling a ``batch`` of ``width`` x
+    ``height`` images by ``scale`` cannot fit, with the estimate, the limit and the fix."""
+    node = CheckInput(node_id, "ImageUpscaleWithModel", {}, {})
+    problems = upscale_problems(node, Size(width, height, batch), scale, model)
+    if problems:
+        raise ResourceLimitError("; ".join(problem.message for problem in problems) + f"; {problems[0].hint}")
+
+
 def image_header_size(path: Path) -> tuple[int, int]:
     """(width, height) from an image file's header, without decoding its pixels."""
     from PIL import Image
@@ -400,6 +493,7 @@ def checks(input_dir: Callable[[], Path]) -> dict[str, Callable[[CheckInput], Ch
         "ScaleImage": scale_image,
         "ImageScale": scale_image,
         "ImageScaleBy": scale_image,
+        "ImageUpscaleWithModel": upscale_with_model,
         "SaveImage": save_images,
         "PreviewImage": save_images,
         "LoadInputImage": loading,

@@ -1,4 +1,9 @@
-"""ComfyUI's ``folder_paths`` over latentflow's folders (comfy_packs.files)."""
+"""ComfyUI's ``folder_paths`` over latentflow's folders (comfy_packs.files).
+
+``output_directory``, ``temp_directory`` and ``input_directory`` (and their ``get_*``
+functions) are those of the prompt the calling node runs in (``comfy_packs.files.run_folder``):
+computed on each read, so a worker's scratch folders are used where a run has them.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,6 @@ from comfy_packs.state import installation as _installation
 _settings = _installation().settings
 base_path = str(_settings.root)
 models_dir = str(_settings.models_dir)
-output_directory = str(_settings.output_dir)
-input_directory = str(_settings.input_dir)
-temp_directory = _os.path.join(base_path, "temp")
 user_directory = _os.path.join(base_path, "user")
 # Packs find "ComfyUI's folder" as the directory of this file and some write there (legacy
 # packs copy their JavaScript into <it>/web/extensions at import): a folder of the user's
@@ -23,16 +25,23 @@ folder_names_and_paths = _files.build_folders()
 filename_list_cache: dict = {}
 
 
+def __getattr__(name: str) -> str:  # PEP 562: read per access, not once at import
+    kinds = {"input_directory": "input", "output_directory": "output", "temp_directory": "temp"}
+    if name in kinds:
+        return _files.run_folder(kinds[name])
+    raise AttributeError(f"module 'folder_paths' has no attribute {name!r}")
+
+
 def get_input_directory() -> str:
-    return input_directory
+    return _files.run_folder("input")
 
 
 def get_output_directory() -> str:
-    return output_directory
+    return _files.run_folder("output")
 
 
 def get_temp_directory() -> str:
-    return temp_directory
+    return _files.run_folder("temp")
 
 
 def get_user_directory() -> str:
@@ -40,7 +49,7 @@ def get_user_directory() -> str:
 
 
 def get_directory_by_type(type_name: str) -> str | None:
-    return {"input": input_directory, "output": output_directory, "temp": temp_directory}.get(type_name)
+    return _files.run_folders().get(type_name)
 
 
 def get_folder_paths(folder_name: str) -> list[str]:
@@ -82,8 +91,7 @@ def get_save_image_path(filename_prefix: str, output_dir: str, image_width: int 
 
 
 def get_annotated_filepath(name: str, default_dir: str | None = None) -> str:
-    return _files.annotated_path(name, default_dir, {"input": input_directory, "output": output_directory,
-                                                     "temp": temp_directory})
+    return _files.annotated_path(name, default_dir, _files.run_folders())
 
 
 def exists_annotated_filepath(name: str) -> bool:

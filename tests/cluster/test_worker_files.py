@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.files import FilePart, FilesTooLarge, Landing, file_parts, link_unique, scratch_folder
+from cluster.files import OWNER_FILE, FilePart, FilesTooLarge, Landing, file_parts, link_unique, scratch_folder
 from cluster.local import LocalWorkers
 from cluster.worker import WorkerSetup
 from engine.settings import Settings
@@ -145,8 +145,61 @@ async def test_two_worker_processes_send_their_files_and_the_server_serves_them(
     assert {f"same_{n:05d}.png" for n in range(2, 6)} <= names and "same_00001.png" not in names
     assert (server.output_dir / "same_00001.png").read_bytes() == b"an older file"
     assert not worker.output_dir.exists()  # nothing was written where the workers' settings point
-    left = [p for p in scratch.rglob("*") if p.is_file()]
+    left = [p for p in scratch.rglob("*") if p.is_file() and p.name != OWNER_FILE]
     assert left and all(p.stat().st_size == 0 for p in left)  # sent: only placeholders keep the names
+
+
+@pytest.mark.asyncio
+async def test_temp_files_of_comfyui_packs_travel_back_and_are_served_as_temp(tmp_path: Path, aiohttp_client):
+    """A pack's PreviewImage (a subclass of ComfyUI's) and a file a pack writes under
+    ``folder_paths.get_temp_directory()`` land in the server's temp/ folder (``/api/view?type=temp``),
+    its ``get_output_directory()`` file in the server's output/, none where the worker's settings point."""
+    from PIL import Image
+
+    from tests.cluster.pack import make_pack_registry, preview_document, write_preview_pack
+
+    server = Settings.for_root(tmp_path / "server")
+    worker = Settings.for_root(tmp_path / "worker")
+    custom_nodes = write_preview_pack(tmp_path / "custom_nodes")
+    (server.root / "temp").mkdir(parents=True)
+    (server.root / "temp" / "older.png").write_bytes(b"an older preview")
+    setup = WorkerSetup(make_pack_registry, worker, custom_nodes=custom_nodes, files="send",
+                        scratch=tmp_path / "scratch")
+    backend = LocalWorkers(setup, 1, server_settings=server)
+    registry = make_pack_registry(custom_nodes, settings=server)
+    assert not registry.failures, registry.failures
+    import folder_paths  # the shim, on sys.path once a pack is loaded
+
+    assert folder_paths.temp_directory == folder_paths.get_temp_directory() == str(server.root / "temp")
+    assert folder_paths.get_output_directory() == str(server.output_dir)  # outside a run: the installation's
+    client = await aiohttp_client(create_app(registry, server, backend=backend))
+    await asyncio.get_running_loop().run_in_executor(None, backend.wait_ready, 60.0)
+    seen = []
+    for shade, text in ((40, "first"), (200, "second")):
+        response = await client.post("/api/prompt", json={"prompt": preview_document(shade, text)})
+        body = await response.json()
+        assert response.status == 200, body
+        entry = await wait_for_history(client, body["prompt_id"], timeout=60)
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        (image,) = entry["outputs"]["2"]["images"]
+        assert image["type"] == "temp" and image["filename"].startswith("ComfyUI_temp_")
+        view = await client.get("/api/view", params={"filename": image["filename"], "type": "temp"})
+        assert view.status == 200
+        assert Image.open(io.BytesIO(await view.read())).getpixel((0, 0)) == (shade, 128, 255 - shade)
+        (note,) = entry["outputs"]["3"]["notes"]
+        view = await client.get("/api/view", params={"filename": note["filename"], "subfolder": "notes",
+                                                     "type": "temp"})
+        assert view.status == 200 and await view.text() == text
+        seen.append((image["filename"], note["filename"]))
+    # The second run's note.txt took the server's next free name; the first one's is kept.
+    assert [note for _, note in seen] == ["note.txt", "note_2.txt"]
+    assert [name[-11:] for name, _ in seen] == ["_00001_.png", "_00002_.png"]  # one node: one prefix, numbered
+    assert len({name[:-11] for name, _ in seen}) == 1
+    assert (server.root / "temp" / "notes" / "note.txt").read_text() == "first"
+    assert (server.root / "temp" / "older.png").read_bytes() == b"an older preview"
+    assert sorted(p.name for p in server.output_dir.iterdir()) == ["kept.txt", "kept_2.txt"]
+    assert (server.output_dir / "kept_2.txt").read_text() == "SECOND"
+    assert not (worker.root / "temp").exists() and not worker.output_dir.exists()
 
 
 def _save_many(folder: str, start_at: float, count: int, shade: int) -> list[str]:

@@ -182,3 +182,64 @@ def test_every_builtin_node_runs_with_the_cancel_check_installed(registry):
     with pytest.raises(Cancelled):
         wrapped.function(**{HIDDEN_CONTEXT: ctx})
     assert callable(original)
+
+
+def upscale_document() -> dict:
+    return {"version": 1, "nodes": {
+        "1": {"type": "LoadImage", "inputs": {"image": "photo.png"}},
+        "2": {"type": "UpscaleModelLoader", "inputs": {"model_name": "tiny-2x.safetensors"}},
+        "3": {"type": "ImageUpscaleWithModel", "inputs": {"upscale_model": ["2", 0], "image": ["1", 0]}},
+        "4": {"type": "SaveImage", "inputs": {"images": ["3", 0]}},
+    }}
+
+
+def test_upscale_with_model_is_checked_with_the_scale_of_the_loaded_model(registry, tmp_path, monkeypatch):
+    """Before the model was loaded its scale is unknown: validation passes and the node refuses
+    before it runs; once loaded, validation knows the scale (until the file changes)."""
+    import torch
+    from PIL import Image
+
+    from tests.workflows.test_upscale_model_nodes import write_compact
+
+    Image.new("RGB", (300, 200)).save(tmp_path / "input" / "photo.png")
+    model_file = write_compact(tmp_path / "models" / "upscale_models" / "tiny-2x.safetensors", scale=2)
+    monkeypatch.setattr(limits, "gpu_total_bytes", lambda: None)
+    monkeypatch.setattr(limits, "free_host_bytes", lambda: 64 << 20)
+    assert validate_document(upscale_document(), registry).ok  # the scale is not known yet
+
+    model = registry.get("UpscaleModelLoader").function(model_name="tiny-2x.safetensors")
+    assert model.scale == 2
+    # 300x200 -> 600x400: 12 B per input pixel, 2 x 12 + 4 B per output pixel, and the network on one
+    # 128x128 tile (1024 B per input pixel + 768 x 2^2 per output pixel): 74,548,864 B in all
+    need = 12 * 300 * 200 + (24 + 4) * 600 * 400 + 128 * 128 * (1024 + 768 * 4)
+    assert need == limits.upscale_host_bytes(limits.Size(300, 200), 2) + limits.upscale_tile_bytes(
+        limits.Size(300, 200), 2) == 74_548_864
+    (problem,) = validate_document(upscale_document(), registry).errors
+    assert (problem.code, problem.node_id) == ("resource_limit", "3")
+    assert problem.message == ("upscaling by 2 (tiny-2x.safetensors) to 600x400x1 (size set by LoadImage 1) needs "
+                               "about 71.1 MiB (limit 48.0 MiB: 75% of the 64.0 MiB of host memory free)")
+    assert "smaller image" in problem.hint
+    monkeypatch.setattr(limits, "free_host_bytes", lambda: 100 << 20)  # limit 75 MiB: fits
+    assert validate_document(upscale_document(), registry).ok
+    # The output size flows on: saving 600x400 is estimated (40 B per pixel) and refused alone.
+    monkeypatch.setattr(limits, "SAVE_BYTES_PER_PIXEL", 400)
+    (saved,) = validate_document(upscale_document(), registry).errors
+    assert saved.node_id == "4" and saved.message.startswith(
+        "saving 600x400x1 (size set by ImageUpscaleWithModel 3) needs about 91.6 MiB")
+    monkeypatch.setattr(limits, "SAVE_BYTES_PER_PIXEL", 40)
+
+    # At run time the node checks itself, with the model in hand (validation may not have known it).
+    upscale = registry.get("ImageUpscaleWithModel")
+    context = NodeContext("3", threading.Event(), lambda node_id, progress: None)
+    image = torch.rand(1, 200, 300, 3)
+    monkeypatch.setattr(limits, "free_host_bytes", lambda: 64 << 20)
+    with pytest.raises(limits.ResourceLimitError, match=r"^upscaling by 2 \(tiny-2x.safetensors\) to 600x400x1 "
+                                                        r"needs about 71.1 MiB \(limit 48.0 MiB"):
+        upscale.function(upscale_model=model, image=image, ctx=context)
+    monkeypatch.setattr(limits, "free_host_bytes", lambda: 100 << 20)
+    assert tuple(upscale.function(upscale_model=model, image=image, ctx=context).shape) == (1, 400, 600, 3)
+
+    # Another version of the file (a 4x model under the same name): its scale is unknown again.
+    write_compact(model_file, scale=4)
+    monkeypatch.setattr(limits, "free_host_bytes", lambda: 64 << 20)
+    assert validate_document(upscale_document(), registry).ok
