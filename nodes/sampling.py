@@ -144,16 +144,22 @@ def _model_latent(latent: LatentValue, model: ModelValue) -> Any:
     return samples
 
 
-def _inpaint_concat(latent: LatentValue, samples: Any) -> Any:
+def _inpaint_concat(latent: LatentValue, samples: Any, positive: Any = ()) -> Any:
+    """The inpainting UNet's extra channels: the latent's noise mask, else the ``concat_mask`` a
+    positive condition carries (InpaintModelConditioning with noise_mask off), with the masked
+    image's latent; neither: repaint everything (txt2img with an inpainting model)."""
     import torch
 
     from sgm.sampling.guiders import make_inpaint_concat
 
-    if latent.noise_mask is None:  # txt2img with an inpainting model: repaint everything
+    mask = latent.noise_mask
+    if mask is None:
+        mask = next((c.extra["concat_mask"] for c in positive if "concat_mask" in (c.extra or {})), None)
+    if mask is None:
         mask = torch.ones(1, 1, *samples.shape[-2:])
         return make_inpaint_concat(mask, torch.zeros_like(samples))
     masked = latent.masked_latent if latent.masked_latent is not None else torch.zeros_like(samples)
-    return make_inpaint_concat(latent.noise_mask.float(), masked)
+    return make_inpaint_concat(mask.float(), masked)
 
 
 def _preview(denoised: Any, family: str, method: str, decoder: Any = None) -> Any:
@@ -208,11 +214,38 @@ def _make_denoiser(guider: GuiderValue, positive: list[Any], negative: list[Any]
 
     model = guider.model
     if middle is not None:
-        return DualCFGDenoiser(model.unet, model.model_sampling, positive, middle, negative, guider.cfg,
-                               guider.cfg_middle, guider.dual_style, inpaint_concat=concat)  # type: ignore[arg-type]
-    kind = TimestepRangeDenoiser if has_timestep_ranges(positive, negative) else GuidedDenoiser
-    return kind(model.unet, model.model_sampling, positive, negative or None, cfg=guider.cfg, inpaint_concat=concat,
-                cfg_rescale=model.cfg_rescale)
+        denoiser: Any = DualCFGDenoiser(model.unet, model.model_sampling, positive, middle, negative, guider.cfg,
+                                        guider.cfg_middle, guider.dual_style,
+                                        inpaint_concat=concat)  # type: ignore[arg-type]
+    else:
+        kind = TimestepRangeDenoiser if has_timestep_ranges(positive, negative) else GuidedDenoiser
+        denoiser = kind(model.unet, model.model_sampling, positive, negative or None, cfg=guider.cfg,
+                        inpaint_concat=concat, cfg_rescale=model.cfg_rescale)
+    if not model.guidance_patches:
+        return denoiser
+    from sgm.sampling.guidance_patches import GuidanceInputs, apply_guidance_patches
+
+    # cfg 1 without a middle prompt: the guided estimate is the positive prompt's own
+    inputs = GuidanceInputs(model.unet, model.model_sampling, positive, concat,
+                            guided_is_cond=middle is None and (guider.cfg == 1.0 or not negative), negative=negative)
+    return apply_guidance_patches(denoiser, model.guidance_patches, inputs)
+
+
+def _sample_function(model: ModelValue, latent: LatentValue) -> Any:
+    """``sgm.sampling.sample.sample``, or its Differential Diffusion form for a model patched by
+    DifferentialDiffusion sampling a latent with a noise mask (same arguments)."""
+    from sgm.sampling.sample import sample
+
+    strength = model.differential_diffusion
+    if strength is None or latent.noise_mask is None:
+        return sample
+    from sgm.sampling.differential_diffusion import sample_differential
+
+    def run(denoiser: Any, sampler: Any, sigmas: Any, samples: Any, seed: int, *, noise_mask: Any,
+            **options: Any) -> Any:
+        return sample_differential(denoiser, sampler, sigmas, samples, seed, noise_mask, strength, **options)
+
+    return run
 
 
 def run_sampler_with_denoised(runtime: Runtime, guider: GuiderValue, sampler: SamplerValue, sigmas: Any,
@@ -223,7 +256,8 @@ def run_sampler_with_denoised(runtime: Runtime, guider: GuiderValue, sampler: Sa
     import torch
 
     from sgm.io.lora import patched
-    from sgm.sampling.sample import SamplingCancelled, sample
+    from sgm.nets.unet_patches import compute_dtype_applied, unet_patches_applied
+    from sgm.sampling.sample import SamplingCancelled
 
     model = guider.model
     samples = _model_latent(latent, model)
@@ -233,12 +267,17 @@ def run_sampler_with_denoised(runtime: Runtime, guider: GuiderValue, sampler: Sa
     negative = _prepare_conditions(guider.negative, model, height, width, node_id, seed)
     middle = None if guider.middle is None else _prepare_conditions(guider.middle, model, height, width, node_id,
                                                                      seed)
-    concat = _inpaint_concat(latent, samples) if model.is_inpaint else None
+    concat = _inpaint_concat(latent, samples, positive) if model.is_inpaint else None
     if model.is_pix2pix:  # InstructPix2Pix: the input image's latent beside the noisy one
         from sgm.sampling.pix2pix import concat_image_of, pix2pix_concat, pix2pix_scale
 
         concat = pix2pix_concat(concat_image_of(positive), samples, pix2pix_scale(model.family))
     offset = latent.batch_index[0] if latent.batch_index else 0  # a picked item keeps its seed
+    # Items whose indices are not offset, offset + 1, ... (LatentBatch, LatentBatchSeedBehavior fixed)
+    # are seeded seed + index each.
+    indices = list(latent.batch_index or ())
+    seeds = {} if len(indices) != samples.shape[0] or indices == list(range(offset, offset + len(indices))) else {
+        "item_seeds": [(seed + index) % 2**64 for index in indices]}
 
     preview_wanted = ctx.services.get("preview_wanted")  # the server: "does a client watch?"
     last_preview = [float("-inf")]
@@ -270,17 +309,19 @@ def run_sampler_with_denoised(runtime: Runtime, guider: GuiderValue, sampler: Sa
         if preview_decoder is not None:
             controls.append(preview_decoder)
         with runtime.models.use(model.unet, *controls) as device, \
-                patched({"unet": model.unet}, [(p.targets, p.strength) for p in model.loras]):
+                patched({"unet": model.unet}, [(p.targets, p.strength) for p in model.loras]), \
+                unet_patches_applied(model.unet, model.model_sampling, model.block_patches), \
+                compute_dtype_applied(model.compute_dtype, device, model.unet):
             denoiser = _make_denoiser(
                 guider, [_to(c, device) for c in positive], [_to(c, device) for c in negative],
                 None if middle is None else [_to(c, device) for c in middle],
                 None if concat is None else concat.to(device))
             with torch.no_grad():
-                return sample(
+                return _sample_function(model, latent)(
                     denoiser, sampler.name, sigmas.to(device), samples.to(device), (seed + offset) % 2**64,
                     noise_mask=None if latent.noise_mask is None else latent.noise_mask.to(device),
                     sampler_options=dict(sampler.options), callback=on_step,
-                    cancel=lambda: ctx.cancelled, add_noise=add_noise,
+                    cancel=lambda: ctx.cancelled, add_noise=add_noise, **seeds,
                 ).float().cpu()
 
     try:

@@ -56,6 +56,15 @@ class ModelValue:
     latent_format: LatentFormat = field(default_factory=LatentFormat)
     loras: tuple[LoraPatch, ...] = ()
     cfg_rescale: float = 0.0  # RescaleCFG's multiplier (``sgm.sampling.guiders.rescale_cfg_v``); 0 = plain CFG
+    # Model patches bound only while sampling, in the order added: block hooks (FreeU, Deep Shrink:
+    # ``sgm.nets.unet_patches``) and wrappers of the guided denoiser (PAG, epsilon scaling:
+    # ``sgm.sampling.guidance_patches``).
+    block_patches: tuple[Any, ...] = ()
+    guidance_patches: tuple[Any, ...] = ()
+    # DifferentialDiffusion's strength: a noise mask is applied per step, thresholded
+    # (``sgm.sampling.differential_diffusion``); None = the plain soft blend
+    differential_diffusion: float | None = None
+    compute_dtype: str | None = None  # ModelComputeDtype: fp32 / fp16 / bf16 while sampling; None = the weights'
 
     @property
     def is_inpaint(self) -> bool:

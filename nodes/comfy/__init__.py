@@ -31,14 +31,17 @@ NATIVE = ("SaveImage", "PreviewImage")
 
 def nodes(runtime: Runtime, ours: Mapping[str, NodeSpec]) -> list[NodeSpec]:
     """The adapters, given our built nodes by id (they call ``ours[id].function``)."""
-    from nodes.comfy import (clip_vision, conditioning, controlnet, custom_sampling, gligen, image, image_ops, latent,
-                             loaders, lotus, masks, model_merge, notes, upscale)
+    from nodes.comfy import (clip_vision, conditioning, controlnet, custom_sampling, gligen, image, image_extra,
+                             image_ops, latent, latent_ops, loaders, lotus, masks, masks_extra, model_merge,
+                             model_patches, notes, sampling_nodes, upscale, utils_nodes)
 
     return [*loaders.nodes(runtime, ours), *conditioning.nodes(runtime, ours), *latent.nodes(runtime, ours),
             *custom_sampling.nodes(runtime, ours), *image.nodes(runtime, ours), *image_ops.nodes(runtime, ours),
             *masks.nodes(runtime, ours), *clip_vision.nodes(runtime, ours), *model_merge.nodes(runtime, ours),
             *controlnet.nodes(runtime, ours), *gligen.nodes(runtime, ours), *upscale.nodes(runtime, ours),
-            *lotus.nodes(runtime, ours),
+            *lotus.nodes(runtime, ours), *sampling_nodes.nodes(runtime, ours), *model_patches.nodes(runtime, ours),
+            *latent_ops.nodes(runtime, ours), *image_extra.nodes(runtime, ours),
+            *masks_extra.nodes(runtime, ours), *utils_nodes.nodes(runtime, ours),
             *notes.nodes()]
 
 

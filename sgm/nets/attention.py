@@ -73,11 +73,15 @@ class CrossAttention(nn.Module):
         self.to_k = nn.Linear(context_dim, inner_dim, bias=False)
         self.to_v = nn.Linear(context_dim, inner_dim, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner_dim, query_dim), nn.Dropout(dropout))
+        # Set only while a model patch runs (PAG / SAG: ``sgm.sampling.guidance_patches``; HyperTile, ToMe:
+        # ``sgm.nets.attention_patches``): replaces ``attention(q, k, v, heads)`` -> (B, Tq, heads * d) here.
+        self.attention_override: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         # x: (B, T, query_dim); context: (B, S, context_dim) or None for self-attention
         context = x if context is None else context
-        out = attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
+        attend = attention if self.attention_override is None else self.attention_override
+        out = attend(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
         return self.to_out(out)
 
 

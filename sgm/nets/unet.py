@@ -23,6 +23,26 @@ from sgm.nets.attention import SpatialTransformer
 from sgm.nets.interrupt import check_interrupt
 
 
+class BlockHooks:
+    """Changes to what ``UNetModel.forward`` passes between its blocks, installed only while a
+    model patch samples (``sgm.nets.unet_patches.unet_patches_applied``). Every method defaults to
+    "no change"; ``timesteps`` (B,) is the call's model timestep, ``index`` the block's position in
+    ``input_blocks`` / ``output_blocks``."""
+
+    def after_input_block(self, h: torch.Tensor, index: int, timesteps: torch.Tensor) -> torch.Tensor:
+        """An input block's output (B, C, H, W) before it is kept as a skip connection."""
+        return h
+
+    def after_skip(self, h: torch.Tensor, index: int, timesteps: torch.Tensor) -> torch.Tensor:
+        """An input block's output after its skip connection was kept (it goes on to the next block)."""
+        return h
+
+    def before_output_block(self, h: torch.Tensor, skip: torch.Tensor, index: int,
+                            timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone features h (B, C, H, W) and the skip (B, C', H', W') an output block concatenates."""
+        return h, skip
+
+
 @dataclass(frozen=True)
 class ControlResiduals:
     """What control models add to one UNet call (ldm's ``ControlledUnetModel``, T2I-Adapter).
@@ -225,6 +245,8 @@ class UNetModel(nn.Module):
         self.num_classes = num_classes
         self.adm_in_channels = adm_in_channels
         self.context_dim = context_dim
+        # Set only while a model patch samples (FreeU, Deep Shrink: ``sgm.nets.unet_patches``).
+        self.block_hooks: tuple[BlockHooks, ...] = ()
 
         def heads_for(ch: int) -> tuple[int, int]:
             if num_head_channels == -1:
@@ -325,6 +347,7 @@ class UNetModel(nn.Module):
         if context is not None:
             context = context.to(dtype)
         h = x.to(dtype)
+        hooks = self.block_hooks
         skips = []
         # An interrupt lands between blocks (and inside attention): one call at a large size
         # can take minutes, the sampler only checks between steps.
@@ -332,22 +355,36 @@ class UNetModel(nn.Module):
             check_interrupt()
             h = block(h, emb, context)
             if control is not None and index < len(control.inputs) and control.inputs[index] is not None:
-                h = h + control.inputs[index].to(h.dtype)  # type: ignore[union-attr]
+                h = h + self._fit(control.inputs[index], h)  # type: ignore[arg-type]
+            for hook in hooks:
+                h = hook.after_input_block(h, index, timesteps)
             skips.append(h)
+            for hook in hooks:
+                h = hook.after_skip(h, index, timesteps)
         check_interrupt()
         h = self.middle_block(h, emb, context)
         if control is not None and control.middle is not None:
-            h = h + control.middle.to(h.dtype)
-        for block in self.output_blocks:
+            h = h + self._fit(control.middle, h)
+        for index, block in enumerate(self.output_blocks):
             check_interrupt()
             skip = skips.pop()
             if control is not None and len(skips) < len(control.skips) and control.skips[len(skips)] is not None:
-                skip = skip + control.skips[len(skips)].to(skip.dtype)  # type: ignore[union-attr]
+                skip = skip + self._fit(control.skips[len(skips)], skip)  # type: ignore[arg-type]
+            for hook in hooks:
+                h, skip = hook.before_output_block(h, skip, index, timesteps)
             h = torch.cat([h, skip], dim=1)
             # The next skip (if any) tells an Upsample its target size.
             size = skips[-1].shape[-2:] if skips else None
             h = block(h, emb, context, size)
         return self.out(h).to(x.dtype)
+
+    def _fit(self, residual: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """A control residual in h's dtype; while a block patch runs that resized the features (Deep Shrink),
+        resized to them too (bilinear). Without patches a size mismatch stays an error."""
+        residual = residual.to(h.dtype)
+        if self.block_hooks and residual.shape[-2:] != h.shape[-2:]:
+            residual = F.interpolate(residual, size=tuple(h.shape[-2:]), mode="bilinear", align_corners=False)
+        return residual
 
     def _check_control(self, control: ControlResiduals) -> None:
         n = len(self.input_blocks)

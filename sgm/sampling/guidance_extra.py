@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from sgm.sampling.denoisers import ModelSampling
-from sgm.sampling.guiders import GuidedDenoiser
+from sgm.sampling.guiders import GuidanceHook, GuidedDenoiser
 from sgm.sampling.sigma_ops import percent_to_sigma
 from sgm.text.conditioning import Condition
 
@@ -98,9 +98,11 @@ class TimestepRangeDenoiser:
 
     def __init__(self, unet: nn.Module, model_sampling: ModelSampling, positive: Sequence[Condition],
                  negative: Sequence[Condition] | None = None, cfg: float = 1.0,
-                 inpaint_concat: torch.Tensor | None = None, cfg_rescale: float = 0.0) -> None:
+                 inpaint_concat: torch.Tensor | None = None, cfg_rescale: float = 0.0,
+                 guidance: GuidanceHook | None = None) -> None:
         self.unet, self.model_sampling = unet, model_sampling
         self.cfg_rescale = cfg_rescale
+        self.guidance = guidance  # shared by every selection's denoiser: one run, one memory
         self.positive, self.negative = list(positive), None if negative is None else list(negative)
         self.cfg, self.inpaint_concat = float(cfg), inpaint_concat
         self._denoisers: dict[tuple[tuple[int, ...], tuple[int, ...] | None], GuidedDenoiser] = {}
@@ -118,7 +120,7 @@ class TimestepRangeDenoiser:
             negative = None if neg is None else [self.negative[i] for i in neg]  # type: ignore[index]
             self._denoisers[key] = GuidedDenoiser(self.unet, self.model_sampling, [self.positive[i] for i in pos],
                                                   negative, cfg=self.cfg, inpaint_concat=self.inpaint_concat,
-                                                  cfg_rescale=self.cfg_rescale)
+                                                  cfg_rescale=self.cfg_rescale, guidance=self.guidance)
         return self._denoisers[key]
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

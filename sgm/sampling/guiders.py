@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import ContextManager, Sequence
+from typing import ContextManager, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -164,6 +164,24 @@ def rescale_cfg_v(x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, guid
     return base - (phi * rescaled + (1 - phi) * u_cfg) * sigma / s
 
 
+class GuidanceHook(Protocol):
+    """Changes to CFG attached to a run (``sgm.sampling.guiders_extra.GuidanceRun``): the branches before
+    the combination, the combination itself, the guided estimate after it; all (B, C, H, W)."""
+
+    replaces_cfg: bool
+
+    def __bool__(self) -> bool: ...
+
+    def pre(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+            cfg: float) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def combine(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                cfg: float) -> torch.Tensor: ...
+
+    def post(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, cfg: float,
+             guided: torch.Tensor) -> torch.Tensor: ...
+
+
 class GuidedDenoiser:
     """UNet + model sampling + conditions -> ``model(x (B,C,H,W), sigma (B,)) -> denoised``.
 
@@ -172,6 +190,8 @@ class GuidedDenoiser:
     al. 2024, eq. 15-16 in the network's output space (eps or v). ``inpaint_concat``
     (B or 1, 5, H, W) is appended to the UNet input for 9-channel inpainting models.
     ``batch_conds=False`` forces one UNet call per condition (useful to bound memory).
+    ``guidance`` (a ``sgm.sampling.guiders_extra.GuidanceRun``) changes the two branches before CFG,
+    the combination (Perp-Neg) and the guided estimate after it (APG, TCFG, CFG-Zero*, CFGNorm).
     ``unet_calls`` counts UNet forward calls (for tests and benchmarks).
     A condition's ``control`` chain (``apply_control``) is evaluated at every UNet call on the
     same batched inputs (without inpainting channels) and its residuals go into the UNet.
@@ -195,6 +215,7 @@ class GuidedDenoiser:
         *,
         batch_conds: bool = True,
         cfg_rescale: float = 0.0,
+        guidance: GuidanceHook | None = None,
     ) -> None:
         if not 0.0 <= guidance_rescale <= 1.0:
             raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale}")
@@ -220,6 +241,7 @@ class GuidedDenoiser:
         self.cfg = float(cfg)
         self.guidance_rescale = float(guidance_rescale)
         self.cfg_rescale = float(cfg_rescale)
+        self.guidance = guidance  # CFG variants (``sgm.sampling.guiders_extra``): pre / post the combination
         self.inpaint_concat = inpaint_concat
         self.batch_conds = batch_conds
         self.unet_calls = 0
@@ -230,7 +252,7 @@ class GuidedDenoiser:
 
     def _n_branches(self, with_uncond: bool) -> int:
         """2 when the negative branch is evaluated (CFG, or asked for by a CFG++ sampler)."""
-        return 2 if (self.use_cfg or with_uncond) and self.negative else 1
+        return 2 if (self.use_cfg or with_uncond or self._replaces_cfg()) and self.negative else 1
 
     def _jobs(self, x: torch.Tensor, with_uncond: bool = False) -> list[_Job]:
         batch, _, height, width = x.shape
@@ -447,17 +469,27 @@ class GuidedDenoiser:
 
         Returns (guided, uncond); uncond is the cond estimate when there is one branch.
         """
-        if len(results) == 1:
-            return results[0], results[0]
-        cond, uncond = results
-        if not self.use_cfg:  # cfg == 1, negative evaluated only for a CFG++ sampler
-            return cond, uncond
-        guided = uncond + self.cfg * (cond - uncond)
+        cond, uncond = results if len(results) == 2 else (results[0], results[0])
+        guidance = self.guidance
+        if len(results) == 1 or not (self.use_cfg or self._replaces_cfg()):
+            # One branch, or cfg == 1 with the negative evaluated only for a CFG++ sampler.
+            return (guidance.post(x, sigma, cond, uncond, self.cfg, cond) if guidance else cond), uncond
+        if guidance:
+            cond, uncond = guidance.pre(x, sigma, cond, uncond, self.cfg)
+            guided = guidance.combine(x, sigma, cond, uncond, self.cfg)
+        else:
+            guided = uncond + self.cfg * (cond - uncond)
         if self.guidance_rescale > 0:
             guided = self._rescale(x, sigma, cond, guided)
         if self.cfg_rescale > 0:
             guided = rescale_cfg_v(x, sigma, cond, guided, self.cfg_rescale)
+        if guidance:
+            guided = guidance.post(x, sigma, cond, uncond, self.cfg, guided)
         return guided, uncond
+
+    def _replaces_cfg(self) -> bool:
+        """An attached guidance replaces CFG's combination (Perp-Neg): the negative is needed at cfg 1 too."""
+        return bool(self.guidance and self.guidance.replaces_cfg)
 
     def _rescale(
         self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, guided: torch.Tensor

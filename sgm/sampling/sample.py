@@ -13,7 +13,7 @@ drawn on the CPU in float32, then moved).
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,10 +38,15 @@ class GuidedModel(Protocol):
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor: ...
 
 
-def item_generators(seed: int, batch: int) -> list[torch.Generator]:
-    """One CPU generator per batch item, seeded s, s + 1, ... (the seed rule above)."""
+def item_generators(seed: int, batch: int, item_seeds: Sequence[int] | None = None) -> list[torch.Generator]:
+    """One CPU generator per batch item, seeded s, s + 1, ... (the seed rule above), or by
+    ``item_seeds`` (one per item: a latent batch whose items keep the seeds they had elsewhere)."""
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
+    if item_seeds is not None:
+        if len(item_seeds) != batch:
+            raise ValueError(f"need one seed per batch item: {len(item_seeds)} for batch {batch}")
+        return [torch.Generator(device="cpu").manual_seed(int(s) % 2**64) for s in item_seeds]
     return [torch.Generator(device="cpu").manual_seed(int(seed) + i) for i in range(batch)]
 
 
@@ -58,10 +63,10 @@ def initial_noise(
 
 def make_noise(
     shape: tuple[int, ...], seed: int, *, device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float32, item_seeds: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """The initial noise ``sample`` uses for ``seed`` (for a NOISE node or a preview)."""
-    return initial_noise(shape, item_generators(seed, shape[0]), device=device, dtype=dtype)
+    return initial_noise(shape, item_generators(seed, shape[0], item_seeds), device=device, dtype=dtype)
 
 
 def resolve_sampler(sampler: str | Sampler) -> Sampler:
@@ -158,6 +163,7 @@ def sample(
     cancel: CancelCheck | None = None,
     add_noise: bool = True,
     noise: torch.Tensor | None = None,
+    item_seeds: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Denoise ``latent`` (B, C, H, W) along ``sigmas`` with sampler ``sampler``.
 
@@ -167,7 +173,8 @@ def sample(
     ``noise_mask`` (1 = repaint, 0 = keep) blends the re-noised input back into the kept
     region before every model call and into the model's output, and the result keeps the
     input latent exactly where the mask is 0. ``noise`` overrides the seeded initial noise
-    (ancestral noise still follows the seed rule). Raises ``SamplingCancelled`` when
+    (ancestral noise still follows the seed rule). ``item_seeds`` replaces the seed rule's
+    seed + i for item i (initial and ancestral noise). Raises ``SamplingCancelled`` when
     ``cancel()`` returns True, checked before every model evaluation (so every step) and
     between the network's blocks inside one (``sgm.nets.interrupt``), so it lands within
     about a block's time even when one step takes minutes.
@@ -182,7 +189,7 @@ def sample(
     if sigmas.numel() < 2:
         return latent.clone()
 
-    generators = item_generators(seed, latent.shape[0])
+    generators = item_generators(seed, latent.shape[0], item_seeds)
     seeded_noise = initial_noise(tuple(latent.shape), generators, device=latent.device, dtype=latent.dtype)
     if noise is None:
         noise = seeded_noise

@@ -66,14 +66,23 @@ def _psi(y: float) -> float:
 def sample_euler_cfg_pp(
     model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
     callback: StepCallback | None = None, generator: NoiseGenerator = None,
+    alternative: bool = False,
 ) -> torch.Tensor:
-    """DDIM / Euler with CFG++ (Chung et al. 2024): x' = D_w + sigma' (x - D_u) / sigma."""
+    """DDIM / Euler with CFG++ (Chung et al. 2024): x' = D_w + sigma' (x - D_u) / sigma.
+
+    ``alternative``: ComfyUI's other version (SamplerEulerCFG++ "alternative"), an Euler step from x
+    with the slope d = (x - 2 D_w + D_u) / sigma: x' = x + d (sigma' - sigma). Without guidance
+    (D_u = D_w) both are plain Euler.
+    """
     s = as_floats(sigmas)
     n = len(s) - 1
     for i in range(n):
         denoised, uncond = guided_and_uncond(model, x, sigma_batch(x, s[i]))
         report(callback, i, n, s[i], x, denoised)
-        x = denoised + to_d(x, s[i], uncond) * s[i + 1]
+        if alternative:
+            x = x + to_d(x - denoised + uncond, s[i], denoised) * (s[i + 1] - s[i])
+        else:
+            x = denoised + to_d(x, s[i], uncond) * s[i + 1]
     return x
 
 

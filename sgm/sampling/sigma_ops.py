@@ -9,6 +9,9 @@ input: each returns a new tensor.
 
 from __future__ import annotations
 
+import math
+from typing import Literal
+
 import torch
 
 from sgm.sampling.denoisers import ModelSampling
@@ -106,3 +109,49 @@ def percent_to_sigma(model_sampling: ModelSampling, percent: float) -> float:
     t_min = float(model_sampling.timestep(torch.tensor(model_sampling.sigma_min)))
     t = t_min + (1.0 - percent) * (t_max - t_min)
     return float(model_sampling.sigma(torch.tensor(t)))
+
+
+PERCENT_ZERO_SIGMA = 999999999.9  # ComfyUI's sigma for "0 % of sampling": above any schedule's first sigma
+
+
+def sampling_percent_to_sigma(model_sampling: ModelSampling, percent: float, actual: bool = False) -> float:
+    """ComfyUI's SamplingPercentToSigma: the sigma reached after ``percent`` of sampling (see
+    ``percent_to_sigma``). The ends are the values a range check wants, 999999999.9 at 0 and 0.0 at 1;
+    with ``actual`` they are the model's real sigma_max and sigma_min instead."""
+    if not 0.0 <= percent <= 1.0:
+        raise ValueError(f"sampling_percent must be in [0, 1], got {percent}")
+    if percent <= 0.0:
+        return float(model_sampling.sigma_max) if actual else PERCENT_ZERO_SIGMA
+    if percent >= 1.0:
+        return float(model_sampling.sigma_min) if actual else 0.0
+    return percent_to_sigma(model_sampling, percent)
+
+
+Spacing = Literal["linear", "cosine", "sine"]
+
+
+def extend_intermediate_sigmas(sigmas: torch.Tensor, steps: int, start_at_sigma: float, end_at_sigma: float,
+                               spacing: Spacing = "linear") -> torch.Tensor:
+    """Split each step whose first sigma lies in [end_at_sigma, start_at_sigma] (a negative start: no
+    upper bound) into ``steps`` smaller ones (ComfyUI's ExtendIntermediateSigmas).
+
+    Between sigma and sigma' the new points are sigma + f(k / steps) (sigma' - sigma), k = 1 .. steps - 1,
+    with f(u) = u (linear), sin(u pi / 2) (cosine: larger steps first) or 1 - cos(u pi / 2) (sine:
+    smaller steps first). Returns a new float32 tensor.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    shapes = {"linear": lambda u: u, "cosine": lambda u: torch.sin(u * math.pi / 2),
+              "sine": lambda u: 1 - torch.cos(u * math.pi / 2)}
+    if spacing not in shapes:
+        raise ValueError(f"spacing must be one of {sorted(shapes)}, got {spacing!r}")
+    upper = float("inf") if start_at_sigma < 0 else start_at_sigma
+    fractions = shapes[spacing](torch.linspace(0, 1, steps + 1, dtype=torch.float64)[1:-1])
+    values = sigmas.detach().double().cpu()
+    pieces = []
+    for sigma, sigma_next in zip(values[:-1], values[1:]):
+        pieces.append(sigma[None])
+        if end_at_sigma <= float(sigma) <= upper:
+            pieces.append(sigma + fractions * (sigma_next - sigma))
+    pieces.append(values[-1:])
+    return torch.cat(pieces).float()
