@@ -33,7 +33,8 @@ FAMILIES = ("SD1.5", "SDXL")
 # Inputs whose value is a model file, and the models/ folder it is looked for in.
 MODEL_INPUTS = {"ckpt_name": "checkpoints", "vae_name": "vae", "lora_name": "loras", "unet_name": "diffusion_models",
                 "clip_name": "text_encoders", "clip_name1": "text_encoders", "clip_name2": "text_encoders",
-                "control_net_name": "controlnet", "gligen_name": "gligen", "model_name": "upscale_models"}
+                "control_net_name": "controlnet", "gligen_name": "gligen", "model_name": "upscale_models",
+                "style_model_name": "style_models"}
 # Where a node's input names another folder than MODEL_INPUTS says.
 NODE_MODEL_INPUTS = {("CLIPVisionLoader", "clip_name"): "clip_vision"}
 SIZE_INPUTS = {"width", "height", "target_width", "target_height"}

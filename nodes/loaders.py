@@ -112,9 +112,13 @@ def nodes(runtime: Runtime) -> list[NodeSpec]:
         unet = runtime.load_model(path, "unet", "LoadUNet", lambda dtype: load(path, device="cpu", dtype=dtype),
                                   weight_dtype=weight_dtype_for(runtime, weight_dtype, "LoadUNet"))
         family = unet_family(unet)
+        from sgm.io.lotus import LOTUS_FAMILY, is_lotus_unet, lotus_model_sampling
         from sgm.sampling.denoisers import model_sampling_for
 
-        return ModelValue(runtime.compiled(unet), model_sampling_for(prediction), family, unet_name,
+        sampling = model_sampling_for(prediction)
+        if is_lotus_unet(unet):  # Lotus-D: its own family (task vector) and img-to-img sampling
+            family, sampling = LOTUS_FAMILY, lotus_model_sampling(sampling)
+        return ModelValue(runtime.compiled(unet), sampling, family, unet_name,
                           LatentFormat(channels=int(unet.out_channels)))
 
     @node("LoadTextEncoder", display_name="Load Text Encoder", category="loaders",

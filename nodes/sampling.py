@@ -75,6 +75,10 @@ def _prepare_conditions(conditions: tuple[Any, ...], model: ModelValue, height: 
     conditions theirs (the noise-augmented image embeddings of ``Condition.unclip``), and drop
     ``y`` for models that take none. With unCLIP embeddings an SDXL condition's pooled text is
     replaced by them (Revision). ``seed``: the sampling seed (the embedding noise derives from it)."""
+    from sgm.sampling.area_fraction import resolve_areas
+
+    downscale = model.latent_format.downscale  # ConditioningSetAreaPercentage: fractions of this latent
+    conditions = tuple(resolve_areas(conditions, height // downscale, width // downscale))
     if not model.needs_vector:
         return [c if c.y is None else replace(c, y=None) for c in conditions]
     from sgm.sampling import unclip as uc
@@ -272,6 +276,9 @@ def run_sampler_with_denoised(runtime: Runtime, guider: GuiderValue, sampler: Sa
         from sgm.sampling.pix2pix import concat_image_of, pix2pix_concat, pix2pix_scale
 
         concat = pix2pix_concat(concat_image_of(positive), samples, pix2pix_scale(model.family))
+    if getattr(sampler.name, "resizes_latent", False) and latent.noise_mask is not None:
+        raise ValueError(f"{node_id}: this sampler changes the latent's size, which a noise mask (inpainting) "
+                         "cannot follow; sample the masked latent with another sampler, then upscale")
     offset = latent.batch_index[0] if latent.batch_index else 0  # a picked item keeps its seed
     # Items whose indices are not offset, offset + 1, ... (LatentBatch, LatentBatchSeedBehavior fixed)
     # are seeded seed + index each.
@@ -328,7 +335,11 @@ def run_sampler_with_denoised(runtime: Runtime, guider: GuiderValue, sampler: Sa
         out = runtime.models.retry_on_oom(work, f"{node_id} (sampling)")
     except SamplingCancelled as error:
         raise Cancelled(f"run cancelled while node {ctx.node_id} was sampling") from error
-    result = replace(latent, samples=out, empty=False, width=width, height=height)
+    if out.shape[-2:] != samples.shape[-2:]:  # a sampler that resizes (SamplerLCMUpscale): masks no longer fit
+        scale = out.shape[-1] / samples.shape[-1]
+        result = LatentValue(out, width=round(width * scale), height=round(height * scale), empty=False)
+    else:
+        result = replace(latent, samples=out, empty=False, width=width, height=height)
     if not last_denoised:
         return result, result
     return result, replace(result, samples=last_denoised[0].float().cpu())

@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from engine.queue import PromptQueue, QueueItem
 from engine.scheduler import Event
-from web.ws import Outgoing, WebSocketHub
+from web.ws import KeptFrame, Outgoing, WebSocketHub
 
 log = logging.getLogger("latentflow.prompts")
 
@@ -62,11 +62,12 @@ def public_output(ui: Any) -> Any:
 
 
 def preview_frame(preview: Any) -> bytes | None:
-    """Encode a progress preview (a PIL-like image with ``.save``, or JPEG/PNG bytes)."""
+    """Encode a progress preview (a PIL-like image with ``.save``, or JPEG/PNG bytes). Bytes are an
+    image a node encoded to send (SaveImageWebsocket): their frame is never skipped for a slow client."""
     if isinstance(preview, (bytes, bytearray)):
         data = bytes(preview)
         kind = FORMAT_PNG if data.startswith(b"\x89PNG") else FORMAT_JPEG
-        return struct.pack(">II", PREVIEW_IMAGE, kind) + data
+        return KeptFrame(struct.pack(">II", PREVIEW_IMAGE, kind) + data)
     save = getattr(preview, "save", None)
     if save is None:
         return None

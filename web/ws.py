@@ -24,6 +24,11 @@ MAX_PENDING_MESSAGES = 1024  # per connection; beyond this the client is too slo
 MAX_PENDING_PREVIEWS = 8  # binary previews beyond this are skipped (the next one supersedes them)
 
 
+class KeptFrame(bytes):
+    """A binary frame never skipped for a slow client: an image a node sends on purpose
+    (SaveImageWebsocket, a pack's encoded image), not a live preview the next one supersedes."""
+
+
 @dataclass(frozen=True)
 class Outgoing:
     """A message for one client (``client_id``) or for everyone (``client_id=None``)."""
@@ -74,7 +79,7 @@ class WebSocketHub:
         else:
             targets = list(self._connections.get(message.client_id, ()))
         for connection in targets:
-            if isinstance(message.payload, bytes):
+            if isinstance(message.payload, bytes) and not isinstance(message.payload, KeptFrame):
                 if connection.previews_pending >= MAX_PENDING_PREVIEWS:
                     continue
                 connection.previews_pending += 1
@@ -127,7 +132,8 @@ class WebSocketHub:
             payload = await connection.outbox.get()
             try:
                 if isinstance(payload, bytes):
-                    connection.previews_pending -= 1
+                    if not isinstance(payload, KeptFrame):
+                        connection.previews_pending -= 1
                     await connection.socket.send_bytes(payload)
                 else:
                     await connection.socket.send_str(json.dumps(payload, default=str))

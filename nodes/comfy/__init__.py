@@ -33,7 +33,8 @@ def nodes(runtime: Runtime, ours: Mapping[str, NodeSpec]) -> list[NodeSpec]:
     """The adapters, given our built nodes by id (they call ``ours[id].function``)."""
     from nodes.comfy import (clip_vision, conditioning, controlnet, custom_sampling, gligen, image, image_extra,
                              image_ops, latent, latent_ops, loaders, lotus, masks, masks_extra, model_merge,
-                             model_patches, notes, sampling_nodes, upscale, utils_nodes)
+                             model_patches, notes, sampling_nodes, save_extra, style_model, upscale,
+                             utils_nodes)
 
     return [*loaders.nodes(runtime, ours), *conditioning.nodes(runtime, ours), *latent.nodes(runtime, ours),
             *custom_sampling.nodes(runtime, ours), *image.nodes(runtime, ours), *image_ops.nodes(runtime, ours),
@@ -41,8 +42,8 @@ def nodes(runtime: Runtime, ours: Mapping[str, NodeSpec]) -> list[NodeSpec]:
             *controlnet.nodes(runtime, ours), *gligen.nodes(runtime, ours), *upscale.nodes(runtime, ours),
             *lotus.nodes(runtime, ours), *sampling_nodes.nodes(runtime, ours), *model_patches.nodes(runtime, ours),
             *latent_ops.nodes(runtime, ours), *image_extra.nodes(runtime, ours),
-            *masks_extra.nodes(runtime, ours), *utils_nodes.nodes(runtime, ours),
-            *notes.nodes()]
+            *masks_extra.nodes(runtime, ours), *utils_nodes.nodes(runtime, ours), *style_model.nodes(runtime, ours),
+            *save_extra.nodes(runtime, ours), *notes.nodes()]
 
 
 def call(ours: Mapping[str, NodeSpec], node_id: str, **inputs: Any) -> Any:

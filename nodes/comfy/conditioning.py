@@ -83,6 +83,36 @@ def nodes(runtime: Runtime, ours: Mapping[str, NodeSpec]) -> list[NodeSpec]:
         return call(ours, "SetConditioningArea", conditioning=conditioning, width=width, height=height, x=x, y=y,
                     strength=strength)
 
+    @node("ConditioningSetAreaPercentage", display_name="Conditioning (Set Area with Percentage)",
+          category="conditioning", compat=COMPAT)
+    def conditioning_set_area_percentage(
+        conditioning: "CONDITIONING",
+        width: Float(default=1.0, min=0, max=1.0, step=0.01),
+        height: Float(default=1.0, min=0, max=1.0, step=0.01),
+        x: Float(default=0, min=0, max=1.0, step=0.01),
+        y: Float(default=0, min=0, max=1.0, step=0.01),
+        strength: Float(default=1.0, min=0.0, max=10.0, step=0.01),
+    ) -> Out(CONDITIONING="CONDITIONING"):
+        """Restrict the conditioning to a rectangle given as fractions of the image (1 = the whole width or
+        height); it is turned into latent pixels when sampling starts (``sgm.sampling.area_fraction``)."""
+        from sgm.sampling.area_fraction import AreaFraction
+
+        try:
+            area = AreaFraction(float(x), float(y), float(width), float(height))
+        except ValueError as error:
+            raise ValueError(f"ConditioningSetAreaPercentage: {error}") from error
+        return [c.with_(area=area, strength=float(strength)) for c in conditioning]
+
+    @node("ConditioningSetAreaStrength", display_name="ConditioningSetAreaStrength", category="conditioning",
+          compat=COMPAT)
+    def conditioning_set_area_strength(
+        conditioning: "CONDITIONING",
+        strength: Float(default=1.0, min=0.0, max=10.0, step=0.01),
+    ) -> Out(CONDITIONING="CONDITIONING"):
+        """Set the conditioning's weight where it overlaps others (areas, masks): the sampler averages the
+        overlapping predictions weighted by their strengths."""
+        return [c.with_(strength=float(strength)) for c in conditioning]
+
     @node("ConditioningZeroOut", display_name="ConditioningZeroOut", category="advanced/conditioning",
           compat=COMPAT)
     def conditioning_zero_out(conditioning: "CONDITIONING") -> Out(CONDITIONING="CONDITIONING"):
@@ -148,5 +178,6 @@ def nodes(runtime: Runtime, ours: Mapping[str, NodeSpec]) -> list[NodeSpec]:
         return [c.with_(extra={**c.extra, RANGE_KEY: (float(start), float(end))}) for c in conditioning]
 
     return [clip_text_encode, clip_text_encode_sdxl, clip_text_encode_sdxl_refiner, conditioning_combine,
-            conditioning_set_area, conditioning_zero_out, conditioning_set_mask, conditioning_concat,
+            conditioning_set_area, conditioning_set_area_percentage, conditioning_set_area_strength,
+            conditioning_zero_out, conditioning_set_mask, conditioning_concat,
             conditioning_set_timestep_range]

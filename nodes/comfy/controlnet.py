@@ -3,7 +3,9 @@
 The models load by content (``sgm.io.controlnet_files``: ldm/cldm or diffusers ControlNets, union
 ControlNets, control-LoRAs, full and light T2I-Adapters), the application is
 ``sgm.sampling.guiders.apply_control`` and the guider runs the chain while sampling (strength, start/end
-percent, stacked controls summed; a control-LoRA is completed there by the UNet being sampled).
+percent, stacked controls summed; a control-LoRA is completed there by the UNet being sampled). Shuffle
+ControlNets are recognised by file name as ComfyUI does (``*_shuffle`` / ``*_shuffle_fp16``) and their residuals
+averaged over the feature map (``sgm.io.controlnet_files.wants_global_average_pooling``).
 """
 
 from __future__ import annotations

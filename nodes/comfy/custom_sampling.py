@@ -197,16 +197,14 @@ def nodes(runtime: Runtime, ours: Mapping[str, NodeSpec]) -> list[NodeSpec]:
     @node("ModelSamplingDiscrete", display_name="ModelSamplingDiscrete", category="advanced/model", compat=COMPAT)
     def model_sampling_discrete(
         model: "MODEL",
-        sampling: Choice(choices=SAMPLINGS, tooltip="img_to_img is not supported here"),
+        sampling: Choice(choices=SAMPLINGS, tooltip="img_to_img: the network maps its unscaled input to the "
+                                                    "result (Lotus)"),
         zsnr: Bool(default=False),
     ) -> Out(MODEL="MODEL"):
-        """The model with another prediction type (eps, v_prediction, lcm, x0) on SD's discrete noise levels,
+        """The model with another prediction type (eps, v_prediction, lcm, x0, img_to_img) on SD's discrete noise levels,
         optionally rescaled to zero terminal SNR (v_prediction only)."""
         from sgm.sampling.model_sampling_extra import discrete_model_sampling
 
-        if sampling == "img_to_img":
-            raise ValueError("ModelSamplingDiscrete: sampling 'img_to_img' is not supported here; use eps, "
-                             "v_prediction, lcm or x0")
         old = model.model_sampling
         schedule = {k: getattr(old, k) for k in ("num_timesteps", "beta_start", "beta_end") if hasattr(old, k)}
         try:

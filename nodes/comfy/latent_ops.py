@@ -24,6 +24,9 @@ from nodes.values import LatentValue
 POSITION = dict(default=0, min=0, max=16384, step=8)
 FLIP_METHODS = ("x-axis: vertically", "y-axis: horizontally")
 ROTATIONS = ("none", "90 degrees", "180 degrees", "270 degrees")
+CONCAT_DIMS = ("x", "-x", "y", "-y", "t", "-t")
+CUT_DIMS = ("x", "y", "t")
+OPERATIONS = "latent/advanced/operations"
 SEED_BEHAVIORS = ("random", "fixed")
 LATENT_SUFFIX = ".latent"
 LATENT_FACTOR = 8  # image pixels per latent pixel, as ComfyUI's latent nodes assume
@@ -426,6 +429,103 @@ def nodes(runtime: Runtime, ours: Mapping[str, NodeSpec]) -> list[NodeSpec]:
                                     "there (SaveLatent writes them to output/latents) and pick it again")
         return LatentValue(load_latent_file(path))
 
-    return [inpaint_model_conditioning, latent_composite_masked, latent_add, latent_subtract, latent_multiply,
+    return [inpaint_model_conditioning, latent_composite_masked, *layout_nodes(), *operation_nodes(), latent_add, latent_subtract, latent_multiply,
             latent_interpolate, latent_batch, latent_flip, latent_rotate, latent_crop, rebatch_latents,
             latent_batch_seed_behavior, save_latent, load_latent]
+
+
+# --------------------------------------------------------------------------- concat, cut, operations
+
+
+def layout_nodes() -> list[NodeSpec]:
+    @node("LatentConcat", display_name="LatentConcat", category="latent/advanced", compat=COMPAT)
+    def latent_concat(samples1: "LATENT", samples2: "LATENT", dim: Choice(choices=CONCAT_DIMS)
+                      ) -> Out(LATENT="LATENT"):
+        """samples2 beside samples1: x = to its right, y = below it, -x / -y = before it (samples2's batch is
+        repeated or cut to samples1's). Noise masks follow (ones where a part has none)."""
+        import torch
+
+        from sgm.sampling.latent_operations import concat_latents
+
+        samples = concat_latents(samples1.samples, samples2.samples, dim)
+        axis = -1 if "x" in dim else -2
+        second = replace(samples2, samples=repeat_to_batch(samples2.samples, samples1.batch),
+                         noise_mask=None if samples2.noise_mask is None else
+                         repeat_to_batch(samples2.noise_mask, samples1.batch))
+        parts = (second, samples1) if dim.startswith("-") else (samples1, second)
+        fields: dict[str, Any] = {"noise_mask": None, "masked_latent": None}
+        if any(p.noise_mask is not None for p in parts):
+            fields["noise_mask"] = torch.cat([_item_masks(p, *p.samples.shape[-2:]) for p in parts], dim=axis)
+        if any(p.masked_latent is not None for p in parts):
+            fields["masked_latent"] = torch.cat(
+                [torch.zeros_like(p.samples) if p.masked_latent is None else
+                 repeat_to_batch(p.masked_latent, p.samples.shape[0]) for p in parts], dim=axis)
+        f = _pixels_per_latent(samples1)
+        return replace(samples1, samples=samples, empty=False, width=samples.shape[-1] * f,
+                       height=samples.shape[-2] * f, **fields)
+
+    @node("LatentCut", display_name="LatentCut", category="latent/advanced", compat=COMPAT)
+    def latent_cut(samples: "LATENT", dim: Choice(choices=CUT_DIMS),
+                   index: Int(default=0, min=-16384, max=16384, step=1),
+                   amount: Int(default=1, min=1, max=16384, step=1)) -> Out(LATENT="LATENT"):
+        """``amount`` latent columns (x) or rows (y) from ``index`` (negative: counted from the end), clamped
+        to the latent. The noise mask is cut alike."""
+        from sgm.sampling.latent_operations import cut_latent, cut_range
+
+        out = cut_latent(samples.samples, dim, index, amount)
+        axis = -1 if dim == "x" else -2
+        size = samples.samples.shape[axis]
+        start, length = cut_range(size, index, amount)
+
+        def cut(t: Any) -> Any:
+            factor = t.shape[axis] / size  # a noise mask may be at image resolution
+            return t.narrow(axis, round(start * factor), round(length * factor)).clone()
+
+        f = _pixels_per_latent(samples)
+        return replace(samples, samples=out, **_spatial(samples, cut), empty=False,
+                       width=out.shape[-1] * f, height=out.shape[-2] * f)
+
+    return [latent_concat, latent_cut]
+
+
+def operation_nodes() -> list[NodeSpec]:
+    @node("LatentOperationTonemapReinhard", display_name="LatentOperationTonemapReinhard", category=OPERATIONS,
+          compat=COMPAT)
+    def latent_operation_tonemap_reinhard(multiplier: Float(default=1.0, min=0.0, max=100.0, step=0.01)
+                                          ) -> Out(LATENT_OPERATION="LATENT_OPERATION"):
+        """Reinhard tonemapping of each latent pixel's channel length: compresses outlying magnitudes
+        (``sgm.sampling.latent_operations.TonemapReinhard``)."""
+        from sgm.sampling.latent_operations import TonemapReinhard
+
+        return TonemapReinhard(float(multiplier))
+
+    @node("LatentOperationSharpen", display_name="LatentOperationSharpen", category=OPERATIONS, compat=COMPAT)
+    def latent_operation_sharpen(
+        sharpen_radius: Int(default=9, min=1, max=31, step=1),
+        sigma: Float(default=1.0, min=0.1, max=10.0, step=0.1),
+        alpha: Float(default=0.1, min=0.0, max=5.0, step=0.01),
+    ) -> Out(LATENT_OPERATION="LATENT_OPERATION"):
+        """Unsharp masking of the latent's per-pixel directions (``sgm.sampling.latent_operations.Sharpen``)."""
+        from sgm.sampling.latent_operations import Sharpen
+
+        return Sharpen(int(sharpen_radius), float(sigma), float(alpha))
+
+    @node("LatentApplyOperation", display_name="LatentApplyOperation", category=OPERATIONS, compat=COMPAT)
+    def latent_apply_operation(samples: "LATENT", operation: "LATENT_OPERATION") -> Out(LATENT="LATENT"):
+        """The latent operation applied to the samples."""
+        try:
+            out = operation(samples.samples)
+        except ValueError as error:
+            raise ValueError(f"LatentApplyOperation: {error}") from error
+        return replace(samples, samples=out, empty=False)
+
+    @node("LatentApplyOperationCFG", display_name="LatentApplyOperationCFG", category=OPERATIONS, compat=COMPAT)
+    def latent_apply_operation_cfg(model: "MODEL", operation: "LATENT_OPERATION") -> Out(MODEL="MODEL"):
+        """The model with the operation applied to the guidance (cond - uncond) of every step before CFG
+        (``sgm.sampling.guiders_extra.LatentOperationCFG``)."""
+        from sgm.sampling.guiders_extra import LatentOperationCFG
+
+        return replace(model, guidance_patches=model.guidance_patches + (LatentOperationCFG(operation),))
+
+    return [latent_operation_tonemap_reinhard, latent_operation_sharpen, latent_apply_operation,
+            latent_apply_operation_cfg]

@@ -238,7 +238,70 @@ def sampler_nodes() -> list[NodeSpec]:
 
     return [sampler_euler_ancestral, sampler_euler_ancestral_cfg_pp, sampler_lms, sampler_dpmpp_3m_sde,
             sampler_dpmpp_2m_sde, sampler_dpmpp_sde, sampler_dpmpp_2s_ancestral, sampler_euler_cfg_pp,
-            sampler_dpm_adaptative]
+            sampler_dpm_adaptative, *more_sampler_nodes()]
+
+
+def more_sampler_nodes() -> list[NodeSpec]:
+    """Selectors whose sampler is not a KSampler name: the SAMPLER carries the library function itself
+    (``sgm.sampling.samplers_more``; ``sgm.sampling.sample.resolve_sampler`` takes a callable)."""
+
+    @node("SamplerER_SDE", display_name="SamplerER_SDE", category=SAMPLERS, compat=COMPAT)
+    def sampler_er_sde(
+        solver_type: Choice(choices=("ER-SDE", "Reverse-time SDE", "ODE")),
+        max_stage: Int(default=3, min=1, max=3),
+        eta: Float(default=1.0, min=0.0, max=100.0, step=0.01, round=False,
+                   tooltip="noise of the reverse-time SDE (0 = the ODE); not used by ER-SDE"),
+        s_noise: Float(**NOISE),
+    ) -> Out(SAMPLER="SAMPLER"):
+        """ER-SDE-Solver (Cui et al. 2025) of order up to max_stage, with ER-SDE's noise scale, the
+        reverse-time SDE's (sigma^(eta + 1)) or none (the ODE)."""
+        from sgm.sampling.samplers_more import er_sde_options
+
+        return SamplerValue("er_sde", tuple(er_sde_options(solver_type, int(max_stage), float(eta),
+                                                           float(s_noise)).items()))
+
+    @node("SamplerSASolver", display_name="SamplerSASolver", category=SAMPLERS, compat=COMPAT)
+    def sampler_sa_solver(
+        model: "MODEL",
+        eta: Float(default=1.0, min=0.0, max=10.0, step=0.01, round=False),
+        sde_start_percent: Float(default=0.2, min=0.0, max=1.0, step=0.001),
+        sde_end_percent: Float(default=0.8, min=0.0, max=1.0, step=0.001),
+        s_noise: Float(**NOISE),
+        predictor_order: Int(default=3, min=1, max=6),
+        corrector_order: Int(default=4, min=0, max=6),
+        use_pece: Bool(tooltip="PECE: evaluate the model again at each corrected state (about 2x the calls)"),
+        simple_order_2: Bool(tooltip="the paper's simplified weights where two estimates are used"),
+    ) -> Out(SAMPLER="SAMPLER"):
+        """SA-Solver (Xue et al. 2023): stochastic Adams predictor (and corrector, order 0 = none), with noise
+        eta between sde_start_percent and sde_end_percent of sampling (0 = pure noise) and the ODE elsewhere."""
+        from sgm.sampling.samplers_more import sample_sa_solver_ext
+        from sgm.sampling.sigma_ops import percent_to_sigma
+
+        high = percent_to_sigma(model.model_sampling, float(sde_start_percent))
+        low = percent_to_sigma(model.model_sampling, float(sde_end_percent))
+        return SamplerValue(sample_sa_solver_ext, (  # type: ignore[arg-type]
+            ("eta", float(eta)), ("s_noise", float(s_noise)), ("tau_interval", (low, high)),
+            ("predictor_order", int(predictor_order)), ("corrector_order", int(corrector_order)),
+            ("use_pece", bool(use_pece)), ("simple_order_2", bool(simple_order_2))))
+
+    @node("SamplerLCMUpscale", display_name="SamplerLCMUpscale", category=SAMPLERS, compat=COMPAT)
+    def sampler_lcm_upscale(
+        scale_ratio: Float(default=1.0, min=0.1, max=20.0, step=0.01),
+        scale_steps: Int(default=-1, min=-1, max=1000, step=1),
+        upscale_method: Choice(choices=("bislerp", "nearest-exact", "bilinear", "area", "bicubic")),
+    ) -> Out(SAMPLER="SAMPLER"):
+        """LCM sampling that enlarges the latent by scale_ratio over its first scale_steps steps (-1: about
+        half of them)."""
+        from sgm.sampling.samplers_more import sample_lcm_upscale
+
+        if upscale_method == "bislerp":
+            raise ValueError("SamplerLCMUpscale: upscale_method 'bislerp' is not supported here; pick bicubic, "
+                             "bilinear, area or nearest-exact")
+        return SamplerValue(sample_lcm_upscale, (  # type: ignore[arg-type]
+            ("total_upscale", float(scale_ratio)), ("upscale_method", upscale_method),
+            ("upscale_steps", None if scale_steps < 0 else int(scale_steps))))
+
+    return [sampler_er_sde, sampler_sa_solver, sampler_lcm_upscale]
 
 
 def _with_guidance(model: ModelValue, patch: Any) -> ModelValue:

@@ -264,15 +264,34 @@ def load_control_model(
     return assign_weights(model, tensors, device=device, dtype=dtype, what=f"{what} (ControlNet)")
 
 
+def wants_global_average_pooling(path: str | Path) -> bool:
+    """Whether a ControlNet file is a shuffle model, whose residuals are averaged over the feature map.
+
+    Nothing in the weights tells; as ComfyUI does, the name decides: the name without its extension ends
+    in ``_shuffle`` or ``_shuffle_fp16`` (``control_v11e_sd15_shuffle.pth``)."""
+    return Path(path).stem.endswith(("_shuffle", "_shuffle_fp16"))
+
+
 def load_control_file(path: str | Path, *, hints: dict[str, Any] | None = None,
                       unet_state: dict[str, torch.Tensor] | None = None, device: torch.device | str = "cpu",
-                      dtype: torch.dtype | None = None) -> nn.Module:
-    """``load_control_model`` of a file (safetensors, or .pth/.ckpt read with weights_only)."""
+                      dtype: torch.dtype | None = None, global_average_pooling: bool | None = None) -> nn.Module:
+    """``load_control_model`` of a file (safetensors, or .pth/.ckpt read with weights_only).
+
+    global_average_pooling: average a ControlNet's residuals over the feature map (shuffle models);
+    None decides by the file name (``wants_global_average_pooling``)."""
     state_dict, metadata = read_state_dict(path)
     if "adapter" in state_dict and isinstance(state_dict["adapter"], dict):  # pragma: no cover - old .pth nesting
         state_dict = state_dict["adapter"]  # type: ignore[assignment]
-    return load_control_model(state_dict, metadata, hints=hints, unet_state=unet_state, device=device, dtype=dtype,
-                              what=Path(path).name)
+    model = load_control_model(state_dict, metadata, hints=hints, unet_state=unet_state, device=device, dtype=dtype,
+                               what=Path(path).name)
+    if global_average_pooling and type(model) is not ControlNet:
+        raise CheckpointError(f"{Path(path).name}: global average pooling (shuffle ControlNets) applies to plain "
+                              f"ControlNets, this file is a {type(model).__name__}")
+    if global_average_pooling is None:  # by name; only plain ControlNets have shuffle versions
+        global_average_pooling = type(model) is ControlNet and wants_global_average_pooling(path)
+    if global_average_pooling:
+        model.global_average_pooling = True  # an instance setting, on the freshly built model
+    return model
 
 
 def controlnet_from_unet(unet: nn.Module, hints: dict[str, Any] | None = None, hint_channels: int = 3) -> ControlNet:

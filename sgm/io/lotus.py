@@ -22,15 +22,13 @@ of its depth (or normal) map in one step:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sgm.io.state_dict import CheckpointError
-from sgm.sampling.denoisers import Scalings, _view
-from sgm.sampling.model_sampling_extra import X0DiscreteModelSampling
+from sgm.sampling.model_sampling_extra import ImgToImgDiscreteModelSampling
 
 LOTUS_FAMILY = "lotus"
 LOTUS_ADM_CHANNELS = 4  # [sin s, cos s] of the 2-vector task switcher
@@ -39,18 +37,6 @@ DEPTH_TASK = (1.0, 0.0)  # the switcher's "annotation" task (what ComfyUI always
 NULL_PROMPT_FILE = "lotus-null-prompt.safetensors"
 NULL_PROMPT_KEY = "prompt_embeds"
 NULL_PROMPT_TOKENS = 2  # [BOS, EOS]: the empty prompt, unpadded
-
-
-@dataclass(frozen=True)
-class ImgToImgDiscreteModelSampling(X0DiscreteModelSampling):
-    """SD's discrete noise levels for a network that maps its *unscaled* input to the clean
-    sample: D = F(x, t(sigma)), i.e. c_skip 0, c_out 1, c_in 1 (ComfyUI's "img_to_img")."""
-
-    parameterization: str = field(default="img_to_img", init=False)
-
-    def scalings(self, sigma: torch.Tensor, ndim: int) -> Scalings:
-        zeros, ones = torch.zeros_like(sigma), torch.ones_like(sigma)
-        return Scalings(_view(zeros, ndim), _view(ones, ndim), _view(ones, ndim))
 
 
 def lotus_model_sampling(model_sampling: Any = None) -> ImgToImgDiscreteModelSampling:

@@ -124,11 +124,26 @@ class ControlNet(nn.Module):
 
     # A ControlNet reads the noisy latent and the timestep: evaluated at every UNet call.
     depends_on_input = True
+    # Shuffle ControlNets (control_v11e_sd15_shuffle) were trained with their residuals averaged over
+    # the feature map (ControlNet 1.1's "global average pooling"); the file does not say so, the
+    # loader sets this from the file name (``sgm.io.controlnet_files.wants_global_average_pooling``).
+    global_average_pooling = False
 
     def residuals(self, x: torch.Tensor, hint: torch.Tensor, timesteps: torch.Tensor,
                   context: torch.Tensor | None, y: torch.Tensor | None) -> ControlResiduals:
         """The interface every control model has (``ControlLink.model``)."""
-        return self(x, hint, timesteps, context, y)
+        out = self(x, hint, timesteps, context, y)
+        return global_average_pool(out) if self.global_average_pooling else out
+
+
+def global_average_pool(residuals: ControlResiduals) -> ControlResiduals:
+    """Every skip residual and the middle residual replaced by its mean over the feature map,
+    (B, C, h, w) -> (B, C, h, w) constant per channel; T2I-Adapter ``inputs`` are left as they are."""
+    def pool(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.mean(dim=(2, 3), keepdim=True).expand_as(t)
+
+    return ControlResiduals(skips=tuple(pool(t) for t in residuals.skips), middle=pool(residuals.middle),
+                            inputs=residuals.inputs)
 
 
 # ------------------------------------------------------------------ control-LoRA

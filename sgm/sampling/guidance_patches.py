@@ -125,6 +125,11 @@ class PerturbedAttention:
         return PerturbedAttentionDenoiser(denoiser, inputs, self.scale)
 
 
+def _same(a: Sequence[Any] | None, b: Sequence[Any] | None) -> bool:
+    """The same condition objects, in order."""
+    return a is not None and b is not None and len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
 class PerturbedAttentionDenoiser(_Wrapper):
     """``inner``'s estimate + scale * (positive estimate - positive estimate with the middle block's
     self-attention as identity). The positive passes run through their own unguided denoiser (areas,
@@ -142,10 +147,24 @@ class PerturbedAttentionDenoiser(_Wrapper):
                              inpaint_concat=inputs.inpaint_concat)
 
     def _change(self, x: torch.Tensor, sigma: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
-        cond = guided if self.guided_is_cond else self.positive(x, sigma)
+        cond = guided if self.guided_is_cond else self._positive_estimate(x, sigma)
         with attention_replaced(self.layers, value_passthrough):
             perturbed = self.positive(x, sigma)
         return guided + self.scale * (cond - perturbed)
+
+    def _positive_estimate(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The positive prompt's estimate: the one the CFG denoiser inside just computed for this very
+        (x, sigma) when it is a plain ``GuidedDenoiser`` with the same conditions, else a pass of its own."""
+        from sgm.sampling.guiders import GuidedDenoiser
+
+        inner: Any = self.inner
+        while isinstance(inner, _Wrapper):
+            inner = inner.inner
+        last = getattr(inner, "last_cond", None) if type(inner) is GuidedDenoiser else None
+        if (last is not None and last[0] is x and torch.equal(last[1], sigma)
+                and _same(inner.positive, self.positive.positive)):
+            return last[2]
+        return self.positive(x, sigma)
 
     def _own_calls(self) -> int:
         return int(getattr(self.positive, "unet_calls", 0))

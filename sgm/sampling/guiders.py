@@ -470,6 +470,8 @@ class GuidedDenoiser:
         Returns (guided, uncond); uncond is the cond estimate when there is one branch.
         """
         cond, uncond = results if len(results) == 2 else (results[0], results[0])
+        # The positive prompt's own estimate at this (x, sigma), for wrappers that need it too (PAG).
+        self.last_cond = (x, sigma, cond)
         guidance = self.guidance
         if len(results) == 1 or not (self.use_cfg or self._replaces_cfg()):
             # One branch, or cfg == 1 with the negative evaluated only for a CFG++ sampler.

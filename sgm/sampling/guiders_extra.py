@@ -6,6 +6,8 @@ that combination:
 
 * **pre-CFG** patches change the two branches before they are combined (APG, TCFG);
 * **post-CFG** patches change the combined estimate (CFG-Zero*, CFG normalisation);
+* a latent operation (``sgm.sampling.latent_operations``) reshapes the guidance D_c - D_u before CFG
+  (LatentOperationCFG; with one branch it acts on D_c itself);
 * Perp-Neg replaces the combination by one of three estimates (positive, negative, empty prompt).
 
 A patch is a frozen value recorded on a MODEL (``ModelValue.guidance_patches``, beside the wrappers of
@@ -200,7 +202,31 @@ class PerpNegCombine:
         return perp_neg(cond, uncond, self.empty(x, sigma), cfg, self.neg_scale)
 
 
-PRE_CFG = (APG, TCFG)
+@dataclass(frozen=True, eq=False)
+class LatentOperationCFG(_CfgPatch):
+    """A latent operation (``sgm.sampling.latent_operations``, any ``op(latent) -> latent``) applied to the
+    guidance before CFG, as ComfyUI's LatentApplyOperationCFG: D_c' = D_u + op(D_c - D_u), so the guided
+    estimate is D_u + s op(D_c - D_u). Where only the positive branch is evaluated (cfg 1, or no negative),
+    the operation acts on D_c itself (ComfyUI's missing branch is zeros).
+    """
+
+    operation: Any
+
+    def pre_cfg(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                cfg: float, memory: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return uncond + self.operation(cond - uncond), uncond
+
+    def one_branch(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                   guided: torch.Tensor) -> torch.Tensor:
+        """The result when CFG did not combine two branches (``guided`` is D_c): op(D_c), or, where a
+        CFG++ sampler had the negative evaluated at cfg 1, D_u + op(D_c - D_u)."""
+        if uncond is cond:
+            return self.operation(guided)
+        return uncond + self.operation(guided - uncond)
+
+
+PRE_CFG = (APG, TCFG, LatentOperationCFG)
+ONE_BRANCH = (LatentOperationCFG,)  # pre-CFG patches that also act when there is no combination
 POST_CFG = (CFGZeroStar, CFGNorm)
 
 
@@ -217,6 +243,7 @@ class GuidanceRun:
         self._memory: list[dict[str, Any]] = [{} for _ in self.patches]
         combiners = [p for p in self.patches if getattr(p, "replaces_cfg", False)]
         self._combiner = combiners[-1] if combiners else None
+        self._pre_ran = False  # whether ``pre`` ran for the current call (else ``post`` sees one branch)
 
     def __bool__(self) -> bool:
         return bool(self.patches)
@@ -228,6 +255,7 @@ class GuidanceRun:
 
     def pre(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
             cfg: float) -> tuple[torch.Tensor, torch.Tensor]:
+        self._pre_ran = True
         for patch, memory in zip(self.patches, self._memory):
             if isinstance(patch, PRE_CFG):
                 cond, uncond = patch.pre_cfg(x, sigma, cond, uncond, cfg, memory)
@@ -241,7 +269,10 @@ class GuidanceRun:
 
     def post(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, cfg: float,
              guided: torch.Tensor) -> torch.Tensor:
+        one_branch, self._pre_ran = not self._pre_ran, False
         for patch in self.patches:
+            if one_branch and isinstance(patch, ONE_BRANCH):
+                guided = patch.one_branch(x, sigma, cond, uncond, guided)
             if isinstance(patch, POST_CFG):
                 guided = patch.post_cfg(x, sigma, cond, uncond, cfg, guided)
         return guided

@@ -1,4 +1,4 @@
-"""Discrete model samplings beyond eps / v: x0-prediction and LCM (distilled) models.
+"""Discrete model samplings beyond eps / v: x0-prediction, img-to-img (Lotus) and LCM (distilled) models.
 
 Both are SD's discrete VP noise levels (``DiscreteModelSampling``, whose ``prediction``
 stays "eps" for what depends on the noise process: VP start noise, the timestep <-> sigma
@@ -76,13 +76,25 @@ class LCMDiscreteModelSampling(DiscreteModelSampling):
         return Scalings(_view(c_skip_lcm + c_out_lcm, ndim), _view(-c_out_lcm * sigma, ndim), _view(c_in, ndim))
 
 
-Sampling = str  # ComfyUI's ModelSamplingDiscrete choices: "eps", "v_prediction", "lcm", "x0"
-SAMPLINGS = ("eps", "v_prediction", "lcm", "x0")
+@dataclass(frozen=True)
+class ImgToImgDiscreteModelSampling(X0DiscreteModelSampling):
+    """SD's discrete noise levels for a network that maps its *unscaled* input to the clean
+    sample: D = F(x, t(sigma)), i.e. c_skip 0, c_out 1, c_in 1 (ComfyUI's "img_to_img")."""
+
+    parameterization: str = field(default="img_to_img", init=False)
+
+    def scalings(self, sigma: torch.Tensor, ndim: int) -> Scalings:
+        zeros, ones = torch.zeros_like(sigma), torch.ones_like(sigma)
+        return Scalings(_view(zeros, ndim), _view(ones, ndim), _view(ones, ndim))
+
+
+Sampling = str  # ComfyUI's ModelSamplingDiscrete choices
+SAMPLINGS = ("eps", "v_prediction", "lcm", "x0", "img_to_img")
 
 
 def discrete_model_sampling(sampling: Sampling, zsnr: bool = False, *, num_timesteps: int = 1000,
                             beta_start: float = 0.00085, beta_end: float = 0.012) -> DiscreteModelSampling:
-    """The discrete model sampling for a parameterization (eps, v_prediction, lcm or x0), with
+    """The discrete model sampling for a parameterization (eps, v_prediction, lcm, x0 or img_to_img), with
     zero-terminal-SNR rescaling (Lin et al. 2024) where ``zsnr`` (v_prediction only)."""
     common = dict(num_timesteps=num_timesteps, beta_start=beta_start, beta_end=beta_end)
     if sampling not in SAMPLINGS:
@@ -92,6 +104,8 @@ def discrete_model_sampling(sampling: Sampling, zsnr: bool = False, *, num_times
                          "is undefined (Lin et al. 2024, sec. 3.2); use sampling v_prediction or zsnr false")
     if sampling == "x0":
         return X0DiscreteModelSampling(prediction="eps", **common)
+    if sampling == "img_to_img":
+        return ImgToImgDiscreteModelSampling(prediction="eps", **common)
     if sampling == "lcm":
         return LCMDiscreteModelSampling(prediction="eps", **common)
     prediction = "v" if sampling == "v_prediction" else "eps"

@@ -128,6 +128,8 @@ def _betainc(a: float, b: float, x: float) -> float:
 
 def beta_ppf(q: float, a: float, b: float) -> float:
     """Inverse CDF of Beta(a, b) by bisection on :func:`_betainc` (60 halvings: < 1e-17)."""
+    if a == b and q == 0.5:
+        return 0.5  # the median of a symmetric Beta, exactly (bisection lands a rounding below it)
     lo, hi = 0.0, 1.0
     for _ in range(60):
         mid = 0.5 * (lo + hi)

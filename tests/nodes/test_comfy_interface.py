@@ -51,7 +51,7 @@ def combo_entry(entry: list[Any]) -> list[Any]:
     older ones (and we) as ``[[...], {}]``; the frontend reads both alike."""
     if entry[0] == "COMBO" and len(entry) > 1 and not entry[1].get("multiselect"):
         options = {k: v for k, v in entry[1].items() if k not in ("options", "multiselect")}
-        return [list(entry[1]["options"]), options]
+        return [list(entry[1].get("options", ())), options]  # no options: the frontend asks a route
     return entry
 
 

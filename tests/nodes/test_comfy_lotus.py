@@ -99,6 +99,15 @@ def test_unet_loader_sets_lotus_up_and_leaves_other_unets(nodes: dict[str, Any])
     sd2 = nodes["UNETLoader"](unet_name="sd2.safetensors", weight_dtype="default")
     assert not is_lotus_unet(sd2.unet) and sd2.family != "lotus"
     assert type(sd2.model_sampling).__name__ == "DiscreteModelSampling" and sd2.model_sampling.prediction == "eps"
+    ours = nodes["LoadUNet"](unet_name=LOTUS_FILE)  # our loader sets it up the same way
+    assert ours.family == "lotus" and isinstance(ours.model_sampling, ImgToImgDiscreteModelSampling)
+    # ComfyUI's ModelSamplingDiscrete img_to_img gives any model the same sampling
+    other = nodes["ModelSamplingDiscrete"](model=sd2, sampling="img_to_img", zsnr=False)
+    assert isinstance(other.model_sampling, ImgToImgDiscreteModelSampling)
+    sigma = torch.tensor([3.0])
+    mine, theirs = other.model_sampling.scalings(sigma, 4), lotus.model_sampling.scalings(sigma, 4)
+    assert all(torch.equal(getattr(mine, k), getattr(theirs, k)) for k in ("c_skip", "c_out", "c_in"))
+    assert float(mine.c_in) == 1.0 and float(mine.c_skip) == 0.0  # the input as it is, the output as the result
 
 
 def test_lotus_conditioning_needs_its_file_and_gives_it_with_the_task(nodes: dict[str, Any],

@@ -118,6 +118,14 @@ def test_beta_ppf_closed_forms(a: float, b: float, ppf) -> None:  # type: ignore
         assert beta_ppf(q, a, b) == pytest.approx(ppf(q), abs=1e-9)
 
 
+def test_beta_schedule_puts_the_median_on_its_training_step() -> None:
+    # Beta(1, 1) at q = 0.5 is exactly 0.5: with 999 as the last step the timestep is round(499.5) = 500
+    # (ComfyUI's scipy answer); bisection alone gave 0.4999999999999999 and 499.
+    assert beta_ppf(0.5, 1.0, 1.0) == 0.5
+    sigmas = SCHEDULERS["beta"](SD, 2, alpha=1.0, beta_=1.0)  # quantiles 1 and 0.5
+    torch.testing.assert_close(sigmas[1], SD.sigmas[500])
+
+
 def test_linear_quadratic_shape() -> None:
     sigmas = SCHEDULERS["linear_quadratic"](SD, 10)
     taus = 1 - sigmas / SD.sigma_max

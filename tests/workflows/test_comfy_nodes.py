@@ -333,8 +333,8 @@ def test_sd_turbo_scheduler_and_model_sampling_discrete(nodes: dict[str, Any], s
     assert len(lcm.model_sampling.sigmas) == 50 and lcm.unet is model.unet and model.model_sampling is before
     v = nodes["ModelSamplingDiscrete"](model=model, sampling="v_prediction", zsnr=True)
     assert v.model_sampling.prediction == "v" and v.model_sampling.zero_terminal_snr
-    with pytest.raises(ValueError, match="ModelSamplingDiscrete: sampling 'img_to_img' is not supported"):
-        nodes["ModelSamplingDiscrete"](model=model, sampling="img_to_img", zsnr=False)
+    with pytest.raises(ValueError, match="ModelSamplingDiscrete: zsnr .* needs v_prediction"):
+        nodes["ModelSamplingDiscrete"](model=model, sampling="img_to_img", zsnr=True)
     out = nodes["KSampler"](model=lcm, seed=1, steps=2, cfg=1.0, sampler_name="euler", scheduler="sgm_uniform",
                             positive=shapes["positive"], negative=shapes["negative"], latent_image=shapes["latent"],
                             denoise=1.0, ctx=context())
