@@ -147,14 +147,9 @@ def save_latent_file(samples: Any, folder: Path, prefix: str, metadata: Mapping[
     import torch
     from safetensors.torch import save_file
 
-    target = confined(folder, prefix)
-    if target is None or not Path(prefix).name:
-        raise ValueError(f"{node_id}: filename_prefix {prefix!r} must name a file inside {folder} "
-                         "(no '..' or absolute paths)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.parent.resolve().is_relative_to(folder.resolve()):
-        raise ValueError(f"{node_id}: filename_prefix {prefix!r} leads outside {folder} through a symbolic link; "
-                         "save into a real subfolder")
+    from nodes.comfy.save_extra import output_target
+
+    target, _ = output_target(folder, prefix, node_id)  # inside folder, its subfolders made
     stem = target.name
     temporary = target.parent / f".{stem}.{secrets.token_hex(8)}.tmp"
     tensors = {"latent_tensor": samples.contiguous(), "latent_format_version_0": torch.tensor([])}
