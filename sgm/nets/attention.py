@@ -205,3 +205,32 @@ class SpatialTransformer(nn.Module):
         if not self.use_linear:
             h = self.proj_out(h)
         return h + x
+
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x), CLIP's GELU approximation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """OpenAI CLIP's pre-norm residual block: x + attn(ln_1(x)), then x + mlp(ln_2(x)) with a
+    quick-GELU MLP; x: (B, N, C) tokens, attention over each item's N tokens (batch first). The
+    parameter names (``attn.in_proj_weight``, ``mlp.c_fc`` ...) are those of the released union
+    ControlNet and T2I style adapter files."""
+
+    def __init__(self, channels: int, heads: int) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
+        self.ln_1 = nn.LayerNorm(channels)
+        self.mlp = nn.Sequential()
+        self.mlp.add_module("c_fc", nn.Linear(channels, channels * 4))
+        self.mlp.add_module("gelu", QuickGELU())
+        self.mlp.add_module("c_proj", nn.Linear(channels * 4, channels))
+        self.ln_2 = nn.LayerNorm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))

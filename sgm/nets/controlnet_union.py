@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sgm.nets.attention import ResidualAttentionBlock
 from sgm.nets.controlnet import ControlNet
 from sgm.nets.unet import ControlResiduals, timestep_embedding
 
@@ -53,34 +54,6 @@ AUTO = "auto"
 # Union keys in the released files (diffusers names, kept as they are in our layout).
 UNION_PREFIXES = ("task_embedding", "control_add_embedding.", "transformer_layes.", "spatial_ch_projs.")
 TYPE_FEATURES = 256  # sinusoidal features per entry of the control-type vector
-
-
-class QuickGELU(nn.Module):
-    """x * sigmoid(1.702 x), CLIP's GELU approximation."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
-class UnionTransformerBlock(nn.Module):
-    """Pre-norm residual block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); x: (B, N, C) tokens.
-
-    Attention runs over the N condition tokens of each batch item (batch first)."""
-
-    def __init__(self, channels: int, heads: int) -> None:
-        super().__init__()
-        self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
-        self.ln_1 = nn.LayerNorm(channels)
-        self.mlp = nn.Sequential()
-        self.mlp.add_module("c_fc", nn.Linear(channels, channels * 4))
-        self.mlp.add_module("gelu", QuickGELU())
-        self.mlp.add_module("c_proj", nn.Linear(channels * 4, channels))
-        self.ln_2 = nn.LayerNorm(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.ln_1(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
-        return x + self.mlp(self.ln_2(x))
 
 
 class ControlTypeEmbedding(nn.Module):
@@ -114,7 +87,7 @@ class UnionControlNet(ControlNet):
         super().__init__(hint_channels=hint_channels, **unet_config)
         self.num_control_types = num_control_types
         self.task_embedding = nn.Parameter(torch.zeros(num_control_types, token_channels))
-        self.transformer_layes = nn.ModuleList(UnionTransformerBlock(token_channels, token_heads)
+        self.transformer_layes = nn.ModuleList(ResidualAttentionBlock(token_channels, token_heads)
                                                for _ in range(token_layers))
         self.spatial_ch_projs = nn.Linear(token_channels, self.model_channels)
         self.control_add_embedding = ControlTypeEmbedding(num_control_types, self.model_channels * 4, type_features)

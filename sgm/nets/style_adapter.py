@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sgm.nets.attention import ResidualAttentionBlock
+
 StrengthType = Literal["multiply", "attn_bias"]
 STRENGTH_TYPES: tuple[StrengthType, ...] = ("multiply", "attn_bias")
 
@@ -46,43 +48,6 @@ class _LayerNorm32(nn.LayerNorm):
                             self.eps).to(x.dtype)
 
 
-class _SelfAttention(nn.Module):
-    """``nn.MultiheadAttention``'s weights (stacked q/k/v projection, ``out_proj``), batch first."""
-
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
-        self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
-        self.out_proj = nn.Linear(width, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, tokens, width = x.shape  # (B, T, W)
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, T, 3W)
-        q, k, v = (t.view(batch, tokens, self.heads, width // self.heads).transpose(1, 2)
-                   for t in qkv.chunk(3, dim=-1))
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, T, d): no mask
-        return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, width))
-
-
-class _Block(nn.Module):
-    """Pre-norm residual attention and quick-GELU MLP (OpenAI CLIP's ``ResidualAttentionBlock``)."""
-
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.attn = _SelfAttention(width, heads)
-        self.ln_1 = _LayerNorm32(width)
-        self.mlp = nn.Sequential()
-        self.mlp.add_module("c_fc", nn.Linear(width, 4 * width))
-        self.mlp.add_module("c_proj", nn.Linear(4 * width, width))
-        self.ln_2 = _LayerNorm32(width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        hidden = self.mlp.c_fc(self.ln_2(x))
-        return x + self.mlp.c_proj(hidden * torch.sigmoid(1.702 * hidden))  # quick-GELU
-
-
 class StyleAdapter(nn.Module):
     """``forward(hidden (B, T, width)) -> style tokens (B, num_token, context_dim)``."""
 
@@ -91,7 +56,8 @@ class StyleAdapter(nn.Module):
         if config.width % config.heads:
             raise ValueError(f"style adapter: width {config.width} is not a multiple of {config.heads} heads")
         self.config = config
-        self.transformer_layes = nn.Sequential(*(_Block(config.width, config.heads) for _ in range(config.layers)))
+        self.transformer_layes = nn.Sequential(*(ResidualAttentionBlock(config.width, config.heads)
+                                                 for _ in range(config.layers)))
         self.style_embedding = nn.Parameter(torch.empty(1, config.num_token, config.width))
         self.ln_post = _LayerNorm32(config.width)
         self.ln_pre = _LayerNorm32(config.width)
